@@ -1,0 +1,34 @@
+# Two entry points, both doing their own set-up on a fresh Debian machine (run as root):
+#   make demo   the main job on the built-in default model
+#   make test   the whole test suite
+# Set-up: a virtualenv in .venv with this project installed, and Icarus Verilog from Debian.
+
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+OUT    ?= build/demo
+
+.PHONY: demo test setup iverilog clean
+
+setup: $(VENV)/.installed iverilog
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU build on disk; unpinned, pip downloads a CUDA build.
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+iverilog:
+	@command -v iverilog >/dev/null || { apt-get update -qq && apt-get install -y -qq iverilog; }
+
+demo: setup
+	$(PYTHON) -m sw train --out $(OUT)/digits.sbit --report $(OUT)/train.json
+	$(PYTHON) -m sw inspect $(OUT)/digits.sbit
+	$(PYTHON) -m sw verify $(OUT)/digits.sbit
+
+test: setup
+	$(PYTHON) -m pytest -n 2 -q
+
+clean:
+	rm -rf build

@@ -1,0 +1,398 @@
+"""The container: a whole model in one file that the hardware parses from the stream alone.
+
+docs/FORMAT.md is the byte-by-byte specification; this module writes it and reads it. Reading is
+one pass in stream order, checking every field as it arrives, so the first error found is the
+one a streaming decoder (the hardware) finds too: :mod:`sw.golden` runs the same parser.
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+
+from . import codec, fastcodec
+from .codec import FrequencyTable, PayloadExhausted
+from .format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
+                     MAX_SECTIONS, VERSION, RawDtype, SectionKind, Status)
+from .params import CodecParams
+
+__all__ = [
+    "CodedTensor", "RawTensor", "Tensor", "Container", "SectionInfo", "ContainerError",
+    "write_container", "read_container", "parse",
+]
+
+
+class ContainerError(ValueError):
+    """A container that cannot be read; ``status`` says why, ``offset`` where (in bytes)."""
+
+    def __init__(self, status: Status, message: str, offset: int):
+        super().__init__(f"{message} (at byte {offset})")
+        self.status = Status(status)
+        self.offset = offset
+
+
+@dataclass(eq=False)
+class CodedTensor:
+    """A zero-point quantized tensor: ``integer = symbol - zero_point``, ``float = integer * scale``.
+
+    Parameters
+    ----------
+    name : str
+    symbols : array of int
+        Shaped like the tensor, every value in ``0 .. levels-1``.
+    levels : int
+        Alphabet size, 1 to 256.
+    zero_point : int
+        The symbol that stands for the integer 0 (it need not lie inside the alphabet).
+    scale : array of float32
+        One value (per tensor) or ``shape[0]`` values (per output channel).
+    table : FrequencyTable, optional
+        The model to code with; by default the one that codes ``symbols`` smallest.
+    """
+
+    name: str
+    symbols: np.ndarray
+    levels: int
+    zero_point: int = 0
+    scale: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+    table: FrequencyTable = None
+
+    def __post_init__(self):
+        self.symbols = np.asarray(self.symbols)
+        self.scale = np.atleast_1d(np.asarray(self.scale, dtype=np.float32))
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"{self.name}: levels must be in 1..{MAX_LEVELS}, not {self.levels}")
+        if self.levels - 1 - self.zero_point > 32767 or self.zero_point > 32768:
+            raise ValueError(f"{self.name}: integers must fit in int16")
+        if self.symbols.size and (self.symbols.min() < 0 or self.symbols.max() >= self.levels):
+            raise ValueError(f"{self.name}: symbols must lie in 0..{self.levels - 1}")
+        if self.symbols.size > MAX_SECTION_SYMBOLS:
+            raise ValueError(f"{self.name}: more than {MAX_SECTION_SYMBOLS} weights in one tensor")
+        if self.scale.ndim != 1 or len(self.scale) not in {1, *self.symbols.shape[:1]}:
+            raise ValueError(f"{self.name}: scale must have 1 or shape[0] values")
+        if self.table is not None and self.table.levels != self.levels:
+            raise ValueError(f"{self.name}: table has {self.table.levels} levels, not {self.levels}")
+
+    @classmethod
+    def from_integers(cls, name: str, integers, scale=1.0) -> "CodedTensor":
+        """Code integers losslessly: the alphabet spans their range, whether it holds 0 or not."""
+        integers = np.asarray(integers)
+        low = int(integers.min()) if integers.size else 0
+        high = int(integers.max()) if integers.size else 0
+        if high - low >= MAX_LEVELS:
+            raise ValueError(f"{name}: range {low}..{high} spans more than {MAX_LEVELS} levels")
+        symbols = (integers.astype(np.int64) - low).astype(np.uint8)
+        return cls(name, symbols, levels=high - low + 1, zero_point=-low, scale=scale)
+
+    @property
+    def shape(self) -> tuple:
+        return self.symbols.shape
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.symbols.ravel(), minlength=self.levels)[:self.levels]
+
+    def coding_table(self, params: CodecParams) -> FrequencyTable:
+        if self.table is not None:
+            return self.table
+        return FrequencyTable.from_counts(self.counts(), params.precision_bits)
+
+    def integers(self) -> np.ndarray:
+        return self.symbols.astype(np.int16) - np.int16(self.zero_point) \
+            if self.symbols.size else np.zeros(self.shape, np.int16)
+
+    def dequantize(self) -> np.ndarray:
+        scale = self.scale.reshape((-1,) + (1,) * (self.symbols.ndim - 1)) \
+            if len(self.scale) > 1 else self.scale[0]
+        return (self.integers().astype(np.float32) * scale).astype(np.float32)
+
+
+@dataclass(eq=False)
+class RawTensor:
+    """A tensor stored as it is (biases, norms, anything not coded)."""
+
+    name: str
+    data: np.ndarray
+
+    def __post_init__(self):
+        self.data = np.asarray(self.data)
+        RawDtype.of(self.data.dtype)
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+
+Tensor = Union[CodedTensor, RawTensor]
+
+
+@dataclass
+class SectionInfo:
+    """Where a section lies in the file and what its bytes are spent on."""
+
+    kind: SectionKind
+    name: str
+    offset: int
+    size: int           #: all bytes of the section, CRC included
+    payload_bytes: int  #: coded payload (CODED) or tensor data (RAW)
+    table_bytes: int    #: frequency table
+    header_bytes: int   #: everything else: kind, name, shape, levels, scales, lengths, CRC
+
+
+@dataclass
+class Container:
+    params: CodecParams
+    tensors: list
+    sections: list      #: one :class:`SectionInfo` per tensor
+    file_header_bytes: int
+    size: int
+
+    def __getitem__(self, name: str) -> Tensor:
+        for tensor in self.tensors:
+            if tensor.name == name:
+                return tensor
+        raise KeyError(name)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def _pad_even(data: bytes) -> bytes:
+    return data + b"\0" * (len(data) & 1)
+
+
+def _section_head(kind: SectionKind, name: str, shape: tuple) -> bytes:
+    name_bytes = name.encode()
+    if len(name_bytes) > MAX_NAME_BYTES:
+        raise ValueError(f"name longer than {MAX_NAME_BYTES} bytes: {name[:40]}...")
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"{name}: more than {MAX_NDIM} dimensions")
+    return (struct.pack("<HH", kind, len(name_bytes)) + _pad_even(name_bytes)
+            + struct.pack(f"<H{len(shape)}I", len(shape), *shape))
+
+
+def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams(), *,
+                    fast: bool = True) -> bytes:
+    """The container holding ``tensors`` in this order (docs/FORMAT.md)."""
+    if len(tensors) > MAX_SECTIONS:
+        raise ValueError(f"more than {MAX_SECTIONS} tensors")
+    coded = [t for t in tensors if isinstance(t, CodedTensor)]
+    tables = [t.coding_table(params) for t in coded]
+    sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
+    if fast:
+        states, payloads = fastcodec.encode(sections, params)
+    else:
+        states, payloads = codec.encode_reference(sections, params)
+    payloads = iter(payloads)
+    tables = iter(tables)
+
+    out = bytearray(MAGIC + struct.pack("<6H", VERSION, params.state_bits, params.word_bits,
+                                        params.precision_bits, params.state_count, len(tensors)))
+    out += struct.pack(f"<{params.state_count}I", *(int(x) for x in states))
+    out += struct.pack("<I", zlib.crc32(out))
+    for tensor in tensors:
+        if isinstance(tensor, CodedTensor):
+            table, payload = next(tables), np.asarray(next(payloads), dtype="<u2")
+            body = _section_head(SectionKind.CODED, tensor.name, tensor.shape)
+            body += struct.pack("<HhH", tensor.levels, tensor.zero_point, len(tensor.scale))
+            body += tensor.scale.astype("<f4").tobytes()
+            body += struct.pack("<I", tensor.symbols.size)
+            if tensor.levels > 1:
+                body += table.frequencies.astype("<u2").tobytes()
+            body += struct.pack("<I", len(payload)) + payload.tobytes()
+        else:
+            data = np.ascontiguousarray(tensor.data)
+            body = _section_head(SectionKind.RAW, tensor.name, tensor.shape)
+            body += struct.pack("<HI", RawDtype.of(data.dtype), data.nbytes)
+            body += _pad_even(data.astype(RawDtype.of(data.dtype).numpy, copy=False).tobytes())
+        out += body + struct.pack("<I", zlib.crc32(body))
+    return bytes(out)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+class _Stream:
+    """Little-endian reads that fail as TRUNCATED when the bytes run out."""
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+        self.position = 0
+
+    def fail(self, status: Status, message: str):
+        raise ContainerError(status, message, self.position)
+
+    def take(self, size: int) -> memoryview:
+        if size > len(self.data) - self.position:
+            self.position = len(self.data)
+            self.fail(Status.TRUNCATED, "the container ends early")
+        chunk = self.data[self.position:self.position + size]
+        self.position += size
+        return chunk
+
+    def unpack(self, fmt: str):
+        values = struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+        return values if len(values) > 1 else values[0]
+
+    def crc_since(self, start: int) -> int:
+        return zlib.crc32(self.data[start:self.position])
+
+
+def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
+          software_checks: bool = True, on_section=None) -> Container:
+    """Read a container in stream order; raise :class:`ContainerError` at the first problem.
+
+    ``params``, when given, is the decoder's: a container with other parameters is refused.
+    ``software_checks`` adds the checks that need the whole tensor (shape against count, text of
+    names, trailing bytes); a streaming decoder makes only the others, so the golden model turns
+    them off. They are made after the section's CRC, so both agree on every damaged container.
+    ``on_section(index, tensor)`` is called as each section is read.
+    """
+    stream = _Stream(data)
+    if bytes(stream.take(len(MAGIC))) != MAGIC:
+        stream.fail(Status.BAD_MAGIC, "not a subbit container (bad magic)")
+    version = stream.unpack("H")
+    if version != VERSION:
+        stream.fail(Status.BAD_VERSION, f"container version {version}, this reader knows {VERSION}")
+    state_bits, word_bits, precision_bits, state_count = stream.unpack("4H")
+    try:
+        found = CodecParams(precision_bits=precision_bits, state_count=state_count,
+                            state_bits=state_bits, word_bits=word_bits)
+    except ValueError as error:
+        stream.fail(Status.PARAM_MISMATCH, str(error))
+    if params is not None and found != params:
+        stream.fail(Status.PARAM_MISMATCH, f"container has {found}, decoder has {params}")
+    params = found
+    section_count = stream.unpack("H")
+    states = np.array(stream.unpack(f"{state_count}I"), dtype=np.uint64).reshape(-1)
+    if (states < params.lower_bound).any():
+        stream.fail(Status.BAD_STATE, f"an initial state is below L = {params.lower_bound}")
+    header_end = stream.position
+    if stream.unpack("I") != zlib.crc32(stream.data[:header_end]):
+        stream.fail(Status.CRC_MISMATCH, "file header CRC mismatch")
+    file_header_bytes = stream.position
+
+    coder_states = states.copy() if fast else [int(x) for x in states]
+    tensors, sections = [], []
+    for index in range(section_count):
+        tensor, info = _parse_section(stream, index, params, coder_states, fast, software_checks)
+        tensors.append(tensor)
+        sections.append(info)
+        if on_section is not None:
+            on_section(index, tensor)
+    if any(int(x) != params.lower_bound for x in coder_states):
+        stream.fail(Status.STATE_MISMATCH, "final coder states are not the initial state L")
+    if software_checks and stream.position != len(data):
+        stream.fail(Status.TRAILING_DATA, f"{len(data) - stream.position} bytes after the last section")
+    return Container(params, tensors, sections, file_header_bytes, stream.position)
+
+
+def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool,
+                   software_checks: bool):
+    start = stream.position
+    where = f"section {index}"
+    kind = stream.unpack("H")
+    if kind not in tuple(SectionKind):
+        stream.fail(Status.BAD_SECTION, f"{where}: unknown kind {kind}")
+    kind = SectionKind(kind)
+    name_length = stream.unpack("H")
+    if name_length > MAX_NAME_BYTES:
+        stream.fail(Status.BAD_SECTION, f"{where}: name of {name_length} bytes")
+    raw_name = bytes(stream.take(name_length + (name_length & 1)))[:name_length]
+    ndim = stream.unpack("H")
+    if ndim > MAX_NDIM:
+        stream.fail(Status.BAD_SECTION, f"{where}: {ndim} dimensions")
+    shape = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
+    table_bytes = 0
+
+    if kind == SectionKind.CODED:
+        levels, zero_point, scale_count = stream.unpack("HhH")
+        if not 1 <= levels <= MAX_LEVELS:
+            stream.fail(Status.BAD_SECTION, f"{where}: {levels} levels")
+        if levels - 1 - zero_point > 32767:
+            stream.fail(Status.BAD_SECTION, f"{where}: zero point {zero_point} overflows int16")
+        if scale_count == 0:
+            stream.fail(Status.BAD_SECTION, f"{where}: no scale")
+        scale = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
+        symbol_count = stream.unpack("I")
+        if symbol_count > MAX_SECTION_SYMBOLS:
+            stream.fail(Status.BAD_SECTION, f"{where}: {symbol_count} symbols")
+        if levels > 1:
+            table_start = stream.position
+            frequencies = np.frombuffer(stream.take(2 * levels), dtype="<u2").astype(np.int64)
+            table_bytes = stream.position - table_start
+            if frequencies.sum() != params.total_frequency:
+                stream.fail(Status.BAD_TABLE, f"{where}: frequencies sum to {frequencies.sum()}, "
+                            f"not {params.total_frequency}")
+        else:
+            frequencies = np.array([params.total_frequency])
+        table = FrequencyTable(frequencies, params.precision_bits)
+        payload_words = stream.unpack("I")
+        payload_start = stream.position
+        available = min(payload_words, (len(stream.data) - payload_start) // 2)
+        payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available], dtype="<u2")
+        try:
+            if fast:
+                symbols, used = fastcodec.decode_section(coder_states, symbol_count, table,
+                                                         payload, params)
+            else:
+                symbols, used = codec.decode_section_reference(coder_states, symbol_count, table,
+                                                               payload, params)
+        except PayloadExhausted:
+            stream.position = payload_start + 2 * available
+            if available < payload_words:
+                stream.fail(Status.TRUNCATED, f"{where}: the container ends inside the payload")
+            stream.fail(Status.BAD_LENGTH, f"{where}: payload ends before its symbols")
+        if used != payload_words:
+            stream.position = payload_start + 2 * used
+            stream.fail(Status.BAD_LENGTH, f"{where}: {payload_words - used} payload words left over")
+        stream.take(2 * payload_words)
+        payload_bytes = 2 * payload_words
+    else:
+        dtype = stream.unpack("H")
+        if dtype not in tuple(RawDtype):
+            stream.fail(Status.BAD_SECTION, f"{where}: unknown dtype {dtype}")
+        dtype = RawDtype(dtype)
+        data_bytes = stream.unpack("I")
+        data = bytes(stream.take(data_bytes + (data_bytes & 1)))[:data_bytes]
+        payload_bytes = data_bytes
+
+    body_crc = zlib.crc32(stream.data[start:stream.position])
+    if stream.unpack("I") != body_crc:
+        stream.fail(Status.CRC_MISMATCH, f"{where}: CRC mismatch")
+    size = stream.position - start
+
+    name = _checked_name(stream, raw_name, where) if software_checks \
+        else raw_name.decode("utf-8", errors="replace")
+    element_count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if kind == SectionKind.CODED:
+        if software_checks:
+            if element_count != symbol_count:
+                stream.fail(Status.BAD_SECTION, f"{where}: shape {shape} does not hold "
+                            f"{symbol_count} weights")
+            if scale_count not in {1, *shape[:1]}:
+                stream.fail(Status.BAD_SECTION, f"{where}: {scale_count} scales for shape {shape}")
+        tensor = CodedTensor(name, symbols.reshape(shape) if software_checks else symbols,
+                             levels, zero_point, scale, table)
+        header_bytes = size - table_bytes - payload_bytes
+    else:
+        array = np.frombuffer(data, dtype=dtype.numpy) if len(data) % dtype.numpy.itemsize == 0 \
+            else None
+        if software_checks and (array is None or array.size != element_count):
+            stream.fail(Status.BAD_SECTION, f"{where}: {data_bytes} bytes do not hold shape "
+                        f"{shape} of {dtype.name.lower()}")
+        tensor = RawTensor(name, array.reshape(shape) if software_checks else
+                           (array if array is not None else np.frombuffer(data, np.uint8)))
+        header_bytes = size - payload_bytes
+    return tensor, SectionInfo(kind, name, start, size, payload_bytes, table_bytes, header_bytes)
+
+
+def _checked_name(stream: _Stream, raw_name: bytes, where: str) -> str:
+    try:
+        return raw_name.decode("utf-8")
+    except UnicodeDecodeError:
+        stream.fail(Status.BAD_SECTION, f"{where}: name is not UTF-8")
+
+
+def read_container(data: bytes, params: CodecParams = None, *, fast: bool = True) -> Container:
+    """Read and fully check a container (see :func:`parse`)."""
+    return parse(data, params, fast=fast, software_checks=True)

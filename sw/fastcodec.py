@@ -1,0 +1,91 @@
+"""The fast path of :mod:`sw.codec`: the same code, compiled with numba.
+
+Every function here returns exactly what its reference twin in :mod:`sw.codec` returns; the
+tests compare them on random and corner-case input. Tables are flattened into arrays so the
+compiled loops see nothing but integers.
+"""
+
+import numba
+import numpy as np
+
+from .codec import FrequencyTable, PayloadExhausted
+from .params import CodecParams
+
+__all__ = ["encode", "decode_section", "slot_symbols"]
+
+
+def slot_symbols(table: FrequencyTable) -> np.ndarray:
+    """Symbol owning each of the ``2**P`` slots: the decoder's lookup table."""
+    return np.repeat(np.arange(table.levels, dtype=np.uint8), table.frequencies)
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_section(states, symbols, frequencies, cumulative, precision, state_bits, words):
+    """Encode one section backwards; returns how many words were appended to ``words``."""
+    state_count = states.shape[0]
+    emitted = 0
+    for j in range(symbols.shape[0] - 1, -1, -1):
+        k = j % state_count
+        symbol = symbols[j]
+        frequency = np.uint64(frequencies[symbol])
+        x = np.uint64(states[k])
+        if x >= frequency << np.uint64(state_bits - precision):
+            words[emitted] = x & np.uint64(0xFFFF)
+            emitted += 1
+            x >>= np.uint64(16)
+        states[k] = ((x // frequency) << np.uint64(precision)) + x % frequency \
+            + np.uint64(cumulative[symbol])
+    return emitted
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, precision,
+                    lower_bound, payload, symbols):
+    """Decode one section; returns the words read, or -1 when the payload ran out."""
+    state_count = states.shape[0]
+    slot_mask = np.uint64((1 << precision) - 1)
+    position = 0
+    for j in range(symbol_count):
+        k = j % state_count
+        x = np.uint64(states[k])
+        slot = x & slot_mask
+        symbol = slot_symbol[slot]
+        x = np.uint64(frequencies[symbol]) * (x >> np.uint64(precision)) + slot \
+            - np.uint64(cumulative[symbol])
+        if x < lower_bound:
+            if position == payload.shape[0]:
+                return -1
+            x = (x << np.uint64(16)) | np.uint64(payload[position])
+            position += 1
+        states[k] = x
+        symbols[j] = symbol
+    return position
+
+
+def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Same as :func:`sw.codec.encode_reference`; states as ``uint64``, payloads as ``uint16``."""
+    states = np.full(params.state_count, params.lower_bound, dtype=np.uint64)
+    payloads = []
+    for symbols, table in reversed(sections):
+        symbols = np.ascontiguousarray(symbols, dtype=np.int64).ravel()
+        if len(symbols) and (table.frequencies[symbols] == 0).any():
+            raise ValueError("a symbol of frequency 0 cannot be coded")
+        # At most one word per symbol.
+        words = np.empty(len(symbols), dtype=np.uint16)
+        emitted = _encode_section(states, symbols, table.frequencies, table.cumulative,
+                                  params.precision_bits, params.state_bits, words)
+        payloads.append(words[:emitted][::-1].copy())
+    payloads.reverse()
+    return states, payloads
+
+
+def decode_section(states: np.ndarray, symbol_count: int, table: FrequencyTable, payload,
+                   params: CodecParams) -> tuple[np.ndarray, int]:
+    """Same as :func:`sw.codec.decode_section_reference`; ``states`` is a ``uint64`` array."""
+    symbols = np.empty(symbol_count, dtype=np.uint8)
+    used = _decode_section(states, symbol_count, slot_symbols(table), table.frequencies,
+                           table.cumulative, params.precision_bits, np.uint64(params.lower_bound),
+                           np.asarray(payload, dtype=np.uint16), symbols)
+    if used < 0:
+        raise PayloadExhausted
+    return symbols, used

@@ -1,0 +1,81 @@
+"""Constants of the container format (docs/FORMAT.md); the RTL generator imports the same names."""
+
+import enum
+
+import numpy as np
+
+__all__ = [
+    "MAGIC", "VERSION", "MAX_LEVELS", "MAX_NDIM", "MAX_NAME_BYTES", "MAX_SECTIONS",
+    "MAX_SECTION_SYMBOLS",
+    "SectionKind", "RawDtype", "Status",
+]
+
+MAGIC = b"SBIT"
+VERSION = 1
+MAX_LEVELS = 256
+MAX_NDIM = 8
+MAX_NAME_BYTES = 1024
+MAX_SECTIONS = 0xFFFF
+#: Bounds what a reader allocates for one section before its CRC is checked (256 MiB).
+MAX_SECTION_SYMBOLS = 1 << 28
+
+
+class SectionKind(enum.IntEnum):
+    """The ``kind`` word that opens every section."""
+    CODED = 0  #: integer symbols, rANS coded; the decoder expands them
+    RAW = 1    #: any other tensor (bias, norm, ...), stored as plain little-endian bytes
+
+
+class RawDtype(enum.IntEnum):
+    """The ``dtype`` word of a RAW section."""
+    FLOAT32 = 0
+    FLOAT16 = 1
+    FLOAT64 = 2
+    INT8 = 3
+    UINT8 = 4
+    INT16 = 5
+    UINT16 = 6
+    INT32 = 7
+    UINT32 = 8
+    INT64 = 9
+    UINT64 = 10
+    BOOL = 11
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(_NUMPY_NAMES[self]).newbyteorder("<")
+
+    @classmethod
+    def of(cls, dtype) -> "RawDtype":
+        name = np.dtype(dtype).name
+        for code, numpy_name in _NUMPY_NAMES.items():
+            if numpy_name == name:
+                return code
+        raise ValueError(f"dtype {name} cannot be stored in a container")
+
+
+_NUMPY_NAMES = {
+    RawDtype.FLOAT32: "float32", RawDtype.FLOAT16: "float16", RawDtype.FLOAT64: "float64",
+    RawDtype.INT8: "int8", RawDtype.UINT8: "uint8", RawDtype.INT16: "int16",
+    RawDtype.UINT16: "uint16", RawDtype.INT32: "int32", RawDtype.UINT32: "uint32",
+    RawDtype.INT64: "int64", RawDtype.UINT64: "uint64", RawDtype.BOOL: "bool",
+}
+
+
+class Status(enum.IntEnum):
+    """Outcome of decoding a container: the golden model's verdict and the RTL's status code.
+
+    The RTL reports the first error it meets and keeps it (sticky) until reset.
+    """
+    OK = 0
+    BAD_MAGIC = 1        #: the first four bytes are not ``MAGIC``
+    BAD_VERSION = 2      #: ``version`` is not ``VERSION``
+    PARAM_MISMATCH = 3   #: state_bits/word_bits/precision_bits/state_count unusable or not the decoder's
+    BAD_STATE = 4        #: an initial state outside ``[L, 2**state_bits)``
+    BAD_SECTION = 5      #: unknown kind, dtype, name length, ndim, levels or scale count
+    BAD_TABLE = 6        #: frequencies do not sum to ``2**precision_bits``, or one exceeds it
+    BAD_LENGTH = 7       #: payload ended before or after the symbols it codes
+    CRC_MISMATCH = 8     #: a header or section CRC-32 does not match
+    STATE_MISMATCH = 9   #: after the last section a state is not ``L``
+    TRUNCATED = 10       #: the input ended early (reported by whatever feeds the decoder)
+    TRAILING_DATA = 11   #: bytes after the last section
