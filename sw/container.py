@@ -64,8 +64,9 @@ class CodedTensor:
         self.scale = np.atleast_1d(np.asarray(self.scale, dtype=np.float32))
         if not 1 <= self.levels <= MAX_LEVELS:
             raise ValueError(f"{self.name}: levels must be in 1..{MAX_LEVELS}, not {self.levels}")
-        if self.levels - 1 - self.zero_point > 32767 or self.zero_point > 32768:
-            raise ValueError(f"{self.name}: integers must fit in int16")
+        if not -32768 <= self.zero_point <= 32767 or self.levels - 1 - self.zero_point > 32767:
+            raise ValueError(f"{self.name}: zero point {self.zero_point} with {self.levels} "
+                             f"levels does not fit int16")
         if self.symbols.size and (self.symbols.min() < 0 or self.symbols.max() >= self.levels):
             raise ValueError(f"{self.name}: symbols must lie in 0..{self.levels - 1}")
         if self.symbols.size > MAX_SECTION_SYMBOLS:
@@ -147,6 +148,28 @@ class Container:
     sections: list      #: one :class:`SectionInfo` per tensor
     file_header_bytes: int
     size: int
+
+    @property
+    def weight_count(self) -> int:
+        """Number of coded values (the weights)."""
+        return sum(t.symbols.size for t in self.tensors if isinstance(t, CodedTensor))
+
+    @property
+    def parameter_count(self) -> int:
+        """Number of values of every tensor, coded or raw."""
+        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors)
+
+    def bits_per_weight(self, weights_only: bool = False) -> float:
+        """Bits per coded weight.
+
+        The whole-model figure divides every byte of the file (header, raw tensors, CRCs
+        included) by the number of weights; ``weights_only`` counts the file header and the
+        coded sections but not the raw ones.
+        """
+        size = self.size
+        if weights_only:
+            size -= sum(s.size for s in self.sections if s.kind == SectionKind.RAW)
+        return 8 * size / self.weight_count if self.weight_count else float("nan")
 
     def __getitem__(self, name: str) -> Tensor:
         for tensor in self.tensors:

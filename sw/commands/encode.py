@@ -1,0 +1,36 @@
+import numpy as np
+
+from ..container import CodedTensor, RawTensor, write_container
+from ..tensorio import load_tensors
+from . import add_params_arguments, params_from
+
+HELP = ("code a model's integer tensors losslessly (.npz, .safetensors or torch state dict); "
+        "other tensors are stored raw")
+
+
+def add_arguments(parser):
+    parser.add_argument("input", metavar="IN")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True)
+    add_params_arguments(parser)
+
+
+def tensor_for(name: str, array: np.ndarray):
+    """A coded tensor for integers that fit one (at most 256 values in int16), else a raw one."""
+    if array.dtype.kind in "iu":
+        try:
+            return CodedTensor.from_integers(name, array)
+        except ValueError:
+            pass
+    return RawTensor(name, array)
+
+
+def run(args) -> int:
+    tensors = [tensor_for(name, array) for name, array in load_tensors(args.input).items()]
+    data = write_container(tensors, params_from(args))
+    with open(args.output, "wb") as file:
+        file.write(data)
+    coded = [t for t in tensors if isinstance(t, CodedTensor)]
+    weights = sum(t.symbols.size for t in coded)
+    print(f"{args.output}: {len(data)} bytes, {len(coded)} coded tensors ({weights} values), "
+          f"{len(tensors) - len(coded)} raw")
+    return 0

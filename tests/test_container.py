@@ -1,0 +1,208 @@
+"""The container: round trips, and every kind of damage found with the right status."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from sw.container import (CodedTensor, ContainerError, RawTensor, read_container,
+                          write_container)
+from sw.format import MAGIC, SectionKind, Status
+from sw.golden import golden_decode
+from sw.params import CodecParams
+
+
+def sample_tensors(rng=None):
+    rng = rng or np.random.default_rng(0)
+    return [
+        CodedTensor("conv.weight", rng.choice(3, size=(8, 4, 3, 3), p=[0.1, 0.8, 0.1]), 3, 1,
+                    np.float32(0.02)),
+        RawTensor("conv.bias", rng.normal(size=8).astype(np.float32)),
+        CodedTensor("fc.weight", rng.integers(0, 17, size=(10, 32)), 17, 8,
+                    rng.random(10).astype(np.float32)),
+        RawTensor("steps", np.array(7, dtype=np.int64)),
+        CodedTensor("empty", np.zeros((0, 3), np.uint8), 5, 2),
+        CodedTensor("one", np.array([0]), 1, 0),
+    ]
+
+
+def assert_same(tensors, container):
+    assert [t.name for t in tensors] == [t.name for t in container.tensors]
+    for a, b in zip(tensors, container.tensors):
+        if isinstance(a, CodedTensor):
+            np.testing.assert_array_equal(a.symbols, b.symbols)
+            assert (a.levels, a.zero_point, a.shape) == (b.levels, b.zero_point, b.shape)
+            np.testing.assert_array_equal(a.scale, b.scale)
+            np.testing.assert_array_equal(a.dequantize(), b.dequantize())
+        else:
+            assert a.data.dtype == b.data.dtype
+            np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_round_trip(fast):
+    tensors = sample_tensors()
+    data = write_container(tensors, fast=fast)
+    assert data == write_container(tensors, fast=not fast)
+    assert len(data) % 2 == 0
+    assert_same(tensors, read_container(data, fast=fast))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int8", "uint8", "int16",
+                                   "uint16", "int32", "uint32", "int64", "uint64", "bool"])
+def test_raw_dtypes(dtype):
+    data = (np.arange(7) % 2).astype(dtype).reshape(7, 1)
+    assert_same([RawTensor("x", data)], read_container(write_container([RawTensor("x", data)])))
+
+
+def test_integers_and_dequantize():
+    integers = np.array([[-3, 0, 2], [1, 1, -1]])
+    tensor = CodedTensor.from_integers("t", integers, scale=[0.5, 2.0])
+    back = read_container(write_container([tensor]))["t"]
+    np.testing.assert_array_equal(back.integers(), integers)
+    np.testing.assert_array_equal(back.dequantize(), integers * np.array([[0.5], [2.0]]))
+
+
+def test_bits_per_weight_accounting():
+    container = read_container(write_container(sample_tensors()))
+    raw_bytes = sum(s.size for s in container.sections if s.kind == SectionKind.RAW)
+    assert container.weight_count == 8 * 4 * 9 + 320 + 1
+    assert container.bits_per_weight() == 8 * container.size / container.weight_count
+    assert container.bits_per_weight(weights_only=True) == \
+        8 * (container.size - raw_bytes) / container.weight_count
+
+
+def test_rejects_unrepresentable_tensors():
+    with pytest.raises(ValueError):
+        CodedTensor("x", np.array([3]), 3)
+    with pytest.raises(ValueError):
+        CodedTensor("x", np.array([0]), 257)
+    with pytest.raises(ValueError):
+        CodedTensor.from_integers("x", np.array([0, 300]))
+    with pytest.raises(ValueError):
+        CodedTensor("x", np.zeros((4, 2), int), 3, 1, scale=np.ones(3))
+    with pytest.raises(ValueError):
+        RawTensor("x", np.array(["text"]))
+    with pytest.raises(ValueError):
+        write_container([RawTensor("é" * 600, np.zeros(1))])
+
+
+def read_status(data, params=None):
+    try:
+        read_container(data, params)
+    except ContainerError as error:
+        return error.status
+    return Status.OK
+
+
+@pytest.fixture(scope="module")
+def small():
+    tensors = [CodedTensor("a", np.random.default_rng(2).choice(3, size=(6, 5), p=[.2, .6, .2]), 3, 1),
+               RawTensor("b", np.ones(3, np.float16)),
+               CodedTensor("c", np.array([[1, 0], [2, 2]]), 3, 1)]
+    return write_container(tensors, CodecParams(state_count=4))
+
+
+def test_every_bit_flip_is_detected_and_golden_agrees(small):
+    for bit in range(8 * len(small)):
+        damaged = bytearray(small)
+        damaged[bit // 8] ^= 1 << bit % 8
+        status = read_status(bytes(damaged))
+        assert status != Status.OK, f"flip of bit {bit} not detected"
+        assert golden_decode(bytes(damaged)).status == status, f"bit {bit}"
+
+
+def test_every_truncation_fails_cleanly(small):
+    for length in range(len(small)):
+        assert read_status(small[:length]) == Status.TRUNCATED
+        assert golden_decode(small[:length]).status == Status.TRUNCATED
+
+
+def test_trailing_bytes(small):
+    assert read_status(small + b"\0\0") == Status.TRAILING_DATA
+    # A streaming decoder stops after the last section and never sees them.
+    assert golden_decode(small + b"\0\0").status == Status.OK
+
+
+def test_decoder_parameters_must_match(small):
+    assert read_status(small, CodecParams(state_count=4)) == Status.OK
+    assert read_status(small, CodecParams(state_count=8)) == Status.PARAM_MISMATCH
+    assert golden_decode(small, CodecParams(precision_bits=11, state_count=4)).status == \
+        Status.PARAM_MISMATCH
+
+
+def rewrite(data: bytes, offset: int, fmt: str, *values) -> bytes:
+    """``data`` with a field replaced and every CRC made right again, as a malicious writer would."""
+    data = bytearray(data)
+    struct.pack_into("<" + fmt, data, offset, *values)
+    state_count = struct.unpack_from("<H", data, 12)[0]
+    header_end = 16 + 4 * min(state_count, 256)
+    if offset < header_end:
+        struct.pack_into("<I", data, header_end, zlib.crc32(data[:header_end]))
+    return bytes(data)
+
+
+def fix_section_crc(data: bytes, start: int, end: int) -> bytes:
+    data = bytearray(data)
+    struct.pack_into("<I", data, end, zlib.crc32(data[start:end]))
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def single():
+    """A container of one coded section, with the byte offsets of its fields."""
+    symbols = np.random.default_rng(5).choice(3, size=(4, 25), p=[.25, .5, .25])
+    data = write_container([CodedTensor("w", symbols, 3, 1)], CodecParams(state_count=2))
+    start = 16 + 8 + 4
+    fields = {"kind": start, "name_bytes": start + 2, "ndim": start + 6, "dims": start + 8,
+              "levels": start + 16, "zero_point": start + 18, "scale_count": start + 20,
+              "symbol_count": start + 26, "frequencies": start + 30, "payload_words": start + 36}
+    return data, start, fields
+
+
+@pytest.mark.parametrize("field, fmt, value, status", [
+    ("kind", "H", 7, Status.BAD_SECTION),
+    ("name_bytes", "H", 2000, Status.BAD_SECTION),
+    ("ndim", "H", 9, Status.BAD_SECTION),
+    ("levels", "H", 0, Status.BAD_SECTION),
+    ("levels", "H", 257, Status.BAD_SECTION),
+    ("zero_point", "h", -32767, Status.BAD_SECTION),
+    ("scale_count", "H", 0, Status.BAD_SECTION),
+    ("symbol_count", "I", 0xFFFFFFFF, Status.BAD_SECTION),
+    ("frequencies", "H", 4000, Status.BAD_TABLE),
+    # The symbols end before the (claimed) payload does: known before the input runs out.
+    ("payload_words", "I", 0xFFFFFFFF, Status.BAD_LENGTH),
+    ("payload_words", "I", 1, Status.BAD_LENGTH),
+])
+def test_malformed_fields(single, field, fmt, value, status):
+    data, start, fields = single
+    damaged = rewrite(data, fields[field], fmt, value)
+    assert read_status(damaged) == status
+    assert golden_decode(damaged).status == status
+
+
+def test_checks_behind_the_crc(single):
+    """Shape, scale count and name are checked after the CRC, so a writer's lie is caught."""
+    data, start, fields = single
+    end = len(data) - 4
+    lying_shape = fix_section_crc(rewrite(data, fields["dims"], "I", 5), start, end)
+    assert read_status(lying_shape) == Status.BAD_SECTION
+    assert golden_decode(lying_shape).status == Status.OK
+    bad_name = fix_section_crc(rewrite(data, start + 4, "B", 0xFF), start, end)
+    assert read_status(bad_name) == Status.BAD_SECTION
+    assert golden_decode(bad_name).status == Status.OK
+
+
+def test_header_checks(single):
+    data, _, _ = single
+    assert read_status(b"XBIT" + data[4:]) == Status.BAD_MAGIC
+    assert read_status(rewrite(data, 4, "H", 2)) == Status.BAD_VERSION
+    assert read_status(rewrite(data, 6, "H", 64)) == Status.PARAM_MISMATCH
+    assert read_status(rewrite(data, 10, "H", 0)) == Status.PARAM_MISMATCH
+    assert read_status(rewrite(data, 12, "H", 0)) == Status.PARAM_MISMATCH
+    assert read_status(rewrite(data, 16, "I", 5)) == Status.BAD_STATE
+    assert read_status(rewrite(data, 16, "I", 0x7FFFFFFF)) in (Status.BAD_LENGTH,
+                                                               Status.STATE_MISMATCH)
+    assert read_status(rewrite(data, 14, "H", 2)) == Status.TRUNCATED
+    assert data.startswith(MAGIC)
