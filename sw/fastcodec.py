@@ -23,18 +23,22 @@ def slot_symbols(table: FrequencyTable) -> np.ndarray:
 def _encode_section(states, symbols, frequencies, cumulative, precision, state_bits, words):
     """Encode one section backwards; returns how many words were appended to ``words``."""
     state_count = states.shape[0]
+    shift = state_bits - precision
     emitted = 0
+    k = (symbols.shape[0] - 1) % state_count
     for j in range(symbols.shape[0] - 1, -1, -1):
-        k = j % state_count
         symbol = symbols[j]
-        frequency = np.uint64(frequencies[symbol])
-        x = np.uint64(states[k])
-        if x >= frequency << np.uint64(state_bits - precision):
-            words[emitted] = x & np.uint64(0xFFFF)
+        # States stay below 2**32 between symbols: 32-bit division is what makes this fast.
+        frequency = np.uint32(frequencies[symbol])
+        x = np.uint32(states[k])
+        if np.uint64(x) >= np.uint64(frequency) << np.uint64(shift):
+            words[emitted] = x & np.uint32(0xFFFF)
             emitted += 1
-            x >>= np.uint64(16)
-        states[k] = ((x // frequency) << np.uint64(precision)) + x % frequency \
-            + np.uint64(cumulative[symbol])
+            x >>= np.uint32(16)
+        quotient = x // frequency
+        states[k] = (np.uint64(quotient) << np.uint64(precision)) \
+            + np.uint64(x - quotient * frequency) + np.uint64(cumulative[symbol])
+        k = k - 1 if k else state_count - 1
     return emitted
 
 
@@ -45,8 +49,8 @@ def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, 
     state_count = states.shape[0]
     slot_mask = np.uint64((1 << precision) - 1)
     position = 0
+    k = 0
     for j in range(symbol_count):
-        k = j % state_count
         x = np.uint64(states[k])
         slot = x & slot_mask
         symbol = slot_symbol[slot]
@@ -59,6 +63,7 @@ def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, 
             position += 1
         states[k] = x
         symbols[j] = symbol
+        k = k + 1 if k + 1 < state_count else 0
     return position
 
 
@@ -67,7 +72,7 @@ def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]
     states = np.full(params.state_count, params.lower_bound, dtype=np.uint64)
     payloads = []
     for symbols, table in reversed(sections):
-        symbols = np.ascontiguousarray(symbols, dtype=np.int64).ravel()
+        symbols = np.ascontiguousarray(symbols).ravel()
         if len(symbols) and (table.frequencies[symbols] == 0).any():
             raise ValueError("a symbol of frequency 0 cannot be coded")
         # At most one word per symbol.

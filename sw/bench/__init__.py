@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m sw.bench {codec,quant,hw}``. They print figures; they are not tests."""
