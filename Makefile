@@ -12,7 +12,8 @@ OUT    ?= build/demo
 setup: $(VENV)/.installed iverilog
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	# Debian's python3 needs python3-venv for `-m venv`.
+	python3 -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build on disk; unpinned, pip downloads a CUDA build.
 	$(PYTHON) -m pip install --quiet torch==2.13.0
