@@ -20,7 +20,7 @@ from .params import CodecParams
 
 __all__ = [
     "CodedTensor", "RawTensor", "Tensor", "Container", "SectionInfo", "ContainerError",
-    "write_container", "read_container", "parse",
+    "StreamSection", "write_container", "read_container", "parse",
 ]
 
 
@@ -256,9 +256,6 @@ class _Stream:
         values = struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
         return values if len(values) > 1 else values[0]
 
-    def crc_since(self, start: int) -> int:
-        return zlib.crc32(self.data[start:self.position])
-
 
 def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
           software_checks: bool = True, on_section=None) -> Container:
@@ -267,8 +264,9 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     ``params``, when given, is the decoder's: a container with other parameters is refused.
     ``software_checks`` adds the checks that need the whole tensor (shape against count, text of
     names, trailing bytes); a streaming decoder makes only the others, so the golden model turns
-    them off. They are made after the section's CRC, so both agree on every damaged container.
-    ``on_section(index, tensor)`` is called as each section is read.
+    them off, and then ``tensors`` of the result stays empty. Those checks come after the
+    section's CRC, so both kinds of reader agree on every damaged container.
+    ``on_section(section)`` is called with each :class:`StreamSection` as it is read.
     """
     stream = _Stream(data)
     if bytes(stream.take(len(MAGIC))) != MAGIC:
@@ -297,11 +295,12 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     coder_states = states.copy() if fast else [int(x) for x in states]
     tensors, sections = [], []
     for index in range(section_count):
-        tensor, info = _parse_section(stream, index, params, coder_states, fast, software_checks)
-        tensors.append(tensor)
+        section, info = _parse_section(stream, index, params, coder_states, fast)
         sections.append(info)
+        if software_checks:
+            tensors.append(_tensor_of(stream, section))
         if on_section is not None:
-            on_section(index, tensor)
+            on_section(section)
     if any(int(x) != params.lower_bound for x in coder_states):
         stream.fail(Status.STATE_MISMATCH, "final coder states are not the initial state L")
     if software_checks and stream.position != len(data):
@@ -309,8 +308,24 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     return Container(params, tensors, sections, file_header_bytes, stream.position)
 
 
-def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool,
-                   software_checks: bool):
+@dataclass
+class StreamSection:
+    """One section as a streaming decoder sees it, before any whole-tensor check."""
+
+    index: int
+    kind: SectionKind
+    raw_name: bytes
+    shape: tuple
+    levels: int = 0
+    zero_point: int = 0
+    scale: np.ndarray = None
+    symbols: np.ndarray = None  #: flat, in stream order (CODED)
+    dtype: RawDtype = None
+    data: bytes = None          #: the tensor's bytes (RAW)
+
+
+def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool):
+    """Read one section up to and including its CRC; returns it and its byte accounting."""
     start = stream.position
     where = f"section {index}"
     kind = stream.unpack("H")
@@ -325,6 +340,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
     if ndim > MAX_NDIM:
         stream.fail(Status.BAD_SECTION, f"{where}: {ndim} dimensions")
     shape = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
+    section = StreamSection(index, kind, raw_name, shape)
     table_bytes = 0
 
     if kind == SectionKind.CODED:
@@ -370,43 +386,45 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
             stream.fail(Status.BAD_LENGTH, f"{where}: {payload_words - used} payload words left over")
         stream.take(2 * payload_words)
         payload_bytes = 2 * payload_words
+        section.levels, section.zero_point, section.scale = levels, zero_point, scale
+        section.symbols = symbols
     else:
         dtype = stream.unpack("H")
         if dtype not in tuple(RawDtype):
             stream.fail(Status.BAD_SECTION, f"{where}: unknown dtype {dtype}")
-        dtype = RawDtype(dtype)
         data_bytes = stream.unpack("I")
-        data = bytes(stream.take(data_bytes + (data_bytes & 1)))[:data_bytes]
+        section.dtype = RawDtype(dtype)
+        section.data = bytes(stream.take(data_bytes + (data_bytes & 1)))[:data_bytes]
         payload_bytes = data_bytes
 
     body_crc = zlib.crc32(stream.data[start:stream.position])
     if stream.unpack("I") != body_crc:
         stream.fail(Status.CRC_MISMATCH, f"{where}: CRC mismatch")
     size = stream.position - start
+    info = SectionInfo(kind, raw_name.decode("utf-8", errors="replace"), start, size,
+                       payload_bytes, table_bytes, size - table_bytes - payload_bytes)
+    return section, info
 
-    name = _checked_name(stream, raw_name, where) if software_checks \
-        else raw_name.decode("utf-8", errors="replace")
-    element_count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if kind == SectionKind.CODED:
-        if software_checks:
-            if element_count != symbol_count:
-                stream.fail(Status.BAD_SECTION, f"{where}: shape {shape} does not hold "
-                            f"{symbol_count} weights")
-            if scale_count not in {1, *shape[:1]}:
-                stream.fail(Status.BAD_SECTION, f"{where}: {scale_count} scales for shape {shape}")
-        tensor = CodedTensor(name, symbols.reshape(shape) if software_checks else symbols,
-                             levels, zero_point, scale, table)
-        header_bytes = size - table_bytes - payload_bytes
-    else:
-        array = np.frombuffer(data, dtype=dtype.numpy) if len(data) % dtype.numpy.itemsize == 0 \
-            else None
-        if software_checks and (array is None or array.size != element_count):
-            stream.fail(Status.BAD_SECTION, f"{where}: {data_bytes} bytes do not hold shape "
-                        f"{shape} of {dtype.name.lower()}")
-        tensor = RawTensor(name, array.reshape(shape) if software_checks else
-                           (array if array is not None else np.frombuffer(data, np.uint8)))
-        header_bytes = size - payload_bytes
-    return tensor, SectionInfo(kind, name, start, size, payload_bytes, table_bytes, header_bytes)
+
+def _tensor_of(stream: _Stream, section: StreamSection) -> Tensor:
+    """The tensor a section holds, after the checks that need it whole (FORMAT.md, "Checks")."""
+    where = f"section {section.index}"
+    name = _checked_name(stream, section.raw_name, where)
+    shape = section.shape
+    element_count = int(np.prod(shape, dtype=np.int64))
+    if section.kind == SectionKind.CODED:
+        if element_count != len(section.symbols):
+            stream.fail(Status.BAD_SECTION, f"{where}: shape {shape} does not hold "
+                        f"{len(section.symbols)} weights")
+        if len(section.scale) not in {1, *shape[:1]}:
+            stream.fail(Status.BAD_SECTION, f"{where}: {len(section.scale)} scales for shape {shape}")
+        return CodedTensor(name, section.symbols.reshape(shape), section.levels,
+                           section.zero_point, section.scale)
+    itemsize = section.dtype.numpy.itemsize
+    if len(section.data) != element_count * itemsize:
+        stream.fail(Status.BAD_SECTION, f"{where}: {len(section.data)} bytes do not hold shape "
+                    f"{shape} of {section.dtype.name.lower()}")
+    return RawTensor(name, np.frombuffer(section.data, dtype=section.dtype.numpy).reshape(shape))
 
 
 def _checked_name(stream: _Stream, raw_name: bytes, where: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import CodedTensor, ContainerError, parse
+from .container import ContainerError, parse
 from .format import SectionKind, Status
 from .params import CodecParams
 
@@ -52,12 +52,13 @@ def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True)
     """
     sections = []
 
-    def emit(index, tensor):
-        if isinstance(tensor, CodedTensor):
-            sections.append(GoldenSection(index, SectionKind.CODED, tensor.zero_point,
-                                          tensor.integers().ravel()))
+    def emit(section):
+        if section.kind == SectionKind.CODED:
+            integers = section.symbols.astype(np.int16) - np.int16(section.zero_point)
+            sections.append(GoldenSection(section.index, section.kind, section.zero_point,
+                                          integers))
         else:
-            sections.append(GoldenSection(index, SectionKind.RAW))
+            sections.append(GoldenSection(section.index, section.kind))
 
     try:
         parse(data, params, fast=fast, software_checks=False, on_section=emit)

@@ -189,6 +189,15 @@ def test_checks_behind_the_crc(single):
     lying_shape = fix_section_crc(rewrite(data, fields["dims"], "I", 5), start, end)
     assert read_status(lying_shape) == Status.BAD_SECTION
     assert golden_decode(lying_shape).status == Status.OK
+    # Four per-channel scales, then the shape claims 2 x 50: same count, wrong channel count.
+    channels = np.random.default_rng(6).integers(0, 3, size=(4, 25))
+    per_channel = write_container([CodedTensor("w", channels, 3, 1, np.arange(1, 5))],
+                                  CodecParams(state_count=2))
+    per_channel_end = len(per_channel) - 4
+    lying_channels = fix_section_crc(rewrite(rewrite(per_channel, fields["dims"], "I", 2),
+                                             fields["dims"] + 4, "I", 50), start, per_channel_end)
+    assert read_status(lying_channels) == Status.BAD_SECTION
+    assert golden_decode(lying_channels).status == Status.OK
     bad_name = fix_section_crc(rewrite(data, start + 4, "B", 0xFF), start, end)
     assert read_status(bad_name) == Status.BAD_SECTION
     assert golden_decode(bad_name).status == Status.OK

@@ -22,7 +22,7 @@ def read_with_progress(data: bytes, description: str) -> Container:
     total = struct.unpack_from("<H", data, 14)[0] \
         if len(data) >= 16 and data[:4] == MAGIC else None
     with tqdm(total=total, desc=description, unit="section", disable=None, leave=False) as bar:
-        return parse(data, on_section=lambda index, tensor: bar.update())
+        return parse(data, on_section=lambda section: bar.update())
 
 
 def add_params_arguments(parser) -> None:
