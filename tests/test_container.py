@@ -5,6 +5,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sw.container import (CodedTensor, ContainerError, RawTensor, read_container,
                           write_container)
@@ -215,3 +217,37 @@ def test_header_checks(single):
                                                                Status.STATE_MISMATCH)
     assert read_status(rewrite(data, 14, "H", 2)) == Status.TRUNCATED
     assert data.startswith(MAGIC)
+
+
+@st.composite
+def tensor_lists(draw):
+    tensors = []
+    for index in range(draw(st.integers(0, 5))):
+        shape = tuple(draw(st.lists(st.integers(0, 6), max_size=3)))
+        size = int(np.prod(shape, dtype=np.int64))
+        if draw(st.booleans()):
+            levels = draw(st.integers(1, 256))
+            symbols = np.array(draw(st.lists(st.integers(0, levels - 1), min_size=size,
+                                             max_size=size)), dtype=np.uint8).reshape(shape)
+            zero_point = draw(st.integers(levels - 1 - 32767, 32767))
+            scale = np.float32(draw(st.floats(-1e3, 1e3, width=32)))
+            tensors.append(CodedTensor(f"t{index}", symbols, levels, zero_point, scale))
+        else:
+            data = np.array(draw(st.lists(st.integers(-2**31, 2**31 - 1), min_size=size,
+                                          max_size=size)), dtype=np.int32).reshape(shape)
+            tensors.append(RawTensor(f"r{index}", data))
+    return tensors
+
+
+@settings(max_examples=80, deadline=None)
+@given(tensor_lists(), st.integers(1, 64))
+def test_property_round_trip(tensors, state_count):
+    params = CodecParams(state_count=state_count)
+    data = write_container(tensors, params)
+    assert_same(tensors, read_container(data, params))
+    golden = golden_decode(data)
+    assert golden.status == Status.OK
+    coded = [t for t in tensors if isinstance(t, CodedTensor)]
+    np.testing.assert_array_equal(
+        golden.integers(),
+        np.concatenate([t.integers().ravel() for t in coded]) if coded else np.zeros(0))
