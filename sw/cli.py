@@ -1,8 +1,8 @@
 """``python -m sw``: the command line of the software side.
 
-Each command lives in a module exposing ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their command runs, so ``verify`` does not
-pay for importing torch.
+Each command lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so ``verify`` does not pay for importing
+torch.
 """
 
 import argparse
@@ -14,14 +14,20 @@ from .container import ContainerError
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
-#: command name -> module implementing it
+#: command name -> (module implementing it, one-line summary)
 COMMANDS = {
-    "encode": "sw.commands.encode",
-    "decode": "sw.commands.decode",
-    "inspect": "sw.commands.inspect",
-    "verify": "sw.commands.verify",
-    "train": "sw.train",
-    "compress": "sw.compress",
+    "encode": ("sw.commands.encode", "code a model's integer tensors losslessly (.npz, "
+               ".safetensors or torch state dict); other tensors are stored raw"),
+    "decode": ("sw.commands.decode", "decode a container to .npz: integers exactly, or floats "
+               "with --dequantize"),
+    "inspect": ("sw.commands.inspect", "per section: shape, levels, entropy, coded bits/weight "
+                "and overhead; then totals"),
+    "verify": ("sw.commands.verify", "decode a container completely and make every check; "
+               "exit status 0 only if it is sound"),
+    "train": ("sw.train", "train a model with zero-point quantization to a bits/weight target "
+              "and export its container"),
+    "compress": ("sw.compress", "post-training quantization of any model to a bits/weight "
+                 "budget"),
 }
 
 
@@ -37,14 +43,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Only the chosen command's module is imported (torch is slow to import).
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, module_name in COMMANDS.items():
+    for name, (module_name, summary) in COMMANDS.items():
+        command = subparsers.add_parser(name, help=summary, description=summary)
         if name == chosen:
             module = importlib.import_module(module_name)
-            command = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
             module.add_arguments(command)
             command.set_defaults(run=module.run)
-        else:
-            subparsers.add_parser(name, add_help=False)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -2,7 +2,6 @@ from ..container import CodedTensor
 from ..tensorio import save_npz
 from . import read_file, read_with_progress
 
-HELP = "decode a container to .npz: integers exactly, or floats with --dequantize"
 
 
 def add_arguments(parser):

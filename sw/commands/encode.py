@@ -4,8 +4,6 @@ from ..container import CodedTensor, RawTensor, write_container
 from ..tensorio import load_tensors
 from . import add_params_arguments, params_from
 
-HELP = ("code a model's integer tensors losslessly (.npz, .safetensors or torch state dict); "
-        "other tensors are stored raw")
 
 
 def add_arguments(parser):

@@ -5,7 +5,6 @@ from ..container import CodedTensor
 from ..format import SectionKind
 from . import read_file, read_with_progress
 
-HELP = "per section: shape, levels, entropy, coded bits/weight and overhead; then totals"
 
 
 def add_arguments(parser):

@@ -1,6 +1,5 @@
 from . import read_file, read_with_progress
 
-HELP = "decode a container completely and make every check; exit status 0 only if it is sound"
 
 
 def add_arguments(parser):
