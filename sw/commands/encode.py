@@ -5,7 +5,6 @@ from ..tensorio import load_tensors
 from . import add_params_arguments, params_from
 
 
-
 def add_arguments(parser):
     parser.add_argument("input", metavar="IN")
     parser.add_argument("-o", "--output", metavar="OUT", required=True)
