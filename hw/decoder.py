@@ -1,0 +1,540 @@
+"""The weight decoder: container words in, dequantized weights out, ``lanes`` per cycle.
+
+docs/HARDWARE.md describes the microarchitecture; docs/FORMAT.md is the specification it
+implements. In short: a word-level parser walks the container and checks every field in the
+order of :func:`sw.container.parse`; a ring of ``R = max(K/N, D)`` pipeline slots per lane holds
+the ``K`` coder states, so each lane's state recurrence (slot -> symbol lookup -> multiply ->
+add -> renormalise) has ``K/N`` cycles to come round; a word buffer hands the lanes that
+renormalise the next payload words in lane order.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
+                       VERSION, RawDtype, SectionKind, Status)
+from sw.params import CodecParams
+
+from .crc import Crc32Word
+from .tables import SymbolTables
+from .wordbuf import WordBuffer
+
+__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTH"]
+
+#: Stages of the state recurrence: lookup bucket, lookup rank, multiply, add, renormalise.
+PIPELINE_DEPTH = 5
+
+
+class WeightBatch(data.StructLayout):
+    """Payload of the ``weights`` stream: up to ``lanes`` decoded integers of one section.
+
+    Parameters
+    ----------
+    lanes : int
+
+    Attributes
+    ----------
+    values : ArrayLayout(signed(16), lanes)
+        ``q = symbol - zero_point``; lane ``n`` is the ``n``-th symbol of this transfer.
+    count : range(lanes + 1)
+        Valid values, from lane 0; below ``lanes`` only on a section's last transfer.
+    section : unsigned(16)
+        Index of the section among all sections of the container (raw ones included).
+    first, last : 1
+        First and last transfer of that coded section.
+    """
+
+    def __init__(self, lanes: int):
+        super().__init__({
+            "values": data.ArrayLayout(signed(16), lanes),
+            "count": range(lanes + 1),
+            "section": unsigned(16),
+            "first": 1,
+            "last": 1,
+        })
+
+
+#: The ``status`` output: ``code`` is a :class:`sw.format.Status`, sticky until reset.
+StatusLayout = data.StructLayout({"done": 1, "error": 1, "code": 4})
+
+
+class WeightDecoder(wiring.Component):
+    """Streaming decoder of a whole subbit container.
+
+    Parameters
+    ----------
+    params : CodecParams
+        The code this decoder is built for; a container made with others is refused with
+        ``PARAM_MISMATCH``.
+    lanes : int
+        ``N``: symbols decoded per cycle; must divide ``params.state_count``.
+
+    Attributes
+    ----------
+    words : In(stream.Signature(16))
+        The container as little-endian 16-bit words, in file order. Not ready after the last
+        section; always ready after an error (input is drained and ignored).
+    weights : Out(stream.Signature(WeightBatch(lanes)))
+        Decoded integers of every coded section, in symbol order.
+    status : Out(StatusLayout)
+        ``done`` when the container is finished (last CRC and final-state check made) or an
+        error happened; ``error`` and ``code`` say which.
+    """
+
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1):
+        params.check_lanes(lanes)
+        self.params = params
+        self.lanes = lanes
+        self.ring = max(params.state_count // lanes, PIPELINE_DEPTH)
+        super().__init__({
+            "words": In(stream.Signature(16)),
+            "weights": Out(stream.Signature(WeightBatch(lanes))),
+            "status": Out(StatusLayout),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        params, N = self.params, self.lanes
+        P, K = params.precision_bits, params.state_count
+        L = params.lower_bound
+        M = params.total_frequency
+        G = K // N
+        R = self.ring
+        D = PIPELINE_DEPTH
+
+        m.submodules.crc = crc = Crc32Word()
+        m.d.comb += crc.word.eq(self.words.payload)
+        m.submodules.tables = tables = SymbolTables(params, N)
+        m.submodules.buffer = buf = WordBuffer(N)
+
+        w = self.words.payload
+        acc = Signal()
+        m.d.comb += acc.eq(self.words.valid & self.words.ready)
+
+        code = Signal(4)
+        m.d.comb += self.status.code.eq(code)
+
+        # -- parser registers --
+        low = Signal(16)                 # low word of a u32 field
+        magic_low = Signal(16)
+        param_bad = Signal()
+        section_count = Signal(16)
+        section = Signal(16)
+        left = Signal(32)                # words left in the field being skipped or read
+        state_lane = Signal(range(N))
+        state_high = Signal()
+        state_bad = Signal()
+        row = [Signal(32, name=f"row{n}") for n in range(N)]
+        row_full = Signal()
+        raw = Signal()
+        levels = Signal(16)
+        zero_point = Signal(signed(16))
+        symbol_count = Signal(32)
+        freq_sum = Signal(26)
+        freq_index = Signal(9)
+        single = Signal()
+        single_symbol = Signal(8)
+        payload_left = Signal(32)
+
+        # -- core registers --
+        phase = Signal(range(R), init=R - 1)
+        next_index = Signal(range(G))
+        remaining = Signal(29)
+        first_pending = Signal()
+        in_payload = Signal()
+        in_header = Signal()
+        adv = Signal()
+
+        x = [[Signal(32, name=f"x{i}_{n}") for n in range(N)] for i in range(R)]
+        mul3 = [Signal(32, name=f"mul3_{n}") for n in range(N)]
+        diff3 = [Signal(32, name=f"diff3_{n}") for n in range(N)]
+        sym3 = [Signal(8, name=f"sym3_{n}") for n in range(N)]
+        sym4 = [Signal(8, name=f"sym4_{n}") for n in range(N)]
+        ctrl_layout = data.StructLayout({"valid": 1, "count": range(N + 1), "first": 1,
+                                         "last": 1})
+        ctrl = [Signal(ctrl_layout, name=f"ctrl{i}") for i in range(D)]  # ctrl[0] unused
+
+        out_valid = Signal()
+        out = Signal(WeightBatch(N))
+        m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
+
+        # -- the ring --
+        lane_need = Signal(N)
+        for n in range(N):
+            m.d.comb += lane_need[n].eq(ctrl[4].valid & (ctrl[4].count > n)
+                                        & (x[4][n][16:] == 0))
+        m.d.comb += buf.need.eq(lane_need)
+        short = Signal()
+        m.d.comb += short.eq(buf.need_count > buf.count)
+        block = Signal()
+        m.d.comb += block.eq(ctrl[4].valid & (short | (out_valid & ~self.weights.ready)))
+        m.d.comb += adv.eq(row_full | (~in_header & ~block))
+        m.d.comb += buf.take.eq(ctrl[4].valid & adv)
+
+        drained = Signal()
+        m.d.comb += drained.eq((remaining == 0) & ~ctrl[1].valid & ~ctrl[2].valid
+                               & ~ctrl[3].valid & ~ctrl[4].valid)
+
+        issue = Signal()
+        m.d.comb += issue.eq(in_payload & (remaining != 0) & (phase == next_index))
+        issue_count = Signal(range(N + 1))
+        m.d.comb += issue_count.eq(Mux(remaining >= N, N, remaining))
+
+        m.d.comb += tables.en.eq(adv)
+        for n in range(N):
+            m.d.comb += tables.slot[n].eq(x[0][n][:P])
+
+        renormed = [Signal(32, name=f"renormed{n}") for n in range(N)]
+        for n in range(N):
+            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[4][n][:16]),
+                                           x[4][n]))
+
+        with m.If(adv):
+            m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
+            with m.If(issue):
+                m.d.sync += [
+                    remaining.eq(remaining - issue_count),
+                    next_index.eq(Mux(next_index == G - 1, 0, next_index + 1)),
+                    first_pending.eq(0),
+                ]
+            m.d.sync += [
+                ctrl[1].valid.eq(issue),
+                ctrl[1].count.eq(issue_count),
+                ctrl[1].first.eq(first_pending),
+                ctrl[1].last.eq(remaining <= N),
+                ctrl[2].eq(ctrl[1]),
+                ctrl[3].eq(ctrl[2]),
+                ctrl[4].eq(ctrl[3]),
+            ]
+            for n in range(N):
+                active3 = ctrl[3].valid & (ctrl[3].count > n) & ~single
+                m.d.sync += [
+                    x[1][n].eq(x[0][n]),
+                    x[2][n].eq(x[1][n]),
+                    x[3][n].eq(x[2][n]),
+                    mul3[n].eq(tables.frequency[n] * x[2][n][P:]),
+                    diff3[n].eq(x[2][n][:P] - tables.cumulative[n]),
+                    sym3[n].eq(tables.symbol[n]),
+                    x[4][n].eq(Mux(active3, mul3[n] + diff3[n], x[3][n])),
+                    sym4[n].eq(sym3[n]),
+                ]
+                if R == D:
+                    m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
+                else:
+                    m.d.sync += x[D][n].eq(renormed[n])
+                    for i in range(D, R - 1):
+                        m.d.sync += x[i + 1][n].eq(x[i][n])
+                    m.d.sync += x[0][n].eq(Mux(row_full, row[n], x[R - 1][n]))
+        m.d.sync += row_full.eq(0)
+
+        # -- output register: a transfer leaves the ring's last stage only into a free slot --
+        with m.If(ctrl[4].valid & adv):
+            m.d.sync += [
+                out_valid.eq(1),
+                out.count.eq(ctrl[4].count),
+                out.first.eq(ctrl[4].first),
+                out.last.eq(ctrl[4].last),
+                out.section.eq(section),
+            ]
+            for n in range(N):
+                m.d.sync += out.values[n].eq(Mux(single, single_symbol, sym4[n]) - zero_point)
+        with m.Elif(self.weights.ready):
+            m.d.sync += out_valid.eq(0)
+
+        # -- final-state check: every state passes the ring head once in R cycles --
+        final_count = Signal(range(R + 1))
+        final_bad = Signal()
+        head_bad = Signal()
+        m.d.comb += head_bad.eq((phase < G) & (Cat(*[x[0][n] != L for n in range(N)]) != 0))
+
+        # -- parser --
+        def fail(status):
+            m.d.sync += code.eq(status)
+            m.next = "ERROR"
+
+        def skip(count, state, after):
+            """Go to ``state`` to pass over ``count`` words, then do ``after()``."""
+            with m.If(count == 0):
+                after()
+            with m.Else():
+                m.d.sync += left.eq(count)
+                m.next = state
+
+        def skipping(state, after):
+            with m.State(state):
+                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(left == 1):
+                        after()
+
+        def field(state, then):
+            """A one-word field: accept it into the CRC, then ``then()``."""
+            with m.State(state):
+                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    then()
+
+        def after_section():
+            with m.If(section + 1 == section_count):
+                m.next = "FINAL"
+            with m.Else():
+                m.d.sync += section.eq(section + 1)
+                m.next = "KIND"
+
+        def after_dims():
+            with m.If(raw):
+                m.next = "DTYPE"
+            with m.Else():
+                m.next = "LEVELS"
+
+        def start_freqs():
+            m.next = "FREQ"
+
+        magic = int.from_bytes(MAGIC, "little")
+        ok_params = [params.state_bits, params.word_bits, P, K]
+
+        with m.FSM():
+            with m.State("MAGIC0"):
+                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    m.d.sync += magic_low.eq(w)
+                    m.next = "MAGIC1"
+            with m.State("MAGIC1"):
+                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    with m.If(Cat(magic_low, w) != magic):
+                        fail(Status.BAD_MAGIC)
+                    with m.Else():
+                        m.next = "VERSION"
+            with m.State("VERSION"):
+                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    with m.If(w != VERSION):
+                        fail(Status.BAD_VERSION)
+                    with m.Else():
+                        m.next = "PARAM0"
+            for i, value in enumerate(ok_params):
+                with m.State(f"PARAM{i}"):
+                    m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                    with m.If(acc):
+                        bad = param_bad | (w != value)
+                        if i < 3:
+                            m.d.sync += param_bad.eq(bad)
+                            m.next = f"PARAM{i + 1}"
+                        else:
+                            # All four are read before any is judged, as the golden model does.
+                            with m.If(bad):
+                                fail(Status.PARAM_MISMATCH)
+                            with m.Else():
+                                m.next = "SECTIONS"
+            with m.State("SECTIONS"):
+                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    m.d.sync += [section_count.eq(w), left.eq(2 * K)]
+                    m.next = "STATES"
+            with m.State("STATES"):
+                # A row (state index i of every lane) enters the ring head when complete.
+                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                with m.If(acc):
+                    m.d.sync += [left.eq(left - 1), state_high.eq(~state_high)]
+                    with m.If(~state_high):
+                        m.d.sync += low.eq(w)
+                    with m.Else():
+                        with m.Switch(state_lane):
+                            for n in range(N):
+                                with m.Case(n):
+                                    m.d.sync += row[n].eq(Cat(low, w))
+                        with m.If(state_lane == N - 1):
+                            m.d.sync += [state_lane.eq(0), row_full.eq(1)]
+                        with m.Else():
+                            m.d.sync += state_lane.eq(state_lane + 1)
+                    bad = state_bad | (state_high & (w == 0))
+                    m.d.sync += state_bad.eq(bad)
+                    with m.If(left == 1):
+                        with m.If(bad):
+                            fail(Status.BAD_STATE)
+                        with m.Else():
+                            m.next = "HCRC0"
+            with m.State("HCRC0"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(acc):
+                    m.d.sync += low.eq(w)
+                    m.next = "HCRC1"
+            with m.State("HCRC1"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(acc):
+                    with m.If(Cat(low, w) != crc.crc):
+                        fail(Status.CRC_MISMATCH)
+                    with m.Elif(section_count == 0):
+                        m.next = "FINAL"
+                    with m.Else():
+                        m.next = "KIND"
+
+            with m.State("KIND"):
+                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc), crc.restart.eq(1)]
+                with m.If(acc):
+                    m.d.sync += raw.eq(w == SectionKind.RAW)
+                    with m.If(w > max(SectionKind)):
+                        fail(Status.BAD_SECTION)
+                    with m.Else():
+                        m.next = "NAME_BYTES"
+
+
+            def name_bytes():
+                with m.If(w > MAX_NAME_BYTES):
+                    fail(Status.BAD_SECTION)
+                with m.Else():
+                    skip((w + 1) >> 1, "NAME", lambda: setattr(m, "next", "NDIM"))
+            field("NAME_BYTES", name_bytes)
+            skipping("NAME", lambda: setattr(m, "next", "NDIM"))
+
+            def ndim():
+                with m.If(w > MAX_NDIM):
+                    fail(Status.BAD_SECTION)
+                with m.Else():
+                    skip(w << 1, "DIMS", after_dims)
+            field("NDIM", ndim)
+            skipping("DIMS", after_dims)
+
+            # CODED
+            def got_levels():
+                m.d.sync += levels.eq(w)
+                m.next = "ZERO_POINT"
+            field("LEVELS", got_levels)
+
+            def got_zero_point():
+                m.d.sync += zero_point.eq(w)
+                m.next = "SCALE_COUNT"
+            field("ZERO_POINT", got_zero_point)
+
+            def scale_count():
+                overflow = (levels - 1 - zero_point) > 32767
+                with m.If((levels == 0) | (levels > MAX_LEVELS) | overflow | (w == 0)):
+                    fail(Status.BAD_SECTION)
+                with m.Else():
+                    skip(w << 1, "SCALES", lambda: setattr(m, "next", "COUNT0"))
+            field("SCALE_COUNT", scale_count)
+            skipping("SCALES", lambda: setattr(m, "next", "COUNT0"))
+
+            def count0():
+                m.d.sync += low.eq(w)
+                m.next = "COUNT1"
+            field("COUNT0", count0)
+
+            def count1():
+                count = Cat(low, w)
+                m.d.sync += [symbol_count.eq(count), freq_sum.eq(0), freq_index.eq(0),
+                             left.eq(levels), single.eq(levels == 1), single_symbol.eq(0)]
+                m.d.comb += tables.start.eq(1)
+                with m.If(count > MAX_SECTION_SYMBOLS):
+                    fail(Status.BAD_SECTION)
+                with m.Elif(levels == 1):
+                    m.next = "PAYLOAD_WORDS0"
+                with m.Else():
+                    m.next = "FREQ"
+            field("COUNT1", count1)
+
+            with m.State("FREQ"):
+                m.d.comb += [
+                    tables.freqs.valid.eq(self.words.valid),
+                    tables.freqs.payload.eq(w),
+                    self.words.ready.eq(tables.freqs.ready),
+                    crc.en.eq(acc),
+                ]
+                with m.If(acc):
+                    m.d.sync += [freq_sum.eq(freq_sum + w), freq_index.eq(freq_index + 1),
+                                 left.eq(left - 1)]
+                    if M < 1 << 16:
+                        with m.If(w == M):
+                            m.d.sync += [single.eq(1), single_symbol.eq(freq_index)]
+                    with m.If(left == 1):
+                        m.next = "FREQ_END"
+            with m.State("FREQ_END"):
+                with m.If(tables.idle):
+                    with m.If(freq_sum != M):
+                        fail(Status.BAD_TABLE)
+                    with m.Else():
+                        m.next = "PAYLOAD_WORDS0"
+
+            def payload_words0():
+                m.d.sync += low.eq(w)
+                m.next = "PAYLOAD_WORDS1"
+            field("PAYLOAD_WORDS0", payload_words0)
+
+            def payload_words1():
+                m.d.sync += [
+                    payload_left.eq(Cat(low, w)),
+                    remaining.eq(symbol_count),
+                    next_index.eq(0),
+                    first_pending.eq(1),
+                ]
+                m.d.comb += buf.clear.eq(1)
+                m.next = "PAYLOAD"
+            field("PAYLOAD_WORDS1", payload_words1)
+
+            with m.State("PAYLOAD"):
+                m.d.comb += [
+                    in_payload.eq(1),
+                    buf.push.valid.eq(self.words.valid & (payload_left != 0)),
+                    buf.push.payload.eq(w),
+                    self.words.ready.eq(buf.push.ready & (payload_left != 0)),
+                    crc.en.eq(acc),
+                ]
+                with m.If(acc):
+                    m.d.sync += payload_left.eq(payload_left - 1)
+                with m.If(ctrl[4].valid & short & (payload_left == 0)):
+                    fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
+                with m.Elif(drained):
+                    with m.If((payload_left != 0) | (buf.count != 0)):
+                        fail(Status.BAD_LENGTH)   # the symbols end with words unread
+                    with m.Else():
+                        m.next = "SCRC0"
+
+            # RAW
+            def dtype():
+                with m.If(w > max(RawDtype)):
+                    fail(Status.BAD_SECTION)
+                with m.Else():
+                    m.next = "DATA_BYTES0"
+            field("DTYPE", dtype)
+
+            def data_bytes0():
+                m.d.sync += low.eq(w)
+                m.next = "DATA_BYTES1"
+            field("DATA_BYTES0", data_bytes0)
+
+            def data_bytes1():
+                skip((Cat(low, w) + 1) >> 1, "DATA", lambda: setattr(m, "next", "SCRC0"))
+            field("DATA_BYTES1", data_bytes1)
+            skipping("DATA", lambda: setattr(m, "next", "SCRC0"))
+
+            with m.State("SCRC0"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(acc):
+                    m.d.sync += low.eq(w)
+                    m.next = "SCRC1"
+            with m.State("SCRC1"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(acc):
+                    with m.If(Cat(low, w) != crc.crc):
+                        fail(Status.CRC_MISMATCH)
+                    with m.Else():
+                        after_section()
+
+            with m.State("FINAL"):
+                with m.If(adv):
+                    m.d.sync += [final_count.eq(final_count + 1),
+                                 final_bad.eq(final_bad | head_bad)]
+                with m.If(final_count == R):
+                    with m.If(final_bad):
+                        fail(Status.STATE_MISMATCH)
+                    with m.Else():
+                        m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.status.done.eq(1)
+            with m.State("ERROR"):
+                m.d.comb += [self.status.done.eq(1), self.status.error.eq(1),
+                             self.words.ready.eq(1)]
+        return m

@@ -1,0 +1,165 @@
+"""Symbol lookup: slot -> (symbol, cumulative, frequency) at one lookup per lane per cycle.
+
+Structure (docs/HARDWARE.md, "Symbol lookup"). The ``M = 2**P`` slots are cut into buckets of
+``2**S`` slots (``S = min(4, P)``). Symbols of non-zero frequency are numbered by *rank* in
+symbol order (zero-frequency symbols own no slot and get no rank). Two block RAMs per lane:
+
+* bucket table, ``2**(P-S)`` entries: ``first`` = rank of the symbol owning the bucket's first
+  slot, ``mask`` = bit ``i`` set when a symbol starts at slot ``i`` of the bucket;
+* rank table, up to 256 entries: ``symbol``, ``cumulative`` and ``frequency`` (``P`` bits each
+  for the last two; a frequency of ``M`` only occurs in one-symbol tables, which the decoder
+  handles without the table, so it is stored as 0).
+
+``rank = first + popcount(mask[1..j])`` with ``j`` the slot's offset in its bucket. Both
+tables are built by one sequential walk while the frequencies arrive: one cycle per frequency
+word plus one cycle per bucket written, at most ``levels + 2**(P-S)`` cycles (512 for P = 12).
+"""
+
+from amaranth import Module, Signal, unsigned, Cat, Const
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.format import MAX_LEVELS
+from sw.params import CodecParams
+
+__all__ = ["SymbolTables", "bucket_shift"]
+
+
+def bucket_shift(precision_bits: int) -> int:
+    """``S``: log2 of the slots per bucket."""
+    return min(4, precision_bits)
+
+
+class SymbolTables(wiring.Component):
+    """Builder and ``lanes`` copies of the two-level symbol lookup.
+
+    Parameters
+    ----------
+    params : CodecParams
+    lanes : int
+        Number of independent lookup ports (one table copy each: a block RAM has one read port).
+
+    Attributes
+    ----------
+    start : In(1)
+        Forget the table being built and start a new one (symbol 0, cumulative 0).
+    freqs : In(stream.Signature(16))
+        The frequency words of a table, in symbol order. ``ready`` drops while the walk writes
+        buckets a symbol spans.
+    idle : Out(1)
+        Every accepted frequency has been written out.
+    en : In(1)
+        Advance the lookup pipeline (read enables: a stalled pipeline keeps its outputs).
+    slot : In(ArrayLayout(P, lanes))
+        Slots to look up, one per lane.
+    symbol, cumulative, frequency : Out(ArrayLayout(..., lanes))
+        The answer for the slot given two advancing cycles before.
+    """
+
+    def __init__(self, params: CodecParams, lanes: int):
+        self._params = params
+        self._lanes = lanes
+        p = params.precision_bits
+        super().__init__({
+            "start": In(1),
+            "freqs": In(stream.Signature(16)),
+            "idle": Out(1),
+            "en": In(1),
+            "slot": In(data.ArrayLayout(unsigned(p), lanes)),
+            "symbol": Out(data.ArrayLayout(unsigned(8), lanes)),
+            "cumulative": Out(data.ArrayLayout(unsigned(p), lanes)),
+            "frequency": Out(data.ArrayLayout(unsigned(p), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._params.precision_bits
+        s = bucket_shift(p)
+        buckets = 1 << (p - s)
+        mask_width = 1 << s
+        bucket_layout = data.StructLayout({"first": unsigned(8), "mask": unsigned(mask_width)})
+        rank_layout = data.StructLayout({"symbol": unsigned(8), "cumulative": unsigned(p),
+                                         "frequency": unsigned(p)})
+
+        # -- builder: a walk over the frequencies in symbol order --
+        cum = Signal(26)          # 256 words of 16 bits cannot overflow it
+        symbol = Signal(9)
+        rank = Signal(9)
+        span_rank = Signal(8)
+        bucket = Signal(p - s + 1)
+        flush_to = Signal(p - s + 1)
+        first = Signal(8)
+        mask = Signal(mask_width)
+
+        bucket_we = Signal()
+        rank_we = Signal()
+        bucket_wdata = Signal(bucket_layout)
+        rank_wdata = Signal(rank_layout)
+        flushing = Signal()
+        m.d.comb += [
+            flushing.eq(bucket < flush_to),
+            self.freqs.ready.eq(~flushing),
+            self.idle.eq(~flushing),
+            bucket_wdata.first.eq(first),
+            bucket_wdata.mask.eq(mask),
+            bucket_we.eq(flushing),
+        ]
+        f = self.freqs.payload
+        cum_next = Signal(26)
+        end_bucket = Signal(26 - s)
+        m.d.comb += [cum_next.eq(cum + f), end_bucket.eq(cum_next >> s)]
+        m.d.comb += [
+            rank_wdata.symbol.eq(symbol),
+            rank_wdata.cumulative.eq(cum),
+            rank_wdata.frequency.eq(f),
+        ]
+        with m.If(self.start):
+            m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), span_rank.eq(0), bucket.eq(0),
+                         flush_to.eq(0), first.eq(0), mask.eq(0)]
+        with m.Elif(self.freqs.valid & self.freqs.ready):
+            m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
+            with m.If(f != 0):
+                # Ranks past 255 only come from tables that fail the sum check.
+                m.d.comb += rank_we.eq(rank < MAX_LEVELS)
+                m.d.sync += [rank.eq(rank + 1), span_rank.eq(rank)]
+                with m.If(cum[:s] == 0):
+                    m.d.sync += [first.eq(rank), mask.eq(0)]
+                with m.Else():
+                    m.d.sync += mask.eq(mask | (1 << cum[:s]))
+                with m.If(end_bucket >= buckets):
+                    m.d.sync += flush_to.eq(buckets)
+                with m.Else():
+                    m.d.sync += flush_to.eq(end_bucket)
+        with m.Elif(flushing):
+            # Buckets after the first one a symbol spans start inside that symbol.
+            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), mask.eq(0)]
+
+        # -- one copy of both tables per lane --
+        for n in range(self._lanes):
+            bmem = memory.Memory(shape=bucket_layout, depth=buckets, init=[])
+            rmem = memory.Memory(shape=rank_layout, depth=MAX_LEVELS, init=[])
+            m.submodules[f"buckets{n}"] = bmem
+            m.submodules[f"ranks{n}"] = rmem
+            bw = bmem.write_port()
+            rw = rmem.write_port()
+            m.d.comb += [
+                bw.addr.eq(bucket), bw.data.eq(bucket_wdata), bw.en.eq(bucket_we),
+                rw.addr.eq(rank), rw.data.eq(rank_wdata), rw.en.eq(rank_we),
+            ]
+            br = bmem.read_port(domain="sync")
+            rr = rmem.read_port(domain="sync")
+            offset = Signal(s, name=f"offset{n}")
+            with m.If(self.en):
+                m.d.sync += offset.eq(self.slot[n][:s])
+            m.d.comb += [br.addr.eq(self.slot[n][s:]), br.en.eq(self.en)]
+            # Starts at offsets 1..j of the bucket: bit 0 is the bucket's own first symbol.
+            starts = [br.data.mask[i] & (offset >= i) for i in range(1, mask_width)]
+            count = sum(starts) if starts else Const(0)
+            r = Signal(8, name=f"rank{n}")
+            m.d.comb += [r.eq(br.data.first + count), rr.addr.eq(r), rr.en.eq(self.en)]
+            m.d.comb += [
+                self.symbol[n].eq(rr.data.symbol),
+                self.cumulative[n].eq(rr.data.cumulative),
+                self.frequency[n].eq(rr.data.frequency),
+            ]
+        return m

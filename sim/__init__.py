@@ -1,0 +1,1 @@
+"""Simulation of the hardware decoder: Amaranth-simulator helpers and the cocotb testbench."""

@@ -1,0 +1,87 @@
+"""Run :class:`hw.decoder.WeightDecoder` on a container in the Amaranth simulator.
+
+Small containers only (a few thousand cycles a second); the cocotb/Icarus testbench
+(:mod:`sim.decode`) is the one for real models.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from hw.decoder import WeightDecoder
+from sw.format import Status
+from sw.params import CodecParams
+
+__all__ = ["SimResult", "run_pysim"]
+
+
+@dataclass
+class SimResult:
+    status: Status | None      #: None when the decoder never finished
+    done: bool
+    error: bool
+    cycles: int
+    transfers: list = field(default_factory=list)  #: (section, first, last, values)
+
+    def integers(self) -> np.ndarray:
+        parts = [np.asarray(v, dtype=np.int16) for _, _, _, v in self.transfers]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+def words_of(container: bytes) -> list:
+    data = container + b"\0" * (len(container) & 1)
+    return [int(v) for v in np.frombuffer(data, dtype="<u2")]
+
+
+def run_pysim(container: bytes, params: CodecParams, lanes: int, *, stall_in: float = 0.0,
+              stall_out: float = 0.0, max_cycles: int = 100_000, seed: int = 0,
+              idle_after_input: int = 200) -> SimResult:
+    """Feed ``container`` with random stalls; stop at ``done`` or ``idle_after_input`` cycles
+    after the input ran out (a truncated container: the decoder must simply wait)."""
+    dut = WeightDecoder(params, lanes)
+    words = words_of(container)
+    result = SimResult(None, False, False, 0)
+    rng = random.Random(seed)
+
+    async def testbench(ctx):
+        position = 0
+        idle = 0
+        for cycle in range(max_cycles):
+            offer = position < len(words) and rng.random() >= stall_in
+            ctx.set(dut.words.valid, offer)
+            if offer:
+                ctx.set(dut.words.payload, words[position])
+            take = rng.random() >= stall_out
+            ctx.set(dut.weights.ready, take)
+            # Sample both handshakes before the edge, as the registers will.
+            in_fire = offer and ctx.get(dut.words.ready)
+            if take and ctx.get(dut.weights.valid):
+                payload = ctx.get(dut.weights.payload)
+                count = payload.count
+                result.transfers.append((payload.section, payload.first, payload.last,
+                                         [payload.values[n] for n in range(count)]))
+            status = ctx.get(dut.status)
+            if status.done:
+                result.done = True
+                result.error = bool(status.error)
+                result.status = Status(status.code) if status.error else Status.OK
+                result.cycles = cycle
+                return
+            await ctx.tick()
+            if in_fire:
+                position += 1
+            if position >= len(words):
+                idle += 1
+                if idle > idle_after_input:
+                    break
+        result.cycles = cycle
+        status = ctx.get(dut.status)
+        result.error = bool(status.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return result
