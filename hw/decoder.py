@@ -20,10 +20,11 @@ from .crc import Crc32Word
 from .tables import SymbolTables
 from .wordbuf import WordBuffer
 
-__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTH"]
+__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTHS"]
 
-#: Stages of the state recurrence: lookup bucket, lookup rank, multiply, add, renormalise.
-PIPELINE_DEPTH = 5
+#: Stages of the state recurrence: bucket lookup, rank lookup, multiply, add, renormalise
+#: (5), or with multiply and add in one stage (4, for K/N = 4: 8 lanes of 32 states).
+PIPELINE_DEPTHS = (4, 5)
 
 
 class WeightBatch(data.StructLayout):
@@ -69,6 +70,10 @@ class WeightDecoder(wiring.Component):
         ``PARAM_MISMATCH``.
     lanes : int
         ``N``: symbols decoded per cycle; must divide ``params.state_count``.
+    depth : int, optional
+        ``D``, stages of the state recurrence, 4 or 5. Each lane serves ``K/N`` states in
+        turn; when ``K/N < D`` the ring carries ``D - K/N`` bubbles and the lanes run at
+        ``K/N / D`` of full rate. Default: 5, or 4 when ``K/N = 4``.
 
     Attributes
     ----------
@@ -82,11 +87,17 @@ class WeightDecoder(wiring.Component):
         error happened; ``error`` and ``code`` say which.
     """
 
-    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1):
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, depth: int = None):
         params.check_lanes(lanes)
+        if depth is None:
+            depth = 4 if params.state_count // lanes == 4 else 5
+        if depth not in PIPELINE_DEPTHS:
+            raise ValueError(f"depth must be one of {PIPELINE_DEPTHS}, not {depth!r}")
         self.params = params
         self.lanes = lanes
-        self.ring = max(params.state_count // lanes, PIPELINE_DEPTH)
+        self.depth = depth
+        #: Slots of the state ring per lane: ``K/N`` states and ``max(0, D - K/N)`` bubbles.
+        self.ring = max(params.state_count // lanes, depth)
         super().__init__({
             "words": In(stream.Signature(16)),
             "weights": Out(stream.Signature(WeightBatch(lanes))),
@@ -101,7 +112,8 @@ class WeightDecoder(wiring.Component):
         M = params.total_frequency
         G = K // N
         R = self.ring
-        D = PIPELINE_DEPTH
+        D = self.depth
+        Z = D - 1   # the renormalising stage
 
         m.submodules.crc = crc = Crc32Word()
         m.d.comb += crc.word.eq(self.words.payload)
@@ -151,6 +163,7 @@ class WeightDecoder(wiring.Component):
         diff3 = [Signal(32, name=f"diff3_{n}") for n in range(N)]
         sym3 = [Signal(8, name=f"sym3_{n}") for n in range(N)]
         sym4 = [Signal(8, name=f"sym4_{n}") for n in range(N)]
+        sym_out = sym4 if D == 5 else sym3
         ctrl_layout = data.StructLayout({"valid": 1, "count": range(N + 1), "first": 1,
                                          "last": 1})
         ctrl = [Signal(ctrl_layout, name=f"ctrl{i}") for i in range(D)]  # ctrl[0] unused
@@ -162,19 +175,19 @@ class WeightDecoder(wiring.Component):
         # -- the ring --
         lane_need = Signal(N)
         for n in range(N):
-            m.d.comb += lane_need[n].eq(ctrl[4].valid & (ctrl[4].count > n)
-                                        & (x[4][n][16:] == 0))
+            m.d.comb += lane_need[n].eq(ctrl[Z].valid & (ctrl[Z].count > n)
+                                        & (x[Z][n][16:] == 0))
         m.d.comb += buf.need.eq(lane_need)
         short = Signal()
         m.d.comb += short.eq(buf.need_count > buf.count)
         block = Signal()
-        m.d.comb += block.eq(ctrl[4].valid & (short | (out_valid & ~self.weights.ready)))
+        m.d.comb += block.eq(ctrl[Z].valid & (short | (out_valid & ~self.weights.ready)))
         m.d.comb += adv.eq(row_full | (~in_header & ~block))
-        m.d.comb += buf.take.eq(ctrl[4].valid & adv)
+        m.d.comb += buf.take.eq(ctrl[Z].valid & adv)
 
         drained = Signal()
-        m.d.comb += drained.eq((remaining == 0) & ~ctrl[1].valid & ~ctrl[2].valid
-                               & ~ctrl[3].valid & ~ctrl[4].valid)
+        m.d.comb += drained.eq((remaining == 0)
+                               & (Cat(*[ctrl[i].valid for i in range(1, D)]) == 0))
 
         issue = Signal()
         m.d.comb += issue.eq(in_payload & (remaining != 0) & (phase == next_index))
@@ -187,8 +200,8 @@ class WeightDecoder(wiring.Component):
 
         renormed = [Signal(32, name=f"renormed{n}") for n in range(N)]
         for n in range(N):
-            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[4][n][:16]),
-                                           x[4][n]))
+            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[Z][n][:16]),
+                                           x[Z][n]))
 
         with m.If(adv):
             m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
@@ -203,22 +216,26 @@ class WeightDecoder(wiring.Component):
                 ctrl[1].count.eq(issue_count),
                 ctrl[1].first.eq(first_pending),
                 ctrl[1].last.eq(remaining <= N),
-                ctrl[2].eq(ctrl[1]),
-                ctrl[3].eq(ctrl[2]),
-                ctrl[4].eq(ctrl[3]),
             ]
+            for i in range(2, D):
+                m.d.sync += ctrl[i].eq(ctrl[i - 1])
             for n in range(N):
-                active3 = ctrl[3].valid & (ctrl[3].count > n) & ~single
-                m.d.sync += [
-                    x[1][n].eq(x[0][n]),
-                    x[2][n].eq(x[1][n]),
-                    x[3][n].eq(x[2][n]),
-                    mul3[n].eq(tables.frequency[n] * x[2][n][P:]),
-                    diff3[n].eq(x[2][n][:P] - tables.cumulative[n]),
-                    sym3[n].eq(tables.symbol[n]),
-                    x[4][n].eq(Mux(active3, mul3[n] + diff3[n], x[3][n])),
-                    sym4[n].eq(sym3[n]),
-                ]
+                m.d.sync += [x[1][n].eq(x[0][n]), x[2][n].eq(x[1][n]), sym3[n].eq(tables.symbol[n])]
+                product = tables.frequency[n] * x[2][n][P:]
+                offset = x[2][n][:P] - tables.cumulative[n]
+                if D == 5:
+                    # Multiply and add in separate stages: the adder stays out of the DSP path.
+                    active = ctrl[3].valid & (ctrl[3].count > n) & ~single
+                    m.d.sync += [
+                        x[3][n].eq(x[2][n]),
+                        mul3[n].eq(product),
+                        diff3[n].eq(offset),
+                        x[4][n].eq(Mux(active, mul3[n] + diff3[n], x[3][n])),
+                        sym4[n].eq(sym3[n]),
+                    ]
+                else:
+                    active = ctrl[2].valid & (ctrl[2].count > n) & ~single
+                    m.d.sync += x[3][n].eq(Mux(active, product + offset, x[2][n]))
                 if R == D:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
                 else:
@@ -229,16 +246,16 @@ class WeightDecoder(wiring.Component):
         m.d.sync += row_full.eq(0)
 
         # -- output register: a transfer leaves the ring's last stage only into a free slot --
-        with m.If(ctrl[4].valid & adv):
+        with m.If(ctrl[Z].valid & adv):
             m.d.sync += [
                 out_valid.eq(1),
-                out.count.eq(ctrl[4].count),
-                out.first.eq(ctrl[4].first),
-                out.last.eq(ctrl[4].last),
+                out.count.eq(ctrl[Z].count),
+                out.first.eq(ctrl[Z].first),
+                out.last.eq(ctrl[Z].last),
                 out.section.eq(section),
             ]
             for n in range(N):
-                m.d.sync += out.values[n].eq(Mux(single, single_symbol, sym4[n]) - zero_point)
+                m.d.sync += out.values[n].eq(Mux(single, single_symbol, sym_out[n]) - zero_point)
         with m.Elif(self.weights.ready):
             m.d.sync += out_valid.eq(0)
 
@@ -484,7 +501,7 @@ class WeightDecoder(wiring.Component):
                 ]
                 with m.If(acc):
                     m.d.sync += payload_left.eq(payload_left - 1)
-                with m.If(ctrl[4].valid & short & (payload_left == 0)):
+                with m.If(ctrl[Z].valid & short & (payload_left == 0)):
                     fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
                 with m.Elif(drained):
                     with m.If((payload_left != 0) | (buf.count != 0)):
