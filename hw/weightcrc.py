@@ -13,7 +13,7 @@ from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .crc import CRC32_POLY
+from .crc import CRC32_POLY, Crc32Word
 
 __all__ = ["crc32_update_masks", "WeightCRC"]
 
@@ -46,14 +46,18 @@ def _apply(masks, state, data_bits) -> list:
 class WeightCRC(wiring.Component):
     """CRC-32 of a stream of beats of up to ``lanes`` signed 16-bit values.
 
-    A full beat (``count == lanes``) is absorbed in one cycle; a partial one (the last beat of a
-    section) takes one cycle per value, with ``data.ready`` low meanwhile. That costs one wide
-    XOR network (``16 * lanes`` bits) plus one 16-bit network instead of one per count.
+    With ``wide``, a full beat (``count == lanes``) is absorbed in one cycle and a partial one
+    (the last beat of a section) one value per cycle: one ``16 * lanes``-bit XOR network plus
+    one 16-bit network instead of one per count. Without it every beat takes one cycle per
+    value through :class:`hw.crc.Crc32Word` alone (about a third of the logic at 4 lanes),
+    with ``data.ready`` low meanwhile.
 
     Parameters
     ----------
     lanes : int
         Values per beat.
+    wide : bool
+        Absorb full beats in one cycle.
 
     Attributes
     ----------
@@ -65,10 +69,11 @@ class WeightCRC(wiring.Component):
         CRC-32 of everything absorbed since reset or ``clear``.
     """
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, wide: bool = True):
         if lanes < 1:
             raise ValueError(f"lanes must be positive, not {lanes}")
         self.lanes = lanes
+        self.wide = wide
         self.beat_layout = data.StructLayout({
             "values": data.ArrayLayout(signed(16), lanes),
             "count": range(lanes + 1),
@@ -82,6 +87,8 @@ class WeightCRC(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes = self.lanes
+        if not self.wide and lanes > 1:
+            return self._serial(m)
         state = Signal(32, init=0xFFFFFFFF)
         m.d.comb += self.value.eq(~state)
 
@@ -113,6 +120,31 @@ class WeightCRC(wiring.Component):
                 m.d.comb += self.data.ready.eq(1)
             with m.Else():
                 m.d.sync += state.eq(one_next)
+                with m.If(index == beat.count - 1):
+                    m.d.comb += self.data.ready.eq(1)
+                    m.d.sync += index.eq(0)
+                with m.Else():
+                    m.d.sync += index.eq(index + 1)
+        return m
+
+    def _serial(self, m):
+        """One value per cycle through the decoder's one-word CRC unit."""
+        lanes = self.lanes
+        beat = self.data.payload
+        m.submodules.word = word = Crc32Word()
+        index = Signal(range(lanes))
+        m.d.comb += [
+            self.value.eq(word.crc),
+            word.word.eq(beat.values.as_value().word_select(index, 16)),
+            word.restart.eq(self.clear),
+        ]
+        with m.If(self.clear):
+            m.d.sync += index.eq(0)
+        with m.Elif(self.data.valid):
+            with m.If(beat.count == 0):
+                m.d.comb += self.data.ready.eq(1)
+            with m.Else():
+                m.d.comb += word.en.eq(1)
                 with m.If(index == beat.count - 1):
                     m.d.comb += self.data.ready.eq(1)
                     m.d.sync += index.eq(0)

@@ -26,15 +26,15 @@ def test_masks_match_zlib_bit_serial():
         assert state ^ 0xFFFFFFFF == zlib.crc32(value.to_bytes(2, "little"))
 
 
-@pytest.mark.parametrize("lanes", [1, 3, 4, 8])
-def test_crc_unit_matches_zlib(lanes):
+@pytest.mark.parametrize("lanes,wide", [(1, True), (3, True), (4, True), (8, True), (4, False)])
+def test_crc_unit_matches_zlib(lanes, wide):
     rng = np.random.default_rng(lanes)
     beats = []
     for _ in range(40):
         count = lanes if rng.random() < 0.6 else int(rng.integers(0, lanes + 1))
         beats.append((rng.integers(-32768, 32768, lanes).astype(np.int16), count))
     expected = zlib.crc32(b"".join(v[:c].astype("<i2").tobytes() for v, c in beats))
-    dut = WeightCRC(lanes)
+    dut = WeightCRC(lanes, wide)
     result = {}
 
     async def testbench(ctx):

