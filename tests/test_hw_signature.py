@@ -1,0 +1,72 @@
+"""Signature tests of the decoder components: ports, shapes, layouts, parameter checks."""
+
+import pytest
+from amaranth import unsigned, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.crc import Crc32Word
+from hw.decoder import PIPELINE_DEPTHS, StatusLayout, WeightBatch, WeightDecoder
+from hw.tables import SymbolTables
+from hw.wordbuf import WordBuffer
+from sw.params import CodecParams
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+def test_decoder_ports(lanes):
+    dut = WeightDecoder(CodecParams(), lanes)
+    sig = dut.signature
+    assert set(sig.members) == {"words", "weights", "status"}
+    assert sig.members["words"] == In(stream.Signature(16))
+    assert sig.members["weights"] == Out(stream.Signature(WeightBatch(lanes)))
+    assert sig.members["status"] == Out(StatusLayout)
+
+
+def test_weight_batch_layout():
+    layout = WeightBatch(4)
+    assert layout == data.StructLayout({
+        "values": data.ArrayLayout(signed(16), 4), "count": range(5),
+        "section": unsigned(16), "first": 1, "last": 1})
+    assert layout.size == 64 + 3 + 16 + 2
+    assert StatusLayout == data.StructLayout({"done": 1, "error": 1, "code": 4})
+
+
+@pytest.mark.parametrize("lanes", [0, 3, 5, 64, -1, 2.0])
+def test_decoder_refuses_lanes(lanes):
+    with pytest.raises(ValueError):
+        WeightDecoder(CodecParams(), lanes)
+
+
+def test_decoder_depth():
+    assert WeightDecoder(CodecParams(), 8).depth == 4
+    assert WeightDecoder(CodecParams(), 4).depth == 5
+    assert WeightDecoder(CodecParams(state_count=4), 1).depth == 4
+    assert WeightDecoder(CodecParams(state_count=2), 1).ring == 5
+    assert WeightDecoder(CodecParams(), 1).ring == 32
+    for depth in PIPELINE_DEPTHS:
+        assert WeightDecoder(CodecParams(), 2, depth=depth).depth == depth
+    with pytest.raises(ValueError):
+        WeightDecoder(CodecParams(), 2, depth=3)
+
+
+def test_component_signatures():
+    assert Crc32Word().signature.members["crc"] == Out(32)
+    buf = WordBuffer(4)
+    assert buf.depth == 8
+    assert buf.signature.members["push"] == In(stream.Signature(16))
+    assert buf.signature.members["words"] == Out(data.ArrayLayout(unsigned(16), 4))
+    with pytest.raises(ValueError):
+        WordBuffer(4, depth=6)
+    tables = SymbolTables(CodecParams(precision_bits=12), 3)
+    assert tables.signature.members["slot"] == In(data.ArrayLayout(unsigned(12), 3))
+    assert tables.signature.members["symbol"] == Out(data.ArrayLayout(unsigned(8), 3))
+
+
+def test_decoder_converts_to_verilog():
+    from amaranth.back import verilog
+    text = verilog.convert(WeightDecoder(CodecParams(), 2), name="weight_decoder")
+    assert "module weight_decoder" in text
+    for port in ("words__payload", "words__valid", "words__ready", "weights__payload",
+                 "weights__valid", "weights__ready", "status"):
+        assert port in text
+    assert isinstance(WeightDecoder(CodecParams(), 2), wiring.Component)

@@ -1,0 +1,291 @@
+"""Amaranth-simulator tests of each decoder component, and of the decoder on small containers.
+
+Every expected value comes from the software side: zlib, a Python queue, ``bisect`` over the
+cumulative table, and :func:`sw.golden.golden_decode`.
+"""
+
+import random
+import zlib
+from bisect import bisect_right
+from collections import deque
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hw.crc import Crc32Word, crc32_word
+from hw.decoder import WeightDecoder
+from hw.tables import SymbolTables, bucket_shift
+from hw.wordbuf import WordBuffer
+from sim.cases import corner_tensors, corrupt, random_container
+from sim.pysim import run_pysim, words_of
+from sw.codec import FrequencyTable
+from sw.container import CodedTensor, RawTensor, write_container
+from sw.format import Status
+from sw.golden import golden_decode
+from sw.params import CodecParams
+
+
+def simulate(dut, testbench):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+# -- CRC --
+
+def test_crc32_word_function_is_zlib():
+    rng = random.Random(1)
+    for length in (0, 2, 10, 64):
+        data = bytes(rng.randrange(256) for _ in range(length))
+        crc = 0xFFFFFFFF
+        for i in range(0, length, 2):
+            crc = crc32_word(crc, data[i] | data[i + 1] << 8)
+        assert crc ^ 0xFFFFFFFF == zlib.crc32(data)
+
+
+def test_crc32_component():
+    dut = Crc32Word()
+    rng = random.Random(2)
+    blocks = [bytes(rng.randrange(256) for _ in range(2 * n)) for n in (5, 1, 17)]
+    blocks.insert(0, b"123456789\0")
+
+    async def testbench(ctx):
+        for block in blocks:
+            for i in range(0, len(block), 2):
+                ctx.set(dut.restart, i == 0)
+                # Idle cycles in between must not change the CRC.
+                ctx.set(dut.en, 0)
+                await ctx.tick()
+                ctx.set(dut.restart, i == 0)
+                ctx.set(dut.en, 1)
+                ctx.set(dut.word, block[i] | block[i + 1] << 8)
+                await ctx.tick()
+                ctx.set(dut.restart, 0)
+            ctx.set(dut.en, 0)
+            assert ctx.get(dut.crc) == zlib.crc32(block)
+        assert zlib.crc32(b"123456789") == 0xCBF43926
+
+    simulate(dut, testbench)
+
+
+# -- word buffer --
+
+@pytest.mark.parametrize("lanes", [1, 3, 4, 8])
+def test_word_buffer_hands_words_in_lane_order(lanes):
+    dut = WordBuffer(lanes)
+    rng = random.Random(lanes)
+    queue = deque()
+    pushed = 0
+
+    async def testbench(ctx):
+        nonlocal pushed
+        for _ in range(600):
+            offer = rng.random() < 0.6
+            ctx.set(dut.push.valid, offer)
+            ctx.set(dut.push.payload, pushed & 0xFFFF)
+            need = rng.getrandbits(lanes) if rng.random() < 0.7 else 0
+            ctx.set(dut.need, need)
+            count = ctx.get(dut.count)
+            assert count == len(queue)
+            assert ctx.get(dut.push.ready) == (count < dut.depth)
+            needing = [n for n in range(lanes) if need >> n & 1]
+            assert ctx.get(dut.need_count) == len(needing)
+            take = len(needing) <= count
+            ctx.set(dut.take, take)
+            if take:
+                for k, n in enumerate(needing):
+                    assert ctx.get(dut.words[n]) == queue[k]
+            fire = offer and ctx.get(dut.push.ready)
+            await ctx.tick()
+            if take:
+                for _ in needing:
+                    queue.popleft()
+            if fire:
+                queue.append(pushed & 0xFFFF)
+                pushed += 1
+        assert pushed > 100
+
+    simulate(dut, testbench)
+
+
+# -- symbol tables --
+
+def table_cases():
+    rng = np.random.default_rng(5)
+    yield 4, np.array([2, 13, 1])                       # FORMAT.md worked example
+    yield 12, FrequencyTable.from_counts(rng.integers(0, 50, 256), 12).frequencies
+    yield 12, np.array([0, 4096, 0])                    # one symbol among zeros
+    yield 12, np.array([1] * 255 + [4096 - 255])
+    sparse = np.zeros(200, np.int64)
+    sparse[[0, 7, 8, 199]] = [1, 3000, 1094, 1]
+    yield 12, sparse
+    yield 8, FrequencyTable.from_counts(rng.integers(0, 3, 256), 8).frequencies
+    yield 3, np.array([0, 3, 0, 5])
+    yield 14, FrequencyTable.from_counts(rng.integers(1, 9, 37), 14).frequencies
+
+
+@pytest.mark.parametrize("precision, frequencies", list(table_cases()))
+def test_symbol_tables_lookup_every_slot(precision, frequencies):
+    params = CodecParams(precision_bits=precision)
+    lanes = 2
+    dut = SymbolTables(params, lanes)
+    total = 1 << precision
+    cumulative = np.concatenate([[0], np.cumsum(frequencies)])
+    slots = list(range(total)) if total <= 4096 else \
+        list(np.random.default_rng(1).integers(0, total, 3000))
+    bound = len(frequencies) + (1 << (precision - bucket_shift(precision))) + 2
+
+    async def testbench(ctx):
+        # A stale table first: the start pulse must forget it.
+        for table in (np.array([total]), frequencies):
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycles = 0
+            for f in table:
+                ctx.set(dut.freqs.valid, 1)
+                ctx.set(dut.freqs.payload, int(f) & 0xFFFF)
+                while not ctx.get(dut.freqs.ready):
+                    await ctx.tick()
+                    cycles += 1
+                await ctx.tick()
+                cycles += 1
+            ctx.set(dut.freqs.valid, 0)
+            while not ctx.get(dut.idle):
+                await ctx.tick()
+                cycles += 1
+            assert cycles <= bound
+        ctx.set(dut.en, 1)
+        pending = deque()
+        for i in range(0, len(slots) + 2 * lanes, lanes):
+            batch = slots[i:i + lanes]
+            for n, slot in enumerate(batch):
+                ctx.set(dut.slot[n], int(slot))
+            await ctx.tick()
+            pending.append(batch)
+            if len(pending) == 3:
+                pending.popleft()
+            if len(pending) == 2:
+                for n, slot in enumerate(pending[0]):
+                    symbol = bisect_right(cumulative, int(slot)) - 1
+                    assert ctx.get(dut.symbol[n]) == symbol, slot
+                    assert ctx.get(dut.cumulative[n]) == cumulative[symbol] % total
+                    assert ctx.get(dut.frequency[n]) == frequencies[symbol] % total
+        # A stalled lookup keeps its answer.
+        ctx.set(dut.en, 0)
+        held = [ctx.get(dut.symbol[n]) for n in range(lanes)]
+        ctx.set(dut.slot[0], 0)
+        await ctx.tick()
+        await ctx.tick()
+        assert [ctx.get(dut.symbol[n]) for n in range(lanes)] == held
+
+    simulate(dut, testbench)
+
+
+# -- the decoder --
+
+def check_against_golden(container, params, lanes, **kwargs):
+    golden = golden_decode(container, params)
+    result = run_pysim(container, params, lanes, **kwargs)
+    expected = golden.integers()
+    if golden.status == Status.TRUNCATED:
+        assert not result.done and not result.error
+    else:
+        assert result.done and result.status == golden.status, (result.status, golden.status)
+    got = result.integers()
+    assert np.array_equal(got[:len(expected)], expected)
+    if golden.status == Status.OK:
+        assert len(got) == len(expected)
+        # Section indices and first/last flags, transfer by transfer.
+        sections = iter([s for s in golden.coded if len(s.integers)])
+        position = 0
+        for section, first, last, values in result.transfers:
+            if first:
+                current = next(sections)
+                position = 0
+            assert section == current.index
+            assert 1 <= len(values) <= lanes
+            position += len(values)
+            assert last == (position == len(current.integers))
+            assert last or len(values) == lanes
+    return result
+
+
+def worked_example():
+    params = CodecParams(precision_bits=4, state_count=2)
+    tensor = CodedTensor("w", np.array([2, 0, 1, 2, 0, 1, 1, 2, 0, 2, 1, 0]), levels=3,
+                         zero_point=1, table=FrequencyTable(np.array([2, 13, 1]), 4))
+    return params, write_container([tensor], params)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_worked_example(lanes):
+    params, container = worked_example()
+    result = check_against_golden(container, params, lanes)
+    assert result.status == Status.OK
+    assert result.transfers[0] == (0, 1, 0, [1, -1][:lanes])
+    assert len(result.transfers) == 12 // lanes
+
+
+@pytest.mark.parametrize("lanes, stall", [(1, 0.0), (4, 0.3), (8, 0.5)])
+def test_corner_sections(lanes, stall):
+    params = CodecParams()
+    container = write_container(corner_tensors(np.random.default_rng(lanes), params), params)
+    check_against_golden(container, params, lanes, stall_in=stall, stall_out=stall, seed=lanes)
+
+
+@pytest.mark.parametrize("precision, states, lanes", [(12, 24, 3), (8, 1, 1), (16, 8, 2),
+                                                       (8, 16, 4), (11, 4, 4)])
+def test_parameter_variants(precision, states, lanes):
+    params = CodecParams(precision_bits=precision, state_count=states)
+    container, _ = random_container(precision * states, params, sections=3, max_size=150)
+    check_against_golden(container, params, lanes, stall_in=0.2, stall_out=0.2)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_damaged_containers(seed):
+    rng = np.random.default_rng(100 + seed)
+    params = CodecParams()
+    container, _ = random_container(seed, params, sections=3, max_size=120)
+    damaged = corrupt(container, rng, ["flip", "word", "truncate", "flip"][seed % 4])
+    check_against_golden(damaged, params, 4, stall_in=0.1, stall_out=0.2, seed=seed)
+
+
+def test_parameter_mismatch():
+    params = CodecParams()
+    container = write_container([CodedTensor("w", np.array([0, 1, 1]), 2, 0)],
+                                CodecParams(state_count=16))
+    result = check_against_golden(container, params, 2)
+    assert result.status == Status.PARAM_MISMATCH
+
+
+def test_after_error_input_drains_and_after_done_it_stops():
+    params = CodecParams()
+    good = write_container([CodedTensor("w", np.arange(40) % 3, 3, 1)], params)
+    bad = b"SBIX" + good[4:]
+    for container, status in ((good, Status.OK), (bad, Status.BAD_MAGIC)):
+        dut = WeightDecoder(params, 2)
+        words = words_of(container) + [0x1234] * 20
+
+        async def testbench(ctx):
+            ctx.set(dut.weights.ready, 1)
+            ctx.set(dut.words.valid, 1)
+            position = 0
+            for _ in range(3000):
+                ctx.set(dut.words.payload, words[position])
+                if ctx.get(dut.status.done):
+                    break
+                fire = ctx.get(dut.words.ready)
+                await ctx.tick()
+                position += fire
+            assert ctx.get(dut.status.code) == status
+            assert ctx.get(dut.status.error) == (status != Status.OK)
+            for _ in range(20):
+                # Sticky status; drained input after an error, none taken after success.
+                assert ctx.get(dut.words.ready) == (status != Status.OK)
+                assert ctx.get(dut.status.done) and ctx.get(dut.status.code) == status
+                await ctx.tick()
+
+        simulate(dut, testbench)
