@@ -10,6 +10,7 @@ simulation runs at Icarus speed and many cases share one ``vvp`` process.
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,11 +233,17 @@ def _hex_lines(values, digits):
     return "\n".join(fmt % int(v) for v in values) + "\n" if len(values) else fmt % 0 + "\n"
 
 
-def _default_max_cycles(case: Case, lanes: int, golden: GoldenResult) -> int:
+def _default_max_cycles(case: Case, params: CodecParams, lanes: int,
+                        golden: GoldenResult) -> int:
+    """Generous: twice what the documented cycle bounds allow, stretched by the stalls."""
+    from hw.tables import bucket_shift
     words = (len(case.container) + 1) // 2
     stall = 1 / max(0.05, 1 - max(case.stall_in, case.stall_out))
     symbols = len(golden.integers())
-    return int(stall * (4 * words + 3 * symbols / lanes + 800 * (len(golden.sections) + 2)))
+    walk = 256 + (1 << (params.precision_bits - bucket_shift(params.precision_bits)))
+    per_section = walk + 100 + params.state_count
+    return int(stall * (4 * words + 3 * symbols / lanes
+                        + 2 * per_section * (len(golden.sections) + 2)))
 
 
 def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
@@ -253,14 +260,22 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
     build_dir = BUILD_ROOT / f"P{params.precision_bits}K{params.state_count}N{lanes}-{digest}"
     if (build_dir / "sim.vvp").exists():
         return build_dir
-    build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "weight_decoder.v").write_text(dut)
-    (build_dir / "harness.v").write_text(harness)
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed into place: parallel test workers may build the same one.
+    scratch = Path(tempfile.mkdtemp(prefix=build_dir.name + "-", dir=BUILD_ROOT))
+    (scratch / "weight_decoder.v").write_text(dut)
+    (scratch / "harness.v").write_text(harness)
     runner = get_runner("icarus")
     # -g2005: under -g2012 Amaranth's time-zero `always @*` blocks never fire (hdl-notes.md).
-    runner.build(sources=[build_dir / "weight_decoder.v", build_dir / "harness.v"],
-                 hdl_toplevel=TOPLEVEL, build_dir=build_dir, timescale=("1ns", "1ps"),
-                 build_args=["-g2005"], always=True, log_file=build_dir / "build.log")
+    runner.build(sources=[scratch / "weight_decoder.v", scratch / "harness.v"],
+                 hdl_toplevel=TOPLEVEL, build_dir=scratch, timescale=("1ns", "1ps"),
+                 build_args=["-g2005"], always=True, log_file=scratch / "build.log")
+    try:
+        scratch.rename(build_dir)
+    except OSError:
+        if not (build_dir / "sim.vvp").exists():
+            raise
+        shutil.rmtree(scratch, ignore_errors=True)
     return build_dir
 
 
@@ -291,7 +306,7 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
             "index": i, "name": case.name, "seed": case.seed,
             "in_stall": min(0xFFFF, int(case.stall_in * 65536)),
             "out_stall": min(0xFFFF, int(case.stall_out * 65536)),
-            "max_cycles": case.max_cycles or _default_max_cycles(case, lanes, golden),
+            "max_cycles": case.max_cycles or _default_max_cycles(case, params, lanes, golden),
         })
     (work / "plan.json").write_text(json.dumps(plan))
     results_xml = work / "results.xml"
