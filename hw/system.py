@@ -343,15 +343,17 @@ class ICEBreakerTop(Elaboratable):
         m.domains.sync = sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True)
         lock = Signal()
+        core_clk = Signal()   # named, so the PCF's set_frequency finds the net
+        m.d.comb += sync.clk.eq(core_clk)
         m.submodules.pll = Instance(
             "SB_PLL40_PAD",
             p_FEEDBACK_PATH="SIMPLE",
             p_DIVR=self.pll["DIVR"], p_DIVF=self.pll["DIVF"], p_DIVQ=self.pll["DIVQ"],
             p_FILTER_RANGE=self.pll["FILTER_RANGE"],
             i_PACKAGEPIN=clk12.io, i_RESETB=Const(1), i_BYPASS=Const(0),
-            o_PLLOUTGLOBAL=sync.clk, o_LOCK=lock)
-        m.d.comb += ClockSignal("por").eq(sync.clk)
-        platform.add_clock_constraint(sync.clk, self.frequency)
+            o_PLLOUTGLOBAL=core_clk, o_LOCK=lock)
+        m.d.comb += ClockSignal("por").eq(core_clk)
+        platform.add_clock_constraint(core_clk, self.frequency)
 
         # Block RAM reads as zero for ~3 us after configuration: hold reset for 2**12 core
         # cycles (85 us at 48 MHz) after the PLL locks, and again whenever it loses lock.
