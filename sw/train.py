@@ -275,7 +275,8 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     ])
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps = steps_per_epoch(data, batch_size, dist)
-    freeze_epoch = max(1, int(round(0.75 * epochs))) if epochs > 1 else epochs
+    # The last quarter (at least one epoch when there are two) trains at the exported levels.
+    freeze_epoch = min(epochs - 1, max(1, int(round(0.75 * epochs)))) if epochs > 1 else epochs
     constraint = None
     start_rate = quant.hard_bits(qmodel) / weights
     ramp_epochs = max(1, epochs // 2)
@@ -329,6 +330,17 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     if epochs <= 1:
         quant.freeze_levels(qmodel)
     return qmodel
+
+
+def parameters_agree(model: nn.Module, dist: Dist) -> bool:
+    """Whether every rank holds bit-identical parameters and buffers (always, on one process)."""
+    if not dist.active:
+        return True
+    flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in model.state_dict().values()])
+    low, high = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
 
 
 def measured_overhead_bits(qmodel) -> float:
@@ -418,6 +430,15 @@ def run(args) -> int:
         started = time.perf_counter()
         train_set, test_set = load_data(args)
         model = build_model(args.model, args.seed)
+        # Refuse an impossible target before spending the training time on it.
+        probe = quant.quantize_model(fold_batchnorm(model), args.per_channel, args.init_bits)
+        fixed = (measured_overhead_bits(probe) - sum(
+            quant.TABLE_BITS_PER_LEVEL * m.quantizer.levels()
+            for _, m in quant.quantized_modules(probe))) / weight_count(probe)
+        if fixed >= args.target_bpw:
+            raise ValueError(f"target {args.target_bpw} bits/weight is below the fixed overhead "
+                             f"of {args.model}'s file ({fixed:.3f} bits/weight)")
+        del probe
         if args.baseline:
             model.load_state_dict(torch.load(args.baseline, map_location="cpu", weights_only=True))
             model.to(dist.device)
@@ -439,6 +460,7 @@ def run(args) -> int:
         train_qat(qmodel, train_set, args.target_bpw, args.qat_epochs, args.qat_lr,
                   args.batch_size, args.seed + 1, dist, args.rate_lr, log=log)
         qat_accuracy = evaluate(qmodel, test_set, dist)
+        agree = parameters_agree(qmodel, dist)
         seconds = time.perf_counter() - started
         if dist.main:
             data = export(qmodel.cpu(), out, params)
@@ -458,7 +480,8 @@ def run(args) -> int:
                           "float_accuracy": float_accuracy, "accuracy": accuracy,
                           "qat_accuracy": qat_accuracy, **rates,
                           "seconds": seconds, "float_seconds": float_seconds,
-                          "processes": dist.world, "per_channel": args.per_channel,
+                          "processes": dist.world, "ranks_agree": agree,
+                          "per_channel": args.per_channel,
                           "layers": layer_table(qmodel), "log": log, "container": str(out)}
                 Path(args.report).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.report).write_text(json.dumps(report, indent=1) + "\n")

@@ -1,0 +1,121 @@
+"""PTQ: the rate-distortion candidates, the allocation, and the budget met on real weights."""
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sw import compress
+from sw.container import read_container
+from sw.quant import entropy_of_counts
+
+
+@pytest.fixture(scope="module")
+def mlp_state(tmp_path_factory):
+    """Really trained weights: an MLP 64-256-128-10 on the digits (a few seconds)."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    digits = load_digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                  # stopped early on purpose: speed
+        mlp = MLPClassifier((256, 128), max_iter=25, random_state=0).fit(digits.data / 16,
+                                                                          digits.target)
+    assert mlp.score(digits.data / 16, digits.target) > 0.95
+    state = {}
+    for index, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
+        state[f"l{index}.weight"] = torch.from_numpy(w.T.astype(np.float32).copy())
+        state[f"l{index}.bias"] = torch.from_numpy(b.astype(np.float32))
+    path = tmp_path_factory.mktemp("mlp") / "mlp.pt"
+    torch.save(state, path)
+    return path, {k: v.numpy() for k, v in state.items()}
+
+
+def test_candidates_match_direct_computation():
+    w = np.random.default_rng(0).standard_normal(5000) * 0.1
+    c = compress.layer_candidates(w, steps=7)
+    for index in [0, 5, 130, 300, len(c.half) - 1]:
+        half, step = int(c.half[index]), c.step[index]
+        q = np.clip(np.rint(w / step), -half, half)
+        distortion = ((q * step - w) ** 2).sum()
+        rate = entropy_of_counts(np.bincount((q + half).astype(int))) * w.size + 16 * (2 * half + 1)
+        assert c.distortion[index] == pytest.approx(distortion, rel=1e-9, abs=1e-12)
+        assert c.rate[index] == pytest.approx(rate, rel=1e-9)
+
+
+def test_allocation_respects_budget_and_improves_with_it():
+    rng = np.random.default_rng(1)
+    layers = [compress.layer_candidates(rng.standard_normal(n) * s, steps=16)
+              for n, s in [(3000, 0.05), (20000, 0.01), (500, 0.3)]]
+    previous = math.inf
+    for budget in [5e3, 2e4, 6e4, 1.5e5]:
+        choice = compress.allocate(layers, budget)
+        rate = sum(c.rate[i] for c, i in zip(layers, choice))
+        distortion = sum(c.distortion[i] for c, i in zip(layers, choice))
+        assert rate <= budget and distortion <= previous
+        assert rate >= 0.9 * budget           # the greedy fill uses what the bisection left
+        previous = distortion
+    with pytest.raises(ValueError, match="below the smallest"):
+        compress.allocate(layers, 10.0)
+
+
+@pytest.mark.parametrize("target", [0.8, 2.0, 4.0])
+def test_budget_met_within_two_percent(mlp_state, target, tmp_path):
+    path, state = mlp_state
+    result = compress.compress_tensors(state, target)
+    container = read_container(result.data)
+    measured = 8 * len(result.data) / sum(state[n].size for n in state if state[n].ndim == 2)
+    assert measured == pytest.approx(result.rates["bits_per_weight"], rel=1e-12)
+    assert abs(measured - target) <= 0.02 * target
+    # every weight tensor coded with an odd level count, the biases stored raw and exact
+    for name, array in state.items():
+        tensor = container[name]
+        if array.ndim == 2:
+            assert tensor.levels % 2 == 1 and tensor.zero_point == tensor.levels // 2
+        else:
+            assert np.array_equal(tensor.data, array)
+
+
+def test_weights_only_budget_and_coded_biases(mlp_state):
+    _, state = mlp_state
+    result = compress.compress_tensors(state, 1.5, budget="weights", bias_levels=31)
+    assert abs(result.rates["bits_per_weight_weights_only"] - 1.5) <= 0.03
+    container = read_container(result.data)
+    assert container["l0.bias"].levels == 31
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sw", "compress", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_table_and_report(mlp_state, tmp_path):
+    path, state = mlp_state
+    out, report = tmp_path / "m.sbit", tmp_path / "r.json"
+    done = run_cli(path, "--target-bpw", 2, "-o", out, "--report", report)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert figures["bits_per_weight"] == pytest.approx(
+        8 * out.stat().st_size / figures["weights"])
+    assert figures["bits_per_weight_weights_only"] < figures["bits_per_weight"]
+    for row in figures["layers"]:
+        assert row["name"] in done.stdout and row["levels"] % 2 == 1
+    assert "whole model" in done.stdout and "weights only" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.pt", "--target-bpw", 2], "no such file"),
+    (["{model}", "--target-bpw", -1], "must be positive"),
+    (["{model}", "--target-bpw", 0.01], "below the fixed cost"),
+    (["{model}", "--target-bpw", 2, "--bias-levels", 4], "must be odd"),
+])
+def test_cli_errors_are_one_line(mlp_state, tmp_path, args, message):
+    path, _ = mlp_state
+    done = run_cli(*[str(a).format(model=path) for a in args], "-o", tmp_path / "x.sbit")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr

@@ -1,0 +1,154 @@
+"""The quantizer: gradients, odd level counts around an exact zero, the rate estimate, export."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sw import quant
+from sw.container import CodedTensor, read_container, write_container
+from sw.models import build_model, fold_batchnorm
+
+
+def test_gradients_reach_weight_step_and_bitwidth():
+    torch.manual_seed(0)
+    q = quant.ZeroPointQuantizer((16, 8, 3, 3), bits=2.7)
+    w = torch.randn(16, 8, 3, 3, requires_grad=True)
+    q.init_step(w)
+    target = torch.randn(16, 8, 3, 3)
+    ((q(w) - target) ** 2).sum().backward()
+    for grad in (w.grad, q.step.grad, q.bits.grad):
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # the rate estimate has gradients too, and a larger step means fewer bits
+    for p in (q.step, q.bits):
+        p.grad = None
+    w.grad = None
+    q.soft_bits(w).backward()
+    assert q.step.grad < 0 and w.grad.abs().sum() > 0 and q.bits.grad != 0
+
+
+def test_lsq_step_gradient():
+    """d(output)/d(step) is round(x) - x inside the range and +-k outside, times 1/sqrt(n k)."""
+    q = quant.ZeroPointQuantizer((4,), bits=math.log2(7))   # k = 3 exactly: frozen below
+    q.frozen_half.fill_(3)
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    w = torch.tensor([0.3, -0.8, 5.0, -7.0])
+    out = q(w)
+    assert out.tolist() == [0.5, -1.0, 1.5, -1.5]
+    grads = [torch.autograd.grad(out[i], q.step, retain_graph=True)[0].item() for i in range(4)]
+    x = w / 0.5
+    expected = [float(torch.round(x[0]) - x[0]), float(torch.round(x[1]) - x[1]), 3.0, -3.0]
+    assert grads == pytest.approx([e / math.sqrt(4 * 3) for e in expected], rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.floats(0.0, 9.0), per_channel=st.booleans(), seed=st.integers(0, 1000),
+       scale=st.floats(1e-3, 1e3))
+def test_levels_odd_zero_exact(bits, per_channel, seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 5, generator=generator) * scale
+    w[0, 0] = 0.0
+    with torch.no_grad():
+        q = quant.ZeroPointQuantizer(tuple(w.shape), per_channel, bits)
+        q.bits.fill_(bits)
+        q.init_step(w)
+        levels = q.levels()
+        assert levels % 2 == 1 and 3 <= levels <= 255
+        assert q(w)[0, 0].item() == 0.0          # an exact zero, interpolated or not
+        integers = q.integers(w)
+        assert integers[0, 0] == 0 and integers.abs().max() <= levels // 2
+    q.frozen_half.fill_(q.half_levels())
+    exported = CodedTensor("w", (integers + levels // 2).numpy().astype(np.uint8), levels,
+                           levels // 2, q.positive_step().detach().reshape(-1).numpy())
+    assert exported.zero_point == (exported.levels - 1) // 2
+    assert np.array_equal(exported.dequantize(), q(w).detach().numpy())
+
+
+def test_interpolation_between_neighbouring_odd_counts():
+    w = torch.linspace(-4, 4, 101)
+    q = quant.ZeroPointQuantizer((101,), bits=math.log2(2 * 2.25 + 1))   # k = 2.25
+    with torch.no_grad():
+        q.step.fill_(1.0)
+    low = torch.clamp(torch.round(w), -2, 2)
+    high = torch.clamp(torch.round(w), -3, 3)
+    assert torch.allclose(q(w), 0.75 * low + 0.25 * high, atol=1e-6)
+    assert q.levels() == 5                                   # k rounds to 2
+    with torch.no_grad():
+        q.bits.fill_(math.log2(2 * 2.6 + 1))
+    assert q.levels() == 7
+
+
+def test_soft_rate_is_exact_on_the_grid():
+    """Weights on the levels: the soft histogram is the hard one, so soft bits = hard bits."""
+    generator = torch.Generator().manual_seed(1)
+    integers = torch.randint(-3, 4, (4000,), generator=generator)
+    integers[torch.rand(4000, generator=generator) < 0.6] = 0
+    q = quant.ZeroPointQuantizer((4000,))
+    q.frozen_half.fill_(3)
+    with torch.no_grad():
+        q.step.fill_(0.25)
+    w = integers.float() * 0.25
+    counts = np.bincount(integers.numpy() + 3, minlength=7)
+    expected = quant.entropy_of_counts(counts) * 4000 + 16 * 7
+    assert q.soft_bits(w).item() == pytest.approx(expected, rel=1e-5)
+    assert q.hard_bits(w) == pytest.approx(expected, rel=1e-12)
+
+
+def test_rate_constraint_multiplier():
+    c = quant.RateConstraint(1.0, rate_lr=0.1)
+    c.update(2.0)
+    assert c.multiplier == pytest.approx(0.1)
+    c.update(3.0)
+    assert c.multiplier == pytest.approx(0.3)
+    for _ in range(10):
+        c.update(0.5)
+    assert c.multiplier == 0.0
+    with pytest.raises(ValueError):
+        quant.RateConstraint(0.0)
+
+
+def tiny_quantized(seed=0, per_channel=False):
+    torch.manual_seed(seed)
+    model = build_model("digits-tiny", seed)
+    model.train()
+    for _ in range(3):                                   # some BatchNorm statistics to fold
+        model(torch.rand(32, 1, 8, 8))
+    model.eval()
+    return quant.quantize_model(fold_batchnorm(model), per_channel, bits=2.5)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_export_decode_load_is_exact(per_channel):
+    qmodel = tiny_quantized(per_channel=per_channel)
+    optimizer = torch.optim.Adam(qmodel.parameters(), 1e-2)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    for _ in range(5):                                   # move weights, steps and bit-widths
+        loss = torch.nn.functional.cross_entropy(qmodel(x), y) + 1e-4 * quant.soft_bits(qmodel)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    quant.freeze_levels(qmodel)
+    container = read_container(write_container(quant.export_tensors(qmodel)))
+    plain = fold_batchnorm(build_model("digits-tiny"))
+    plain.load_state_dict(quant.state_dict_from_container(container))
+    plain_modules = dict(plain.named_modules())
+    for name, module in quant.quantized_modules(qmodel):
+        assert torch.equal(plain_modules[name].weight, module.quantized_weight())
+        assert torch.equal(plain_modules[name].bias, module.quantized_bias())
+        coded = container[f"{name}.weight"]
+        assert coded.levels % 2 == 1 and coded.zero_point == coded.levels // 2
+        assert coded.levels == module.quantizer.levels()
+        assert len(coded.scale) == (module.weight.shape[0] if per_channel else 1)
+    qmodel.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), plain(x))
+    # soft and hard rate estimates are in the same range as the real coded payload
+    payload_bits = sum(8 * s.payload_bytes for s, t in zip(container.sections, container.tensors)
+                       if t.name.endswith(".weight"))
+    tables = 16 * sum(m.quantizer.levels() for _, m in quant.quantized_modules(qmodel))
+    assert quant.hard_bits(qmodel) - tables == pytest.approx(payload_bits, rel=0.05, abs=300)
