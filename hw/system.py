@@ -43,9 +43,11 @@ TRUNCATION_IDLE_CYCLES = 1 << 16
 class ReportLine(wiring.Component):
     """Prints the line of :data:`LINE_TEMPLATE` once when ``start`` rises.
 
-    The template lives in a small ROM of 9-bit entries: a literal character, a hex digit of
-    the field vector, or a character of the status name (from a second ROM, zero-padded names
-    skipped). Both ROMs use synchronous read ports, so they may land in block RAM.
+    One 8-bit ROM holds the template and then the status names (16 characters each, zero
+    padded). A template byte is an ASCII character (``0x00-0x7f``), a hex digit of the field
+    vector (``0x80 | nibble``) or a character of the status name (``0xc0 | index``; padding is
+    skipped). 8 bits and one synchronous read port let the whole ROM sit in one block RAM
+    (512 x 8) instead of ~150 LUTs.
 
     Attributes
     ----------
@@ -65,52 +67,47 @@ class ReportLine(wiring.Component):
         super().__init__(ports)
 
     @staticmethod
-    def template_rom():
-        """The template entries and the field vector's layout (nibble offsets)."""
+    def rom():
+        """``(rom bytes, template length)``: the template, then 16 names of 16 characters."""
         offsets, nibble = {}, 0
         for name, bits in FIELD_BITS.items():
             offsets[name] = nibble
             nibble += bits // 4
+        assert nibble <= 64
         entries = []
         for item in LINE_TEMPLATE:
             if isinstance(item, str):
                 entries += [ord(c) for c in item]
             elif item[0] == "name":
-                entries += [0x180 | i for i in range(NAME_CHARS)]
+                entries += [0xC0 | i for i in range(NAME_CHARS)]
             else:
                 name, digits = item
                 # Most significant digit first.
-                entries += [0x100 | (offsets[name] + d) for d in reversed(range(digits))]
-        return entries, offsets
-
-    @staticmethod
-    def name_rom():
-        rom = []
+                entries += [0x80 | (offsets[name] + d) for d in reversed(range(digits))]
+        template_length = len(entries)
         for code in range(16):
             name = Status(code).name if code in Status._value2member_map_ else f"CODE_{code}"
-            rom += [ord(c) for c in name[:NAME_CHARS].ljust(NAME_CHARS, "\0")]
-        return rom
+            entries += [ord(c) for c in name[:NAME_CHARS].ljust(NAME_CHARS, "\0")]
+        return entries, template_length
 
     def elaborate(self, platform):
         m = Module()
-        entries, offsets = self.template_rom()
-        m.submodules.template = template = memory.Memory(shape=9, depth=len(entries),
-                                                         init=entries)
-        m.submodules.names = names = memory.Memory(shape=8, depth=16 * NAME_CHARS,
-                                                   init=self.name_rom())
-        template_port = template.read_port()
-        names_port = names.read_port()
+        entries, template_length = self.rom()
+        m.submodules.rom = rom = memory.Memory(shape=8, depth=len(entries), init=entries)
+        port = rom.read_port()
         m.submodules.uart = uart = UARTTransmitter(self.divisor)
         m.d.comb += self.tx.eq(uart.tx)
 
         fields = Cat(*(getattr(self, n) for n in FIELD_BITS))
-        position = Signal(range(len(entries) + 1))
+        position = Signal(range(template_length + 1))
         char = Signal(8)
-        m.d.comb += [template_port.addr.eq(position), uart.data.payload.eq(char)]
-
-        entry = template_port.data
+        entry = port.data
         nibble = Signal(4)
-        m.d.comb += nibble.eq(fields.word_select(entry[:7], 4))
+        m.d.comb += [
+            port.addr.eq(position),
+            uart.data.payload.eq(char),
+            nibble.eq(fields.word_select(entry[:6], 4)),
+        ]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -118,30 +115,30 @@ class ReportLine(wiring.Component):
                     m.d.sync += position.eq(0)
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.next = "DECODE"   # the template ROM answers one cycle after the address
+                m.next = "DECODE"   # the ROM answers one cycle after the address
             with m.State("DECODE"):
-                with m.If(~entry[8]):
-                    m.d.sync += char.eq(entry[:8])
+                with m.If(~entry[7]):
+                    m.d.sync += char.eq(entry)
                     m.next = "EMIT"
-                with m.Elif(~entry[7]):
+                with m.Elif(~entry[6]):
                     m.d.sync += char.eq(Mux(nibble < 10, ord("0") + nibble,
                                             ord("a") - 10 + nibble))
                     m.next = "EMIT"
                 with m.Else():
-                    m.d.comb += names_port.addr.eq(Cat(entry[:4], fields[:4]))
+                    m.d.comb += port.addr.eq(template_length + Cat(entry[:4], fields[:4]))
                     m.next = "NAME"
             with m.State("NAME"):
-                with m.If(names_port.data == 0):
+                with m.If(entry == 0):
                     m.d.sync += position.eq(position + 1)
                     m.next = "FETCH"
                 with m.Else():
-                    m.d.sync += char.eq(names_port.data)
+                    m.d.sync += char.eq(entry)
                     m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += uart.data.valid.eq(1)
                 with m.If(uart.data.ready):
                     m.d.sync += position.eq(position + 1)
-                    with m.If(position == len(entries) - 1):
+                    with m.If(position == template_length - 1):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "FETCH"
