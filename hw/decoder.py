@@ -170,18 +170,21 @@ class WeightDecoder(wiring.Component):
 
         out_valid = Signal()
         out = Signal(WeightBatch(N))
+        skid_valid = Signal()
+        skid = Signal(WeightBatch(N))
         m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
 
         # -- the ring --
+        # Which lanes renormalise is decided one stage early and registered: the stall
+        # decision (adv) then starts from flip-flops, not from the adder.
         lane_need = Signal(N)
-        for n in range(N):
-            m.d.comb += lane_need[n].eq(ctrl[Z].valid & (ctrl[Z].count > n)
-                                        & (x[Z][n][16:] == 0))
         m.d.comb += buf.need.eq(lane_need)
         short = Signal()
         m.d.comb += short.eq(buf.need_count > buf.count)
         block = Signal()
-        m.d.comb += block.eq(ctrl[Z].valid & (short | (out_valid & ~self.weights.ready)))
+        # The output side blocks only on the registered skid flag: weights.ready does not
+        # reach the ring's enables through logic.
+        m.d.comb += block.eq(ctrl[Z].valid & (short | skid_valid))
         m.d.comb += adv.eq(row_full | (~in_header & ~block))
         m.d.comb += buf.take.eq(ctrl[Z].valid & adv)
 
@@ -221,21 +224,25 @@ class WeightDecoder(wiring.Component):
                 m.d.sync += ctrl[i].eq(ctrl[i - 1])
             for n in range(N):
                 m.d.sync += [x[1][n].eq(x[0][n]), x[2][n].eq(x[1][n]), sym3[n].eq(tables.symbol[n])]
-                product = tables.frequency[n] * x[2][n][P:]
+                product = _narrow_multiply(tables.frequency[n], x[2][n][P:])
                 offset = x[2][n][:P] - tables.cumulative[n]
+                total = Signal(32, name=f"total{n}")
                 if D == 5:
                     # Multiply and add in separate stages: the adder stays out of the DSP path.
                     active = ctrl[3].valid & (ctrl[3].count > n) & ~single
+                    m.d.comb += total.eq(mul3[n] + diff3[n])
                     m.d.sync += [
                         x[3][n].eq(x[2][n]),
                         mul3[n].eq(product),
                         diff3[n].eq(offset),
-                        x[4][n].eq(Mux(active, mul3[n] + diff3[n], x[3][n])),
+                        x[4][n].eq(Mux(active, total, x[3][n])),
                         sym4[n].eq(sym3[n]),
                     ]
                 else:
                     active = ctrl[2].valid & (ctrl[2].count > n) & ~single
-                    m.d.sync += x[3][n].eq(Mux(active, product + offset, x[2][n]))
+                    m.d.comb += total.eq(product + offset)
+                    m.d.sync += x[3][n].eq(Mux(active, total, x[2][n]))
+                m.d.sync += lane_need[n].eq(active & (total[16:] == 0))
                 if R == D:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
                 else:
@@ -245,18 +252,32 @@ class WeightDecoder(wiring.Component):
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], x[R - 1][n]))
         m.d.sync += row_full.eq(0)
 
-        # -- output register: a transfer leaves the ring's last stage only into a free slot --
-        with m.If(ctrl[Z].valid & adv):
-            m.d.sync += [
-                out_valid.eq(1),
-                out.count.eq(ctrl[Z].count),
-                out.first.eq(ctrl[Z].first),
-                out.last.eq(ctrl[Z].last),
-                out.section.eq(section),
-            ]
-            for n in range(N):
-                m.d.sync += out.values[n].eq(Mux(single, single_symbol, sym_out[n]) - zero_point)
-        with m.Elif(self.weights.ready):
+        # -- output: a register and a skid register behind it --
+        # The ring may push a transfer whenever the skid register is empty; one that finds the
+        # output register still held waits in the skid register.
+        produced = Signal(WeightBatch(N))
+        m.d.comb += [
+            produced.count.eq(ctrl[Z].count),
+            produced.first.eq(ctrl[Z].first),
+            produced.last.eq(ctrl[Z].last),
+            produced.section.eq(section),
+        ]
+        for n in range(N):
+            m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym_out[n])
+                                              - zero_point)
+        push = Signal()
+        m.d.comb += push.eq(ctrl[Z].valid & adv)
+        taken = Signal()
+        m.d.comb += taken.eq(out_valid & self.weights.ready)
+        with m.If(skid_valid):
+            with m.If(taken):
+                m.d.sync += [out.eq(skid), skid_valid.eq(0)]
+        with m.Elif(push):
+            with m.If(out_valid & ~taken):
+                m.d.sync += [skid.eq(produced), skid_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [out.eq(produced), out_valid.eq(1)]
+        with m.Elif(taken):
             m.d.sync += out_valid.eq(0)
 
         # -- final-state check: every state passes the ring head once in R cycles --
@@ -555,3 +576,17 @@ class WeightDecoder(wiring.Component):
                 m.d.comb += [self.status.done.eq(1), self.status.error.eq(1),
                              self.words.ready.eq(1)]
         return m
+
+
+def _narrow_multiply(a, b):
+    """``a * b`` with ``b`` cut to 16 bits for one 16x16 DSP plus a few shift-and-adds.
+
+    ``x >> P`` is 20 bits at P = 12: as a single product, synthesis spreads it over two
+    SB_MAC16. The bits above 16 (at most 4 here) become conditional adds in logic instead.
+    """
+    if len(b) <= 16 or len(b) - 16 > 8:
+        return a * b
+    high = 0
+    for i in range(16, len(b)):
+        high = high + Mux(b[i], a << (i - 16), 0)
+    return a * b[:16] + (high << 16)
