@@ -102,6 +102,7 @@ class SPIFlashReader(wiring.Component):
         samples_per_word = 16 // width
         header = Signal(2, init=2)      # length words still to read
         words_left = Signal(32)
+        clamp = Signal()                # the length is in: bound it next cycle
 
         # The output register empties on a transfer; DATA below may refill it in the same cycle
         # (statements later in the module win).
@@ -235,6 +236,12 @@ class SPIFlashReader(wiring.Component):
 
                 with m.If(stopped):
                     pass
+                with m.Elif(clamp):
+                    # A cycle of its own for the 32-bit compare: from the pads through the
+                    # length compare into words_left in one cycle was the reader's slowest path.
+                    m.d.sync += clamp.eq(0)
+                    clamped = Mux(self.length > self.max_bytes, self.max_bytes, self.length)
+                    m.d.sync += words_left.eq(clamped >> 1)
                 with m.Elif((header == 0) & (words_left == 0)):
                     m.d.sync += [pins.cs.eq(0), pins.sck.eq(0)]
                     m.next = "END"
@@ -249,9 +256,7 @@ class SPIFlashReader(wiring.Component):
                                 m.d.sync += [self.length.eq(Cat(self.length[16:], word)),
                                              header.eq(header - 1)]
                                 with m.If(header == 1):
-                                    length = Cat(self.length[16:], word)
-                                    clamped = Mux(length > self.max_bytes, self.max_bytes, length)
-                                    m.d.sync += words_left.eq(clamped >> 1)
+                                    m.d.sync += clamp.eq(1)
                             with m.Else():
                                 m.d.sync += [self.words.payload.eq(word),
                                              self.words.valid.eq(1),
