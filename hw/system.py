@@ -352,10 +352,15 @@ class ICEBreakerTop(Elaboratable):
         m.d.comb += ClockSignal("por").eq(core_clk)
         platform.add_clock_constraint(core_clk, self.frequency)
 
+        # The user button decodes again: synchronised, then it restarts the reset count.
+        button = platform.request("button", 0)
+        button_sync = Signal(2)
+        m.d.por += button_sync.eq(Cat(button.i, button_sync[0]))
+
         # Block RAM reads as zero for ~3 us after configuration: hold reset for 2**12 core
         # cycles (85 us at 48 MHz) after the PLL locks, and again whenever it loses lock.
         por = Signal(range(1 << 12 + 1))
-        with m.If(~lock):
+        with m.If(~lock | button_sync[1]):
             m.d.por += por.eq(0)
         with m.Elif(~por[12]):
             m.d.por += por.eq(por + 1)
