@@ -22,7 +22,7 @@ from .params import CodecParams
 
 __all__ = [
     "FLASH_SIZE", "FLASH_OFFSET", "IMAGE_HEADER_BYTES", "MAX_CONTAINER_BYTES",
-    "BoardReport", "flash_image", "expected_report", "format_line", "parse_line", "check_line",
+    "BoardReport", "model_region", "flash_image", "expected_report", "format_line", "parse_line", "check_line",
     "default_container", "HELP", "add_arguments", "run",
 ]
 
@@ -55,12 +55,19 @@ class BoardReport:
     cycles: int = None  #: core clock cycles from reset to the verdict (hardware only)
 
 
+def model_region(container: bytes) -> bytes:
+    """What lies at ``FLASH_OFFSET``: the ``u32`` length, then the container."""
+    if len(container) > MAX_CONTAINER_BYTES:
+        raise ValueError(f"the container ({len(container)} bytes) does not fit in the flash "
+                         f"after {FLASH_OFFSET:#x}")
+    return struct.pack("<I", len(container)) + bytes(container)
+
+
 def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLASH_OFFSET) -> bytes:
     """The bytes to write from flash address 0: bitstream, erased gap, length, container.
 
-    Without a bitstream the image still starts at address 0 (erased up to ``offset``), so the
-    same file can be written with ``iceprog -o 0`` after any bitstream smaller than ``offset``
-    or, cut at ``offset``, with ``iceprog -o 1M``.
+    Without a bitstream the first ``offset`` bytes are erased (0xFF); to keep a bitstream
+    already in flash, write :func:`model_region` at ``offset`` instead (``iceprog -o 1M``).
     """
     bitstream = bytes(bitstream or b"")
     if len(bitstream) > offset:
@@ -156,9 +163,12 @@ HELP = "flash image for the iCEBreaker (image) and the UART line the board must 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="board_command", metavar="ACTION", required=True)
-    image = sub.add_parser("image", help="bitstream + model at 1 MiB, ready for iceprog")
+    image = sub.add_parser("image", help="flash image for iceprog: bitstream + model at 1 MiB, "
+                           "or the model alone (write it at 1 MiB)")
     image.add_argument("container", metavar="CONTAINER")
-    image.add_argument("--bitstream", metavar="BIN", help="bitstream to place at address 0")
+    image.add_argument("--bitstream", metavar="BIN",
+                       help="bitstream to place at address 0; without it the output is the model "
+                            "region alone, for iceprog -o 1M")
     image.add_argument("-o", "--out", required=True, metavar="FILE")
     expect = sub.add_parser("expect", help="the line the board must print for CONTAINER")
     expect.add_argument("container", metavar="CONTAINER")
@@ -182,11 +192,15 @@ def run(args) -> int:
     params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
     container = _read(args.container)
     if args.board_command == "image":
-        bitstream = _read(args.bitstream) if args.bitstream else None
-        image = flash_image(container, bitstream)
+        if args.bitstream:
+            image = flash_image(container, _read(args.bitstream))
+            command = f"iceprog {args.out}"
+        else:
+            image = model_region(container)
+            command = f"iceprog -o {FLASH_OFFSET >> 20}M {args.out}"
         Path(args.out).write_bytes(image)
-        print(f"{args.out}: {len(image)} bytes, model ({len(container)} bytes) at "
-              f"{FLASH_OFFSET:#x}; write with: iceprog {args.out}")
+        print(f"{args.out}: {len(image)} bytes, model ({len(container)} bytes) for flash "
+              f"address {FLASH_OFFSET:#x}; write with: {command}")
         return 0
     line = format_line(expected_report(container, params))
     if args.check is None:
