@@ -38,6 +38,8 @@ NAME_CHARS = 16
 #: container truncated. The decoder may legitimately go quiet while it builds a frequency
 #: table (at most 256 + 2**(P-4) cycles, 4352 for P = 16); 2**16 is well beyond that.
 TRUNCATION_IDLE_CYCLES = 1 << 16
+#: Most cycles between the verdict and the report spent letting pending beats reach the CRC.
+DRAIN_LIMIT = 1023
 
 
 class ReportLine(wiring.Component):
@@ -244,7 +246,7 @@ class BoardSystem(wiring.Component):
         idle = Signal(range(self.truncation_idle_cycles + 1))
         truncated = Signal()
         code = Signal(4)
-        drain = Signal(range(2 * self.lanes + 4))
+        drain = Signal(range(DRAIN_LIMIT + 1))
 
         with m.If(taken):
             m.d.sync += weights.eq(weights + beat.count)
@@ -266,10 +268,11 @@ class BoardSystem(wiring.Component):
             with m.Elif(idle == self.truncation_idle_cycles):
                 m.d.sync += [verdict.eq(1), truncated.eq(1), code.eq(Status.TRUNCATED)]
         with m.Elif(~finished):
-            # Let beats already on their way reach the CRC (a partial beat takes `lanes`
-            # cycles), but do not wait on a decoder that keeps its output valid after an error.
+            # Let beats already on their way reach the CRC (the decoder may finish its checks
+            # while its last beats still wait at a one-weight-per-cycle CRC), but do not wait
+            # forever on a decoder that keeps its output valid after an error.
             m.d.sync += drain.eq(drain + 1)
-            with m.If(~decoder.weights.valid | (drain == 2 * self.lanes + 3)):
+            with m.If(~decoder.weights.valid | (drain == DRAIN_LIMIT)):
                 m.d.sync += finished.eq(1)
 
         m.d.comb += [
