@@ -88,7 +88,7 @@ def _resources(cells: dict, nextpnr: dict) -> dict:
 
 def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
           model_name: str = None, out_dir, frequency: float = 48e6, quad: bool = True,
-          params: CodecParams = CodecParams(), log=print) -> dict:
+          wide_crc: bool = False, params: CodecParams = CodecParams(), log=print) -> dict:
     """Build the board system; return the report (also written to ``out_dir/report.json``)."""
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
@@ -114,7 +114,7 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
             f"the board will light its red LED")
 
     env = _tool_environment()
-    top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad)
+    top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad, wide_crc=wide_crc)
     platform = ICEBreakerPlatform()
     started = time.monotonic()
     try:
@@ -158,6 +158,7 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
         "lanes": lanes,
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
         "flash_read": "quad 0xEB" if quad else "single 0x03",
+        "weight_crc": "lane-wide" if wide_crc else "one weight per cycle",
         "pll": {k: top.pll[k] for k in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")},
         "core_clock_mhz": round(top.frequency / 1e6, 3),
         "resources": resources,
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
                         help="core clock requested from the PLL (default 48)")
     parser.add_argument("--single-spi", action="store_true",
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
+    parser.add_argument("--wide-crc", action="store_true",
+                        help="CRC a whole beat of weights per cycle (more LUTs) instead of one")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even when the core clock misses its target")
     args = parser.parse_args(argv)
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
             raise BuildError(f"frequency {args.frequency} MHz is out of range")
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
                        out_dir=args.out, frequency=args.frequency * 1e6,
-                       quad=not args.single_spi)
+                       quad=not args.single_spi, wide_crc=args.wide_crc)
     except (BuildError, ValueError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1

@@ -323,17 +323,18 @@ class ICEBreakerTop(Elaboratable):
 
     Parameters
     ----------
-    params, lanes, quad
+    params, lanes, quad, wide_crc
         As :class:`BoardSystem`.
     frequency : float
         Requested core clock (Hz); the PLL gives the nearest it can (``self.frequency``).
     """
 
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
-                 frequency: float = 48e6, quad: bool = True):
+                 frequency: float = 48e6, quad: bool = True, wide_crc: bool = False):
         self.params = params
         self.lanes = lanes
         self.quad = quad
+        self.wide_crc = wide_crc
         self.pll = pll_settings(12e6, frequency)
         self.frequency = self.pll["frequency"]
 
@@ -370,7 +371,8 @@ class ICEBreakerTop(Elaboratable):
         m.d.comb += ResetSignal("sync").eq(~por[12])
 
         m.submodules.system = system = BoardSystem(
-            self.params, self.lanes, clk_freq=self.frequency, quad=self.quad)
+            self.params, self.lanes, clk_freq=self.frequency, quad=self.quad,
+            wide_crc=self.wide_crc)
 
         if self.quad:
             # dq as raw ports with one buffer per pin: the reader enables each lane on its own
