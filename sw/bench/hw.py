@@ -28,7 +28,13 @@ def _build_one(lanes: int, out_root: str, container: bytes, name: str) -> dict:
         log = out / "build" / "tools.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         match = re.search(r"region .* of (\d+) ICESTORM_LCs", text)
-        reason = f"does not fit: {match[1]} logic cells needed" if match else str(error)
+        if match:
+            reason = f"does not fit: {match[1]} logic cells needed, 5280 on the UP5K"
+        elif re.search(r"no BELs remaining to implement cell type '(\w+)'", text):
+            kind = re.search(r"no BELs remaining to implement cell type '(\w+)'", text)[1]
+            reason = f"does not fit: more {kind} cells than the UP5K has"
+        else:
+            reason = str(error)
         return {"lanes": lanes, "error": reason}
 
 
