@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
                         help="initial bit-width of every layer (default %(default)s)")
     parser.add_argument("--per-channel", action="store_true",
                         help="one step per output channel instead of one per layer")
-    parser.add_argument("--rate-lr", type=float, default=0.02,
+    parser.add_argument("--rate-lr", type=float, default=0.1,
                         help="adaptation speed of the rate multiplier (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=None,
@@ -84,9 +84,9 @@ def add_arguments(parser) -> None:
 class Dist:
     """Rank, world size and helpers; a world of one when not started by torchrun."""
 
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+    def __init__(self, from_environment: bool = True):
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if from_environment else 1
+        self.rank = int(os.environ.get("RANK", "0")) if from_environment else 0
         self.active = self.world > 1
         if self.active and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -204,7 +204,7 @@ def steps_per_epoch(data, batch_size, dist) -> int:
 @torch.no_grad()
 def evaluate(model: nn.Module, data, dist: Dist = None, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent over the whole of ``data`` (on this process)."""
-    dist = dist or _SINGLE
+    dist = dist or Dist(False)
     model.eval()
     correct = total = 0
     if isinstance(data, TensorData):
@@ -214,7 +214,7 @@ def evaluate(model: nn.Module, data, dist: Dist = None, batch_size: int = 500) -
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
     else:
-        for x, y in data.batches(batch_size, 0, 0, _SINGLE):
+        for x, y in data.batches(batch_size, 0, 0, Dist(False)):
             correct += int((model(x.to(dist.device)).argmax(1) == y.to(dist.device)).sum())
             total += len(y)
     return 100.0 * correct / max(total, 1)
@@ -244,7 +244,7 @@ def train_float(model, data, epochs, lr, batch_size, seed, dist: Dist, progress=
 
 
 def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dist,
-              rate_lr=0.02, overhead_bits=None, progress=True, log=None):
+              rate_lr=0.1, overhead_bits=None, progress=True, log=None):
     """Entropy-constrained QAT of a quantized model (:func:`sw.quant.quantize_model`).
 
     Parameters
@@ -409,11 +409,7 @@ def layer_table(qmodel) -> list:
     return rows
 
 
-_SINGLE = None
-
-
 def run(args) -> int:
-    global _SINGLE
     if args.target_bpw <= 0:
         raise ValueError(f"--target-bpw must be positive, not {args.target_bpw}")
     if args.epochs < 0 or args.qat_epochs < 1:
@@ -423,7 +419,6 @@ def run(args) -> int:
     from .commands import params_from
     params = params_from(args)
     dist = Dist()
-    _SINGLE = _Single(dist.device)
     out = Path(args.out or f"build/{args.model}.sbit")
     try:
         torch.manual_seed(args.seed)
@@ -491,14 +486,6 @@ def run(args) -> int:
     return 0
 
 
-class _Single:
-    """A world of one process (for evaluation outside the distributed split)."""
-
-    def __init__(self, device=torch.device("cpu")):
-        self.world, self.rank, self.active, self.device = 1, 0, False, device
-
-
-_SINGLE = _Single()
 
 
 def print_layers(rows) -> None:
