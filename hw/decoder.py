@@ -74,6 +74,11 @@ class WeightDecoder(wiring.Component):
         ``D``, stages of the state recurrence, 4 or 5. Each lane serves ``K/N`` states in
         turn; when ``K/N < D`` the ring carries ``D - K/N`` bubbles and the lanes run at
         ``K/N / D`` of full rate. Default: 5, or 4 when ``K/N = 4``.
+    buffer_depth : int, optional
+        Payload words buffered ahead of the lanes (power of two >= ``lanes``; default ``2N``
+        rounded up, at least 2). Deeper absorbs the bursts of renormalisations that come when
+        many states run low together (uniform symbols above ~1.5 bits each); each doubling
+        widens every lane's word multiplexer.
 
     Attributes
     ----------
@@ -87,8 +92,10 @@ class WeightDecoder(wiring.Component):
         error happened; ``error`` and ``code`` say which.
     """
 
-    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, depth: int = None):
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, depth: int = None,
+                 buffer_depth: int = None):
         params.check_lanes(lanes)
+        self.buffer_depth = WordBuffer(lanes, buffer_depth).depth
         if depth is None:
             depth = 4 if params.state_count // lanes == 4 else 5
         if depth not in PIPELINE_DEPTHS:
@@ -118,7 +125,7 @@ class WeightDecoder(wiring.Component):
         m.submodules.crc = crc = Crc32Word()
         m.d.comb += crc.word.eq(self.words.payload)
         m.submodules.tables = tables = SymbolTables(params, N)
-        m.submodules.buffer = buf = WordBuffer(N)
+        m.submodules.buffer = buf = WordBuffer(N, self.buffer_depth)
 
         w = self.words.payload
         acc = Signal()
@@ -179,8 +186,9 @@ class WeightDecoder(wiring.Component):
         # decision (adv) then starts from flip-flops, not from the adder.
         lane_need = Signal(N)
         m.d.comb += buf.need.eq(lane_need)
+        need_count = Signal(range(N + 1))   # popcount of lane_need, registered with it
         short = Signal()
-        m.d.comb += short.eq(buf.need_count > buf.count)
+        m.d.comb += short.eq(need_count > buf.count)
         block = Signal()
         # The output side blocks only on the registered skid flag: weights.ready does not
         # reach the ring's enables through logic.
@@ -222,6 +230,7 @@ class WeightDecoder(wiring.Component):
             ]
             for i in range(2, D):
                 m.d.sync += ctrl[i].eq(ctrl[i - 1])
+            needs = []
             for n in range(N):
                 m.d.sync += [x[1][n].eq(x[0][n]), x[2][n].eq(x[1][n]), sym3[n].eq(tables.symbol[n])]
                 product = _narrow_multiply(tables.frequency[n], x[2][n][P:])
@@ -242,7 +251,10 @@ class WeightDecoder(wiring.Component):
                     active = ctrl[2].valid & (ctrl[2].count > n) & ~single
                     m.d.comb += total.eq(product + offset)
                     m.d.sync += x[3][n].eq(Mux(active, total, x[2][n]))
-                m.d.sync += lane_need[n].eq(active & (total[16:] == 0))
+                need = Signal(name=f"need{n}")
+                m.d.comb += need.eq(active & (total[16:] == 0))
+                m.d.sync += lane_need[n].eq(need)
+                needs.append(need)
                 if R == D:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
                 else:
@@ -250,6 +262,7 @@ class WeightDecoder(wiring.Component):
                     for i in range(D, R - 1):
                         m.d.sync += x[i + 1][n].eq(x[i][n])
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], x[R - 1][n]))
+            m.d.sync += need_count.eq(sum(needs))
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --

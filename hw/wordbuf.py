@@ -64,11 +64,14 @@ class WordBuffer(wiring.Component):
         depth, lanes = self._depth, self._lanes
         bits = (depth - 1).bit_length()
         entries = [Signal(16, name=f"entry{i}") for i in range(depth)]
-        head = Signal(bits + 1)
-        tail = Signal(bits + 1)
+        head = Signal(bits)
+        tail = Signal(bits)
+        # The count is a register of its own, not tail - head: the decoder's stall decision
+        # compares it, and a subtractor in front of that compare costs a carry chain.
+        count = Signal(range(depth + 1))
         m.d.comb += [
-            self.count.eq(tail - head),
-            self.push.ready.eq(self.count < depth),
+            self.count.eq(count),
+            self.push.ready.eq(count != depth),
         ]
         prefix = 0
         for n in range(lanes):
@@ -80,15 +83,20 @@ class WordBuffer(wiring.Component):
                         m.d.comb += self.words[n].eq(entries[i])
             prefix = prefix + self.need[n]
         m.d.comb += self.need_count.eq(prefix)
+        pushed = Signal()
+        m.d.comb += pushed.eq(self.push.valid & self.push.ready)
         with m.If(self.clear):
-            m.d.sync += [head.eq(0), tail.eq(0)]
+            m.d.sync += [head.eq(0), tail.eq(0), count.eq(0)]
         with m.Else():
-            with m.If(self.push.valid & self.push.ready):
+            with m.If(pushed):
                 m.d.sync += tail.eq(tail + 1)
-                with m.Switch(tail[:bits] if bits else 0):
+                with m.Switch(tail):
                     for i in range(depth):
                         with m.Case(i):
                             m.d.sync += entries[i].eq(self.push.payload)
             with m.If(self.take):
-                m.d.sync += head.eq(head + self.need_count)
+                m.d.sync += [head.eq(head + self.need_count),
+                             count.eq(count + pushed - self.need_count)]
+            with m.Else():
+                m.d.sync += count.eq(count + pushed)
         return m
