@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["FLASH_MODEL", "flash_wrapper", "build_and_run", "load_config", "image_runs",
+__all__ = ["main", "simulate_board", "FLASH_MODEL", "flash_wrapper", "build_and_run", "load_config", "image_runs",
            "write_flash"]
 
 
@@ -95,16 +95,18 @@ def build_and_run(*, verilog: str, dut_module: str, ports: dict, test_module: st
     runner = get_runner("icarus")
     # -g2005: under -g2012 Amaranth's `always @*` blocks miss the time-zero trigger.
     runner.build(sources=[core, wrapper, FLASH_MODEL], hdl_toplevel="tb", build_dir=build_dir,
-                 timescale=("1ns", "1ps"), build_args=["-g2005"], always=True)
+                 timescale=("1ns", "1ps"), build_args=["-g2005"], always=True,
+                 log_file=build_dir / "build.log")
     repo = str(Path(__file__).resolve().parent.parent)
     results = runner.test(
         test_module=test_module, hdl_toplevel="tb", build_dir=build_dir, test_dir=build_dir,
-        testcase=testcase, timescale=("1ns", "1ps"),
+        testcase=testcase, timescale=("1ns", "1ps"), log_file=build_dir / "sim.log",
         extra_env={"SUBBIT_SIM_CONFIG": str(config_path),
                    "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])})
     tests, failures = get_results(results)
     if failures or not tests:
-        raise AssertionError(f"{failures} of {tests} cocotb tests failed; see {build_dir}")
+        raise AssertionError(f"{failures} of {tests} cocotb tests failed; see "
+                             f"{build_dir / 'sim.log'}")
 
 
 def load_config() -> dict:
@@ -141,3 +143,87 @@ async def write_flash(memory, image: bytes, previous_runs=()) -> list:
         for i, byte in enumerate(chunk):
             memory[address + i].value = byte
     return runs
+
+
+BOARD_PORTS = {"clk": ("i", 1), "rst": ("i", 1), "uart_tx": ("o", 1), "led_green": ("o", 1),
+               "led_red": ("o", 1), "finished": ("o", 1)}
+#: The simulation runs the UART at 3 Mbaud (16 cycles per bit at 48 MHz) instead of 115200.
+SIM_BAUD = 3_000_000
+
+
+def board_config(container: bytes, params, *, clock_mhz: float = 48.0, **extra) -> dict:
+    """The JSON configuration :mod:`sim.board_tests` reads."""
+    import base64
+
+    from sw.board import FLASH_OFFSET
+    config = {"params": {"precision_bits": params.precision_bits,
+                         "state_count": params.state_count},
+              "container": base64.b64encode(bytes(container)).decode(),
+              "offset": FLASH_OFFSET, "baud": SIM_BAUD,
+              "clock_ps": 2 * round(5e5 / clock_mhz), "limit_cycles": 400_000}
+    config.update(extra)
+    return config
+
+
+def simulate_board(container: bytes, params, *, lanes: int = 4, quad: bool = True,
+                   build_dir, limit_cycles: int = 4_000_000) -> tuple:
+    """Run the board system on ``container``; return ``(line, (green, red))``."""
+    from amaranth.back import verilog
+
+    from hw.system import BoardSystem
+
+    build_dir = Path(build_dir)
+    system = BoardSystem(params, lanes, clk_freq=48e6, baud=SIM_BAUD, quad=quad,
+                         truncation_idle_cycles=8192)
+    line_file = build_dir.resolve() / "line.txt"
+    build_and_run(verilog=verilog.convert(system, name="board", emit_src=False),
+                  dut_module="board", ports=BOARD_PORTS, test_module="sim.board_tests",
+                  build_dir=build_dir, mem_depth=2 << 20, testcase="board_line_once",
+                  config=board_config(container, params, line_file=str(line_file),
+                                      limit_cycles=limit_cycles))
+    line, leds = line_file.read_text().splitlines()
+    return line, tuple(int(x) for x in leds.split())
+
+
+def main(argv=None) -> int:
+    """``python -m sim.board CONTAINER``: the line the simulated board prints, and the check."""
+    import argparse
+    import tempfile
+
+    from sw.board import check_line
+    from sw.params import CodecParams
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.board",
+        description="Simulate the iCEBreaker board system (Icarus, cocotbext-qspi flash model, "
+                    "cocotbext-uart) on a container and compare its UART line with software's.")
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--single-spi", action="store_true")
+    parser.add_argument("--precision-bits", type=int, default=CodecParams().precision_bits)
+    parser.add_argument("--states", type=int, default=CodecParams().state_count)
+    args = parser.parse_args(argv)
+    try:
+        params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
+        params.check_lanes(args.lanes)
+        path = Path(args.container)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        container = path.read_bytes()
+        with tempfile.TemporaryDirectory() as build_dir:
+            line, (green, red) = simulate_board(container, params, lanes=args.lanes,
+                                                quad=not args.single_spi, build_dir=build_dir)
+    except (ValueError, OSError, AssertionError) as error:
+        print(f"python -m sim.board: error: {error}", file=sys.stderr)
+        return 1
+    print(line)
+    print(f"LEDs: green {'on' if green else 'off'}, red {'on' if red else 'off'}")
+    problems = check_line(line, container, params)
+    for problem in problems:
+        print(problem)
+    print("matches software" if not problems else "MISMATCH with software")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

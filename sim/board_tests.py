@@ -41,6 +41,8 @@ async def _run_case(dut, sink, config, image: bytes, runs, limit_cycles: int):
 async def board_prints_golden_line(dut):
     """Correct, corrupted, truncated and blank flash: the board line equals software's."""
     config = load_config()
+    if "line_file" in config:
+        return   # python -m sim.board runs board_line_once only
     params = CodecParams(**config["params"])
     container = base64.b64decode(config["container"])
     cocotb.start_soon(Clock(dut.clk, config["clock_ps"], unit="ps").start())
@@ -77,3 +79,20 @@ async def board_prints_golden_line(dut):
                 assert got.status == Status.TRUNCATED
         ok = got.status == Status.OK
         assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red = {leds}"
+
+
+@cocotb.test()
+async def board_line_once(dut):
+    """One container (``python -m sim.board``): write the line the board prints to a file."""
+    config = load_config()
+    if "line_file" not in config:
+        return   # only run by python -m sim.board
+    container = base64.b64decode(config["container"])
+    cocotb.start_soon(Clock(dut.clk, config["clock_ps"], unit="ps").start())
+    sink = UartSink(dut.uart_tx, baud=config["baud"], bits=8, stop_bits=1)
+    dut.rst.value = 1
+    await Timer(5, "ns")
+    image = flash_image(container, offset=config["offset"])
+    line, _, leds = await _run_case(dut, sink, config, image, [], config["limit_cycles"])
+    with open(config["line_file"], "w") as out:
+        out.write(f"{line}\n{leds[0]} {leds[1]}\n")
