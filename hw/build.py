@@ -17,6 +17,7 @@ Outputs in ``--out``:
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,20 @@ def _cell_counts(stat_path: Path) -> dict:
     stat = json.loads(stat_path.read_text())
     design = stat.get("design") or next(iter(stat["modules"].values()))
     return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+
+
+def _failure_reason(log_path: Path, returncode: int) -> str:
+    """One line on why the toolchain stopped; running out of logic cells is the usual one."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    match = re.search(r"Failed to expand region .* of (\d+) ICESTORM_LCs", text)
+    if match:
+        return f"the design does not fit: {match[1]} logic cells needed, 5280 on the UP5K"
+    match = re.search(r"no BELs remaining to implement cell type '(\w+)'", text)
+    if match:
+        return f"the design does not fit: more {match[1]} cells needed than the device has"
+    errors = [line for line in text.splitlines() if line.startswith("ERROR")]
+    first = f": {errors[0][:120]}" if errors else ""
+    return f"the toolchain failed (exit {returncode}){first}; see {log_path}"
 
 
 def _resources(cells: dict, nextpnr: dict) -> dict:
@@ -132,8 +147,7 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
                                 stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        raise BuildError(f"the toolchain failed (exit {result.returncode}); see "
-                         f"{build_dir / 'tools.log'}")
+        raise BuildError(_failure_reason(build_dir / "tools.log", result.returncode))
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
     resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr)

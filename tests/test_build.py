@@ -15,6 +15,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
     out = tmp_path / "out"
     status = main(["--board", "icebreaker", "--out", str(out)])
     captured = capsys.readouterr()
+    assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
     report = json.loads((out / "report.json").read_text())
 
     # Exit status follows the timing verdict: 0 when met, 1 and one line when missed.

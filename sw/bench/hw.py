@@ -8,7 +8,6 @@ configuration that does not fit the UP5K is shown as such. It prints figures; it
 """
 
 import argparse
-import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,16 +24,7 @@ def _build_one(lanes: int, out_root: str, container: bytes, name: str) -> dict:
         return build(lanes=lanes, container=container, model_name=name, out_dir=out,
                      log=lambda *_: None)
     except BuildError as error:
-        log = out / "build" / "tools.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        match = re.search(r"region .* of (\d+) ICESTORM_LCs", text)
-        if match:
-            reason = f"does not fit: {match[1]} logic cells needed, 5280 on the UP5K"
-        elif re.search(r"no BELs remaining to implement cell type '(\w+)'", text):
-            kind = re.search(r"no BELs remaining to implement cell type '(\w+)'", text)[1]
-            reason = f"does not fit: more {kind} cells than the UP5K has"
-        else:
-            reason = str(error)
+        reason = str(error)
         return {"lanes": lanes, "error": reason}
 
 
