@@ -95,7 +95,7 @@ class WeightDecoder(wiring.Component):
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, depth: int = None,
                  buffer_depth: int = None):
         params.check_lanes(lanes)
-        self.buffer_depth = WordBuffer(lanes, buffer_depth).depth
+        self.buffer_depth = WordBuffer.checked_depth(lanes, buffer_depth)
         if depth is None:
             depth = 4 if params.state_count // lanes == 4 else 5
         if depth not in PIPELINE_DEPTHS:
@@ -155,6 +155,7 @@ class WeightDecoder(wiring.Component):
         single = Signal()
         single_symbol = Signal(8)
         payload_left = Signal(32)
+        payload_more = Signal()          # payload_left != 0, as a register (it gates ready)
 
         # -- core registers --
         phase = Signal(range(R), init=R - 1)
@@ -517,6 +518,7 @@ class WeightDecoder(wiring.Component):
             def payload_words1():
                 m.d.sync += [
                     payload_left.eq(Cat(low, w)),
+                    payload_more.eq(Cat(low, w) != 0),
                     remaining.eq(symbol_count),
                     next_index.eq(0),
                     first_pending.eq(1),
@@ -528,17 +530,18 @@ class WeightDecoder(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += [
                     in_payload.eq(1),
-                    buf.push.valid.eq(self.words.valid & (payload_left != 0)),
+                    buf.push.valid.eq(self.words.valid & payload_more),
                     buf.push.payload.eq(w),
-                    self.words.ready.eq(buf.push.ready & (payload_left != 0)),
+                    self.words.ready.eq(buf.push.ready & payload_more),
                     crc.en.eq(acc),
                 ]
                 with m.If(acc):
-                    m.d.sync += payload_left.eq(payload_left - 1)
-                with m.If(ctrl[Z].valid & short & (payload_left == 0)):
+                    m.d.sync += [payload_left.eq(payload_left - 1),
+                                 payload_more.eq(payload_left != 1)]
+                with m.If(ctrl[Z].valid & short & ~payload_more):
                     fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
                 with m.Elif(drained):
-                    with m.If((payload_left != 0) | (buf.count != 0)):
+                    with m.If(payload_more | (buf.count != 0)):
                         fail(Status.BAD_LENGTH)   # the symbols end with words unread
                     with m.Else():
                         m.next = "SCRC0"

@@ -95,9 +95,10 @@ class SymbolTables(wiring.Component):
         rank_we = Signal()
         bucket_wdata = Signal(bucket_layout)
         rank_wdata = Signal(rank_layout)
+        # A register, not bucket < flush_to: it drives freqs.ready, hence the parser's
+        # words.ready and every enable behind the word handshake.
         flushing = Signal()
         m.d.comb += [
-            flushing.eq(bucket < flush_to),
             self.freqs.ready.eq(~flushing),
             self.idle.eq(~flushing),
             bucket_wdata.first.eq(first),
@@ -115,7 +116,7 @@ class SymbolTables(wiring.Component):
         ]
         with m.If(self.start):
             m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), span_rank.eq(0), bucket.eq(0),
-                         flush_to.eq(0), first.eq(0), mask.eq(0)]
+                         flush_to.eq(0), first.eq(0), mask.eq(0), flushing.eq(0)]
         with m.Elif(self.freqs.valid & self.freqs.ready):
             m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
             with m.If(f != 0):
@@ -127,12 +128,13 @@ class SymbolTables(wiring.Component):
                 with m.Else():
                     m.d.sync += mask.eq(mask | (1 << cum[:s]))
                 with m.If(end_bucket >= buckets):
-                    m.d.sync += flush_to.eq(buckets)
+                    m.d.sync += [flush_to.eq(buckets), flushing.eq(bucket < buckets)]
                 with m.Else():
-                    m.d.sync += flush_to.eq(end_bucket)
+                    m.d.sync += [flush_to.eq(end_bucket), flushing.eq(bucket < end_bucket)]
         with m.Elif(flushing):
             # Buckets after the first one a symbol spans start inside that symbol.
-            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), mask.eq(0)]
+            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), mask.eq(0),
+                         flushing.eq(bucket + 1 < flush_to)]
 
         # -- one copy of both tables per lane --
         for n in range(self._lanes):

@@ -36,13 +36,19 @@ class WordBuffer(wiring.Component):
         Empty the buffer.
     """
 
-    def __init__(self, lanes: int, depth: int = None):
+    @staticmethod
+    def checked_depth(lanes: int, depth: int = None) -> int:
+        """``depth``, or the default for ``lanes``; ``ValueError`` when it is unusable."""
         if depth is None:
             depth = 2
             while depth < 2 * lanes:
                 depth *= 2
-        if depth < lanes or depth & (depth - 1):
-            raise ValueError(f"depth must be a power of two >= lanes, not {depth}")
+        if not isinstance(depth, int) or depth < max(2, lanes) or depth & (depth - 1):
+            raise ValueError(f"depth must be a power of two >= max(2, lanes), not {depth!r}")
+        return depth
+
+    def __init__(self, lanes: int, depth: int = None):
+        depth = self.checked_depth(lanes, depth)
         self._lanes = lanes
         self._depth = depth
         super().__init__({

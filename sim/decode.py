@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision-bits", type=int, help="build the decoder for this P")
     parser.add_argument("--state-count", type=int, help="build the decoder for this K")
     parser.add_argument("--max-cycles", type=int, help="give up after this many cycles")
+    parser.add_argument("--buffer-depth", type=int, help="payload word buffer of the decoder")
     args = parser.parse_args(argv)
 
     if not 0 <= args.stall < 1:
@@ -62,6 +63,10 @@ def main(argv=None) -> int:
             precision_bits=args.precision_bits or params.precision_bits,
             state_count=args.state_count or params.state_count)
         params.check_lanes(args.lanes)
+        options = {}
+        if args.buffer_depth is not None:
+            from hw.wordbuf import WordBuffer
+            options["buffer_depth"] = WordBuffer.checked_depth(args.lanes, args.buffer_depth)
     except ValueError as error:
         parser.error(str(error))
 
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result, = run_cases(params, args.lanes, [Case(args.container.name, data, args.stall,
                                                   args.stall, seed=args.seed,
-                                                  max_cycles=args.max_cycles)])
+                                                  max_cycles=args.max_cycles)],
+                        options=options)
     seconds = time.perf_counter() - started
     status = result.status.name if result.done else "waiting (no status)"
     print(f"decoder   P={params.precision_bits} K={params.state_count} N={args.lanes}"

@@ -247,13 +247,16 @@ def _default_max_cycles(case: Case, params: CodecParams, lanes: int,
 
 
 def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
-          exp_depth: int = 1 << 16) -> Path:
-    """Generate the decoder Verilog and the harness, compile them; cached by content."""
+          exp_depth: int = 1 << 16, options: dict = None) -> Path:
+    """Generate the decoder Verilog and the harness, compile them; cached by content.
+
+    ``options`` go to :class:`hw.decoder.WeightDecoder` (``depth``, ``buffer_depth``).
+    """
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
     from hw.decoder import WeightDecoder
-    dut = verilog.convert(WeightDecoder(params, lanes), name="weight_decoder",
+    dut = verilog.convert(WeightDecoder(params, lanes, **(options or {})), name="weight_decoder",
                           emit_src=False)
     harness = harness_verilog(lanes, src_depth, exp_depth)
     digest = hashlib.sha256((dut + harness).encode()).hexdigest()[:16]
@@ -280,7 +283,7 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
 
 
 def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = None,
-              exp_depth: int = None, work_dir: Path = None) -> list:
+              exp_depth: int = None, work_dir: Path = None, options: dict = None) -> list:
     """Run every case in one simulation; returns a :class:`CaseResult` per case."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -291,7 +294,7 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
     need_exp = max(len(e) for e in expects)
     src_depth = src_depth or max(1 << 16, 1 << max(0, need_src - 1).bit_length())
     exp_depth = exp_depth or max(1 << 16, 1 << max(0, need_exp - 1).bit_length())
-    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth)
+    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth, options=options)
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="subbit-cases-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,9 @@ def test_decoder_depth():
     assert WeightDecoder(CodecParams(state_count=4), 1).depth == 4
     assert WeightDecoder(CodecParams(state_count=2), 1).ring == 5
     assert WeightDecoder(CodecParams(), 1).ring == 32
+    assert WeightDecoder(CodecParams(), 4, buffer_depth=32).buffer_depth == 32
+    with pytest.raises(ValueError):
+        WeightDecoder(CodecParams(), 4, buffer_depth=12)
     for depth in PIPELINE_DEPTHS:
         assert WeightDecoder(CodecParams(), 2, depth=depth).depth == depth
     with pytest.raises(ValueError):
