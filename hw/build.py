@@ -103,11 +103,16 @@ def _resources(cells: dict, nextpnr: dict) -> dict:
 
 def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
           model_name: str = None, out_dir, frequency: float = 48e6, quad: bool = True,
-          wide_crc: bool = False, params: CodecParams = CodecParams(), log=print) -> dict:
-    """Build the board system; return the report (also written to ``out_dir/report.json``)."""
+          wide_crc: bool = False, decoder_only: bool = False,
+          params: CodecParams = CodecParams(), log=print) -> dict:
+    """Build the board system; return the report (also written to ``out_dir/report.json``).
+
+    ``decoder_only`` builds :class:`hw.system.DecoderHarness` instead: the decoder's own
+    resources and Fmax, no flash image.
+    """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-    from .system import ICEBreakerTop
+    from .system import DecoderHarness, ICEBreakerTop
 
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
@@ -119,17 +124,23 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     build_dir = out_dir / "build"
 
-    if container is None:
+    if decoder_only:
+        container = None
+    elif container is None:
         from sw.board import default_container
         log("training the default model (sklearn digits MLP)...")
         model_name, container = default_container(params)
-    expected = expected_report(container, params)
-    if expected.status != Status.OK:
-        log(f"warning: the golden model rejects this container ({expected.status.name}); "
-            f"the board will light its red LED")
+    if container is not None:
+        expected = expected_report(container, params)
+        if expected.status != Status.OK:
+            log(f"warning: the golden model rejects this container ({expected.status.name}); "
+                f"the board will light its red LED")
 
     env = _tool_environment()
-    top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad, wide_crc=wide_crc)
+    if decoder_only:
+        top = DecoderHarness(params, lanes, frequency=frequency)
+    else:
+        top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad, wide_crc=wide_crc)
     platform = ICEBreakerPlatform()
     started = time.monotonic()
     try:
@@ -162,12 +173,14 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
 
     bitstream = (build_dir / "top.bin").read_bytes()
     shutil.copy(build_dir / "top.bin", out_dir / "top.bin")
-    (out_dir / "flash.bin").write_bytes(flash_image(container, bitstream))
-    (out_dir / "model.sbit").write_bytes(container)
+    if container is not None:
+        (out_dir / "flash.bin").write_bytes(flash_image(container, bitstream))
+        (out_dir / "model.sbit").write_bytes(container)
 
     core_fmax = min((c["fmax_mhz"] for c in clocks.values()), default=0.0)
     report = {
         "board": board,
+        "design": "decoder harness" if decoder_only else "board system",
         "device": f"{platform.device}-{platform.package}",
         "lanes": lanes,
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
@@ -179,13 +192,15 @@ def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
         "clocks": clocks,
         "timing_met": timing_met,
         "weights_per_second": round(lanes * core_fmax * 1e6),
-        "model": {"name": model_name or "container", "bytes": len(container),
-                  "flash_offset": FLASH_OFFSET, "weights": expected.weights,
-                  "layers": expected.layers},
-        "expected_line": format_line(expected),
         "build_seconds": round(seconds, 1),
-        "files": {"bitstream": "top.bin", "flash_image": "flash.bin", "model": "model.sbit"},
+        "files": {"bitstream": "top.bin"},
     }
+    if container is not None:
+        report["model"] = {"name": model_name or "container", "bytes": len(container),
+                           "flash_offset": FLASH_OFFSET, "weights": expected.weights,
+                           "layers": expected.layers}
+        report["expected_line"] = format_line(expected)
+        report["files"].update({"flash_image": "flash.bin", "model": "model.sbit"})
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -195,16 +210,18 @@ def summary(report: dict) -> str:
     res = report["resources"]
     rows = [("logic cells", res["logic_cells"]), ("LUT4", res["luts"]), ("FF", res["ffs"]),
             ("EBR", res["ebr"]), ("SPRAM", res["spram"]), ("DSP", res["dsp"])]
-    lines = [f"{report['board']} ({report['device']}), {report['lanes']} lanes, "
-             f"model {report['model']['name']} ({report['model']['bytes']} bytes)"]
+    model = report.get("model")
+    lines = [f"{report['board']} ({report['device']}), {report['design']}, "
+             f"{report['lanes']} lanes"
+             + (f", model {model['name']} ({model['bytes']} bytes)" if model else "")]
     lines += [f"  {name:<12} {r['used']:>5} / {r['available']:<5} "
               f"({100 * r['used'] / r['available'] if r['available'] else 0:5.1f} %)"
               for name, r in rows]
     for clock, c in report["clocks"].items():
         lines.append(f"  clock {clock}: Fmax {c['fmax_mhz']:.2f} MHz, target "
                      f"{c['target_mhz']:.2f} MHz, {'met' if c['met'] else 'MISSED'}")
-    lines.append(f"  build {report['build_seconds']:.0f} s; board must print: "
-                 f"{report['expected_line']}")
+    lines.append(f"  build {report['build_seconds']:.0f} s"
+                 + (f"; board must print: {report['expected_line']}" if model else ""))
     return "\n".join(lines)
 
 
@@ -225,6 +242,9 @@ def main(argv=None) -> int:
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
     parser.add_argument("--wide-crc", action="store_true",
                         help="CRC a whole beat of weights per cycle (more LUTs) instead of one")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="build the decoder alone in a measurement harness (its own "
+                             "resources and Fmax; no flash image)")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even when the core clock misses its target")
     args = parser.parse_args(argv)
@@ -245,7 +265,8 @@ def main(argv=None) -> int:
             raise BuildError(f"frequency {args.frequency} MHz is out of range")
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
                        out_dir=args.out, frequency=args.frequency * 1e6,
-                       quad=not args.single_spi, wide_crc=args.wide_crc)
+                       quad=not args.single_spi, wide_crc=args.wide_crc,
+                       decoder_only=args.decoder_only)
     except (BuildError, ValueError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
@@ -253,7 +274,10 @@ def main(argv=None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     print(summary(report))
-    print(f"  wrote {Path(args.out) / 'flash.bin'} (iceprog it) and report.json")
+    if "model" in report:
+        print(f"  wrote {Path(args.out) / 'flash.bin'} (iceprog it) and report.json")
+    else:
+        print(f"  wrote {Path(args.out) / 'report.json'}")
     if not report["timing_met"] and not args.allow_timing_fail:
         worst = min(report["clocks"].items(), key=lambda kv: kv[1]["fmax_mhz"] -
                     kv[1]["target_mhz"], default=("core", {"fmax_mhz": 0, "target_mhz": 0}))

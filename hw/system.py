@@ -24,7 +24,8 @@ from .spiflash import FlashPins, SPIFlashReader
 from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
-__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "ICEBreakerTop", "pll_settings"]
+__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "ICEBreakerTop", "DecoderHarness",
+           "pll_settings"]
 
 #: The UART line; ``{name}`` is the status name, the other fields lower-case hex of the widths
 #: given (docs/BOARD.md). ``sw.board.format_line`` prints the same.
@@ -318,6 +319,39 @@ def pll_settings(f_in: float, f_out: float) -> dict:
     return best
 
 
+def _core_clock(m: Module, platform, pll: dict) -> None:
+    """The ``sync`` domain from the PLL, with the power-on reset block RAM needs."""
+    clk12 = platform.request("clk12", dir="-")
+    m.domains.sync = sync = ClockDomain("sync")
+    m.domains.por = ClockDomain("por", reset_less=True)
+    lock = Signal()
+    core_clk = Signal()   # named, so the PCF's set_frequency finds the net
+    m.d.comb += sync.clk.eq(core_clk)
+    m.submodules.pll = Instance(
+        "SB_PLL40_PAD",
+        p_FEEDBACK_PATH="SIMPLE",
+        p_DIVR=pll["DIVR"], p_DIVF=pll["DIVF"], p_DIVQ=pll["DIVQ"],
+        p_FILTER_RANGE=pll["FILTER_RANGE"],
+        i_PACKAGEPIN=clk12.io, i_RESETB=Const(1), i_BYPASS=Const(0),
+        o_PLLOUTGLOBAL=core_clk, o_LOCK=lock)
+    m.d.comb += ClockSignal("por").eq(core_clk)
+    platform.add_clock_constraint(core_clk, pll["frequency"])
+
+    # The user button decodes again: synchronised, then it restarts the reset count.
+    button = platform.request("button", 0)
+    button_sync = Signal(2)
+    m.d.por += button_sync.eq(Cat(button.i, button_sync[0]))
+
+    # Block RAM reads as zero for ~3 us after configuration: hold reset for 2**12 core
+    # cycles (85 us at 48 MHz) after the PLL locks, and again whenever it loses lock.
+    por = Signal(range(1 << 12 + 1))
+    with m.If(~lock | button_sync[1]):
+        m.d.por += por.eq(0)
+    with m.Elif(~por[12]):
+        m.d.por += por.eq(por + 1)
+    m.d.comb += ResetSignal("sync").eq(~por[12])
+
+
 class ICEBreakerTop(Elaboratable):
     """The iCEBreaker design: PLL, power-on reset, pins, and :class:`BoardSystem`.
 
@@ -340,35 +374,7 @@ class ICEBreakerTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk12 = platform.request("clk12", dir="-")
-        m.domains.sync = sync = ClockDomain("sync")
-        m.domains.por = ClockDomain("por", reset_less=True)
-        lock = Signal()
-        core_clk = Signal()   # named, so the PCF's set_frequency finds the net
-        m.d.comb += sync.clk.eq(core_clk)
-        m.submodules.pll = Instance(
-            "SB_PLL40_PAD",
-            p_FEEDBACK_PATH="SIMPLE",
-            p_DIVR=self.pll["DIVR"], p_DIVF=self.pll["DIVF"], p_DIVQ=self.pll["DIVQ"],
-            p_FILTER_RANGE=self.pll["FILTER_RANGE"],
-            i_PACKAGEPIN=clk12.io, i_RESETB=Const(1), i_BYPASS=Const(0),
-            o_PLLOUTGLOBAL=core_clk, o_LOCK=lock)
-        m.d.comb += ClockSignal("por").eq(core_clk)
-        platform.add_clock_constraint(core_clk, self.frequency)
-
-        # The user button decodes again: synchronised, then it restarts the reset count.
-        button = platform.request("button", 0)
-        button_sync = Signal(2)
-        m.d.por += button_sync.eq(Cat(button.i, button_sync[0]))
-
-        # Block RAM reads as zero for ~3 us after configuration: hold reset for 2**12 core
-        # cycles (85 us at 48 MHz) after the PLL locks, and again whenever it loses lock.
-        por = Signal(range(1 << 12 + 1))
-        with m.If(~lock | button_sync[1]):
-            m.d.por += por.eq(0)
-        with m.Elif(~por[12]):
-            m.d.por += por.eq(por + 1)
-        m.d.comb += ResetSignal("sync").eq(~por[12])
+        _core_clock(m, platform, self.pll)
 
         m.submodules.system = system = BoardSystem(
             self.params, self.lanes, clk_freq=self.frequency, quad=self.quad,
@@ -401,4 +407,46 @@ class ICEBreakerTop(Elaboratable):
         m.d.comb += uart.tx.o.eq(system.uart_tx)
         m.d.comb += platform.request("led_g", 0).o.eq(system.led_green)
         m.d.comb += platform.request("led_r", 0).o.eq(system.led_red)
+        return m
+
+
+class DecoderHarness(Elaboratable):
+    """The decoder alone on the iCEBreaker, to measure what it costs without the board system.
+
+    Not a design to run: the words come in one bit per cycle from a pin and every output bit
+    of the decoder is folded (XOR) onto an LED, so nothing is optimised away and the harness
+    adds only ~60 logic cells. Resources and Fmax of this build are the decoder's own (plus
+    the PLL and reset of :class:`ICEBreakerTop`).
+    """
+
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
+                 frequency: float = 48e6):
+        self.params = params
+        self.lanes = lanes
+        self.pll = pll_settings(12e6, frequency)
+        self.frequency = self.pll["frequency"]
+
+    def elaborate(self, platform):
+        from amaranth.build import Pins, Resource
+
+        m = Module()
+        _core_clock(m, platform, self.pll)
+        platform.add_resources([
+            Resource("harness", 0, Pins("1 2 3", dir="i", conn=("pmod", 0))),
+        ])
+        pins = platform.request("harness", 0)
+        m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
+
+        inputs = Signal(3)
+        shift = Signal(16)
+        m.d.sync += [inputs.eq(pins.i), shift.eq(Cat(inputs[0], shift[:-1]))]
+        m.d.sync += [decoder.words.payload.eq(shift), decoder.words.valid.eq(inputs[1])]
+        m.d.comb += decoder.weights.ready.eq(inputs[2])
+
+        folded = Signal()
+        outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
+                      decoder.words.ready, decoder.status.as_value())
+        m.d.sync += folded.eq(outputs.xor())
+        m.d.comb += [platform.request("led_g", 0).o.eq(folded),
+                     platform.request("led_r", 0).o.eq(decoder.status.done)]
         return m
