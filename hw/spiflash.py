@@ -101,8 +101,12 @@ class SPIFlashReader(wiring.Component):
         samples = Signal(range(16))     # samples taken of the current word
         samples_per_word = 16 // width
         header = Signal(2, init=2)      # length words still to read
-        words_left = Signal(32)
+        words_left = Signal(range(self.max_bytes // 2 + 1))
+        # Registered "no word left", so the end test is one flip-flop rather than a wide
+        # compare at the head of the DATA state's decision chain.
+        no_words = Signal()
         clamp = Signal()                # the length is in: bound it next cycle
+        check = Signal()                # and test the bound for zero the cycle after
 
         # The output register empties on a transfer; DATA below may refill it in the same cycle
         # (statements later in the module win).
@@ -130,8 +134,6 @@ class SPIFlashReader(wiring.Component):
             m.d.sync += [sr.eq(value << (32 - bits)), clocks.eq(bits // lanes_per_clock)]
 
         stopped = Signal()
-        with m.If(self.stop | stopped):
-            m.d.sync += [stopped.eq(1), pins.cs.eq(0), pins.sck.eq(0)]
         with m.FSM():
             with m.State("START"):
                 m.d.sync += pins.cs.eq(1)
@@ -237,12 +239,15 @@ class SPIFlashReader(wiring.Component):
                 with m.If(stopped):
                     pass
                 with m.Elif(clamp):
-                    # A cycle of its own for the 32-bit compare: from the pads through the
-                    # length compare into words_left in one cycle was the reader's slowest path.
+                    # Cycles of their own for the 32-bit compare and then the zero test: from
+                    # the pads through the compare into words_left in one cycle was the
+                    # reader's slowest path, and compare plus zero test the next slowest.
                     m.d.sync += clamp.eq(0)
                     clamped = Mux(self.length > self.max_bytes, self.max_bytes, self.length)
-                    m.d.sync += words_left.eq(clamped >> 1)
-                with m.Elif((header == 0) & (words_left == 0)):
+                    m.d.sync += [words_left.eq(clamped >> 1), check.eq(1)]
+                with m.Elif(check):
+                    m.d.sync += [check.eq(0), no_words.eq(words_left == 0)]
+                with m.Elif(no_words):      # only ever set once the length is in
                     m.d.sync += [pins.cs.eq(0), pins.sck.eq(0)]
                     m.next = "END"
                 with m.Elif(~pins.sck):
@@ -260,7 +265,8 @@ class SPIFlashReader(wiring.Component):
                             with m.Else():
                                 m.d.sync += [self.words.payload.eq(word),
                                              self.words.valid.eq(1),
-                                             words_left.eq(words_left - 1)]
+                                             words_left.eq(words_left - 1),
+                                             no_words.eq(words_left == 1)]
                         with m.Else():
                             m.d.sync += samples.eq(samples + 1)
                 with m.Else():
@@ -268,4 +274,8 @@ class SPIFlashReader(wiring.Component):
 
             with m.State("END"):
                 m.d.comb += self.exhausted.eq(~self.words.valid)
+
+        # After the FSM, so that it wins over whatever state the FSM is in.
+        with m.If(self.stop | stopped):
+            m.d.sync += [stopped.eq(1), pins.cs.eq(0), pins.sck.eq(0)]
         return m

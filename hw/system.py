@@ -12,8 +12,8 @@ import math
 
 from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, \
     ResetSignal, Signal
-from amaranth.lib import io, memory, wiring
-from amaranth.lib.wiring import Out
+from amaranth.lib import io, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from sw.board import FLASH_OFFSET, MAX_CONTAINER_BYTES
 from sw.format import Status
@@ -35,6 +35,7 @@ LINE_TEMPLATE = [
 ]
 FIELD_BITS = {"status": 8, "layers": 16, "weights": 32, "crc": 32, "cycles": 32}
 NAME_CHARS = 16
+NAMES_BASE = 256
 #: Cycles with every word delivered and no decoder output before the system calls the
 #: container truncated. The decoder may legitimately go quiet while it builds a frequency
 #: table (at most 256 + 2**(P-4) cycles, 4352 for P = 16); 2**16 is well beyond that.
@@ -71,7 +72,7 @@ class ReportLine(wiring.Component):
 
     @staticmethod
     def rom():
-        """``(rom bytes, template length)``: the template, then 16 names of 16 characters."""
+        """``(rom bytes, template length)``: the template, then at 256 16 names of 16 chars."""
         offsets, nibble = {}, 0
         for name, bits in FIELD_BITS.items():
             offsets[name] = nibble
@@ -88,6 +89,9 @@ class ReportLine(wiring.Component):
                 # Most significant digit first.
                 entries += [0x80 | (offsets[name] + d) for d in reversed(range(digits))]
         template_length = len(entries)
+        # Names start at 256, so a name character's address is a concatenation, not a sum.
+        assert template_length <= NAMES_BASE
+        entries += [0] * (NAMES_BASE - template_length)
         for code in range(16):
             name = Status(code).name if code in Status._value2member_map_ else f"CODE_{code}"
             entries += [ord(c) for c in name[:NAME_CHARS].ljust(NAME_CHARS, "\0")]
@@ -104,13 +108,22 @@ class ReportLine(wiring.Component):
         fields = Cat(*(getattr(self, n) for n in FIELD_BITS))
         position = Signal(range(template_length + 1))
         char = Signal(8)
-        entry = port.data
-        nibble = Signal(4)
-        m.d.comb += [
-            port.addr.eq(position),
-            uart.data.payload.eq(char),
-            nibble.eq(fields.word_select(entry[:6], 4)),
-        ]
+        # The ROM's output registered once more before anything decodes it: block RAM's
+        # clock-to-out and routing left too little of the cycle for the decoding behind it.
+        entry = Signal(8)
+        m.d.sync += entry.eq(port.data)
+        byte = Signal(8)
+        high = Signal()
+        digit = Signal(4)
+        m.d.comb += [port.addr.eq(position), uart.data.payload.eq(char)]
+        # The byte holding the digit the ROM names, registered every cycle whatever the state
+        # (HEX uses the one selected in DECODE): a 30-way nibble select, the FSM's decode and
+        # the conversion behind the ROM in one cycle were the board logic's slowest path.
+        with m.Switch(entry[1:6]):
+            for index in range(len(fields) // 8):
+                with m.Case(index):
+                    m.d.sync += byte.eq(fields[8 * index:8 * index + 8])
+        m.d.sync += high.eq(entry[0])
 
         with m.FSM():
             with m.State("IDLE"):
@@ -118,18 +131,24 @@ class ReportLine(wiring.Component):
                     m.d.sync += position.eq(0)
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.next = "DECODE"   # the ROM answers one cycle after the address
+                m.next = "LATCH"    # the ROM answers one cycle after the address ...
+            with m.State("LATCH"):
+                m.next = "DECODE"   # ... and `entry` a cycle after that
             with m.State("DECODE"):
                 with m.If(~entry[7]):
                     m.d.sync += char.eq(entry)
                     m.next = "EMIT"
                 with m.Elif(~entry[6]):
-                    m.d.sync += char.eq(Mux(nibble < 10, ord("0") + nibble,
-                                            ord("a") - 10 + nibble))
-                    m.next = "EMIT"
+                    m.next = "HEX"
                 with m.Else():
-                    m.d.comb += port.addr.eq(template_length + Cat(entry[:4], fields[:4]))
-                    m.next = "NAME"
+                    m.d.comb += port.addr.eq(Cat(entry[:4], fields[:4], Const(1, 1)))
+                    m.next = "NAME_LATCH"
+            with m.State("NAME_LATCH"):
+                m.next = "NAME"
+            with m.State("HEX"):
+                m.d.comb += digit.eq(Mux(high, byte[4:], byte[:4]))
+                m.d.sync += char.eq(Mux(digit < 10, ord("0") + digit, ord("a") - 10 + digit))
+                m.next = "EMIT"
             with m.State("NAME"):
                 with m.If(entry == 0):
                     m.d.sync += position.eq(position + 1)
@@ -150,6 +169,32 @@ class ReportLine(wiring.Component):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
+        return m
+
+
+class SkidBuffer(wiring.Component):
+    """A two-register stream slice: both sides see only flip-flops of the other.
+
+    Between the flash reader and the decoder it keeps the decoder's combinational
+    ``words.ready`` out of the reader's SCK and shift-register enables, and the reader's
+    decisions out of the decoder's parser. Full throughput, one cycle of latency.
+    """
+
+    def __init__(self, width: int):
+        super().__init__({"i": In(stream.Signature(width)), "o": Out(stream.Signature(width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        skid = Signal.like(self.i.payload)
+        skid_valid = Signal()
+        m.d.comb += self.i.ready.eq(~skid_valid)
+        with m.If(self.o.ready | ~self.o.valid):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+        with m.Elif(self.i.valid & ~skid_valid):
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
 
 
@@ -223,7 +268,11 @@ class BoardSystem(wiring.Component):
         m.submodules.report = report = ReportLine(self.divisor)
 
         wiring.connect(m, wiring.flipped(self.flash), reader.flash)
-        wiring.connect(m, reader.words, decoder.words)
+        m.submodules.skid = skid = SkidBuffer(16)
+        wiring.connect(m, reader.words, skid.i)
+        wiring.connect(m, skid.o, decoder.words)
+        exhausted = Signal()     # no word left in the reader nor on its way
+        m.d.comb += exhausted.eq(reader.exhausted & ~skid.o.valid)
 
         verdict = Signal()      # the decoder or the truncation check has spoken
         finished = Signal()     # ... and the beats on their way are counted: report
@@ -258,7 +307,7 @@ class BoardSystem(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         # The decoder waits for words forever; only the feeder knows that none will come.
-        with m.If(taken | (decoder.words.valid & decoder.words.ready) | ~reader.exhausted):
+        with m.If(taken | ~exhausted):
             m.d.sync += idle.eq(0)
         with m.Elif(idle != self.truncation_idle_cycles):
             m.d.sync += idle.eq(idle + 1)
