@@ -301,9 +301,32 @@ class WeightDecoder(wiring.Component):
         m.d.comb += head_bad.eq((phase < G) & (Cat(*[x[0][n] != L for n in range(N)]) != 0))
 
         # -- parser --
+        # words.ready and the ring's header mode come from registered state flags, set on the
+        # transitions, rather than from a decode of the FSM state: ready gates every register
+        # behind the word handshake, so it must be a shallow function of flip-flops.
+        waiting = {name: Signal(name=f"in_{name.lower()}")
+                   for name in ("FREQ", "FREQ_END", "PAYLOAD", "FINAL", "DONE", "ERROR")}
+        header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
+                         "SECTIONS", "STATES"}
+        header_flag = Signal(init=1)
+        m.d.comb += in_header.eq(header_flag)
+
+        def go(name):
+            m.next = name
+            for state, flag in waiting.items():
+                m.d.sync += flag.eq(name == state)
+            m.d.sync += header_flag.eq(name in header_states)
+
+        m.d.comb += self.words.ready.eq(
+            waiting["ERROR"]
+            | ~(waiting["FREQ"] | waiting["FREQ_END"] | waiting["PAYLOAD"] | waiting["FINAL"]
+                | waiting["DONE"])
+            | (waiting["FREQ"] & tables.freqs.ready)
+            | (waiting["PAYLOAD"] & buf.push.ready & payload_more))
+
         def fail(status):
             m.d.sync += code.eq(status)
-            m.next = "ERROR"
+            go("ERROR")
 
         def skip(count, state, after):
             """Go to ``state`` to pass over ``count`` words, then do ``after()``."""
@@ -311,11 +334,11 @@ class WeightDecoder(wiring.Component):
                 after()
             with m.Else():
                 m.d.sync += left.eq(count)
-                m.next = state
+                go(state)
 
         def skipping(state, after):
             with m.State(state):
-                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     m.d.sync += left.eq(left - 1)
                     with m.If(left == 1):
@@ -324,71 +347,71 @@ class WeightDecoder(wiring.Component):
         def field(state, then):
             """A one-word field: accept it into the CRC, then ``then()``."""
             with m.State(state):
-                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     then()
 
         def after_section():
             with m.If(section + 1 == section_count):
-                m.next = "FINAL"
+                go("FINAL")
             with m.Else():
                 m.d.sync += section.eq(section + 1)
-                m.next = "KIND"
+                go("KIND")
 
         def after_dims():
             with m.If(raw):
-                m.next = "DTYPE"
+                go("DTYPE")
             with m.Else():
-                m.next = "LEVELS"
+                go("LEVELS")
 
         def start_freqs():
-            m.next = "FREQ"
+            go("FREQ")
 
         magic = int.from_bytes(MAGIC, "little")
         ok_params = [params.state_bits, params.word_bits, P, K]
 
         with m.FSM():
             with m.State("MAGIC0"):
-                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     m.d.sync += magic_low.eq(w)
-                    m.next = "MAGIC1"
+                    go("MAGIC1")
             with m.State("MAGIC1"):
-                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     with m.If(Cat(magic_low, w) != magic):
                         fail(Status.BAD_MAGIC)
                     with m.Else():
-                        m.next = "VERSION"
+                        go("VERSION")
             with m.State("VERSION"):
-                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     with m.If(w != VERSION):
                         fail(Status.BAD_VERSION)
                     with m.Else():
-                        m.next = "PARAM0"
+                        go("PARAM0")
             for i, value in enumerate(ok_params):
                 with m.State(f"PARAM{i}"):
-                    m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                    m.d.comb += [crc.en.eq(acc)]
                     with m.If(acc):
                         bad = param_bad | (w != value)
                         if i < 3:
                             m.d.sync += param_bad.eq(bad)
-                            m.next = f"PARAM{i + 1}"
+                            go(f"PARAM{i + 1}")
                         else:
                             # All four are read before any is judged, as the golden model does.
                             with m.If(bad):
                                 fail(Status.PARAM_MISMATCH)
                             with m.Else():
-                                m.next = "SECTIONS"
+                                go("SECTIONS")
             with m.State("SECTIONS"):
-                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     m.d.sync += [section_count.eq(w), left.eq(2 * K)]
-                    m.next = "STATES"
+                    go("STATES")
             with m.State("STATES"):
                 # A row (state index i of every lane) enters the ring head when complete.
-                m.d.comb += [in_header.eq(1), self.words.ready.eq(1), crc.en.eq(acc)]
+                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
                     m.d.sync += [left.eq(left - 1), state_high.eq(~state_high)]
                     with m.If(~state_high):
@@ -408,39 +431,37 @@ class WeightDecoder(wiring.Component):
                         with m.If(bad):
                             fail(Status.BAD_STATE)
                         with m.Else():
-                            m.next = "HCRC0"
+                            go("HCRC0")
             with m.State("HCRC0"):
-                m.d.comb += self.words.ready.eq(1)
                 with m.If(acc):
                     m.d.sync += low.eq(w)
-                    m.next = "HCRC1"
+                    go("HCRC1")
             with m.State("HCRC1"):
-                m.d.comb += self.words.ready.eq(1)
                 with m.If(acc):
                     with m.If(Cat(low, w) != crc.crc):
                         fail(Status.CRC_MISMATCH)
                     with m.Elif(section_count == 0):
-                        m.next = "FINAL"
+                        go("FINAL")
                     with m.Else():
-                        m.next = "KIND"
+                        go("KIND")
 
             with m.State("KIND"):
-                m.d.comb += [self.words.ready.eq(1), crc.en.eq(acc), crc.restart.eq(1)]
+                m.d.comb += [crc.en.eq(acc), crc.restart.eq(1)]
                 with m.If(acc):
                     m.d.sync += raw.eq(w == SectionKind.RAW)
                     with m.If(w > max(SectionKind)):
                         fail(Status.BAD_SECTION)
                     with m.Else():
-                        m.next = "NAME_BYTES"
+                        go("NAME_BYTES")
 
 
             def name_bytes():
                 with m.If(w > MAX_NAME_BYTES):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip((w + 1) >> 1, "NAME", lambda: setattr(m, "next", "NDIM"))
+                    skip((w + 1) >> 1, "NAME", lambda: go("NDIM"))
             field("NAME_BYTES", name_bytes)
-            skipping("NAME", lambda: setattr(m, "next", "NDIM"))
+            skipping("NAME", lambda: go("NDIM"))
 
             def ndim():
                 with m.If(w > MAX_NDIM):
@@ -453,12 +474,12 @@ class WeightDecoder(wiring.Component):
             # CODED
             def got_levels():
                 m.d.sync += levels.eq(w)
-                m.next = "ZERO_POINT"
+                go("ZERO_POINT")
             field("LEVELS", got_levels)
 
             def got_zero_point():
                 m.d.sync += zero_point.eq(w)
-                m.next = "SCALE_COUNT"
+                go("SCALE_COUNT")
             field("ZERO_POINT", got_zero_point)
 
             def scale_count():
@@ -466,13 +487,13 @@ class WeightDecoder(wiring.Component):
                 with m.If((levels == 0) | (levels > MAX_LEVELS) | overflow | (w == 0)):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip(w << 1, "SCALES", lambda: setattr(m, "next", "COUNT0"))
+                    skip(w << 1, "SCALES", lambda: go("COUNT0"))
             field("SCALE_COUNT", scale_count)
-            skipping("SCALES", lambda: setattr(m, "next", "COUNT0"))
+            skipping("SCALES", lambda: go("COUNT0"))
 
             def count0():
                 m.d.sync += low.eq(w)
-                m.next = "COUNT1"
+                go("COUNT1")
             field("COUNT0", count0)
 
             def count1():
@@ -483,16 +504,15 @@ class WeightDecoder(wiring.Component):
                 with m.If(count > MAX_SECTION_SYMBOLS):
                     fail(Status.BAD_SECTION)
                 with m.Elif(levels == 1):
-                    m.next = "PAYLOAD_WORDS0"
+                    go("PAYLOAD_WORDS0")
                 with m.Else():
-                    m.next = "FREQ"
+                    go("FREQ")
             field("COUNT1", count1)
 
             with m.State("FREQ"):
                 m.d.comb += [
                     tables.freqs.valid.eq(self.words.valid),
                     tables.freqs.payload.eq(w),
-                    self.words.ready.eq(tables.freqs.ready),
                     crc.en.eq(acc),
                 ]
                 with m.If(acc):
@@ -502,17 +522,17 @@ class WeightDecoder(wiring.Component):
                         with m.If(w == M):
                             m.d.sync += [single.eq(1), single_symbol.eq(freq_index)]
                     with m.If(left == 1):
-                        m.next = "FREQ_END"
+                        go("FREQ_END")
             with m.State("FREQ_END"):
                 with m.If(tables.idle):
                     with m.If(freq_sum != M):
                         fail(Status.BAD_TABLE)
                     with m.Else():
-                        m.next = "PAYLOAD_WORDS0"
+                        go("PAYLOAD_WORDS0")
 
             def payload_words0():
                 m.d.sync += low.eq(w)
-                m.next = "PAYLOAD_WORDS1"
+                go("PAYLOAD_WORDS1")
             field("PAYLOAD_WORDS0", payload_words0)
 
             def payload_words1():
@@ -524,7 +544,7 @@ class WeightDecoder(wiring.Component):
                     first_pending.eq(1),
                 ]
                 m.d.comb += buf.clear.eq(1)
-                m.next = "PAYLOAD"
+                go("PAYLOAD")
             field("PAYLOAD_WORDS1", payload_words1)
 
             with m.State("PAYLOAD"):
@@ -532,7 +552,6 @@ class WeightDecoder(wiring.Component):
                     in_payload.eq(1),
                     buf.push.valid.eq(self.words.valid & payload_more),
                     buf.push.payload.eq(w),
-                    self.words.ready.eq(buf.push.ready & payload_more),
                     crc.en.eq(acc),
                 ]
                 with m.If(acc):
@@ -544,33 +563,31 @@ class WeightDecoder(wiring.Component):
                     with m.If(payload_more | (buf.count != 0)):
                         fail(Status.BAD_LENGTH)   # the symbols end with words unread
                     with m.Else():
-                        m.next = "SCRC0"
+                        go("SCRC0")
 
             # RAW
             def dtype():
                 with m.If(w > max(RawDtype)):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    m.next = "DATA_BYTES0"
+                    go("DATA_BYTES0")
             field("DTYPE", dtype)
 
             def data_bytes0():
                 m.d.sync += low.eq(w)
-                m.next = "DATA_BYTES1"
+                go("DATA_BYTES1")
             field("DATA_BYTES0", data_bytes0)
 
             def data_bytes1():
-                skip((Cat(low, w) + 1) >> 1, "DATA", lambda: setattr(m, "next", "SCRC0"))
+                skip((Cat(low, w) + 1) >> 1, "DATA", lambda: go("SCRC0"))
             field("DATA_BYTES1", data_bytes1)
-            skipping("DATA", lambda: setattr(m, "next", "SCRC0"))
+            skipping("DATA", lambda: go("SCRC0"))
 
             with m.State("SCRC0"):
-                m.d.comb += self.words.ready.eq(1)
                 with m.If(acc):
                     m.d.sync += low.eq(w)
-                    m.next = "SCRC1"
+                    go("SCRC1")
             with m.State("SCRC1"):
-                m.d.comb += self.words.ready.eq(1)
                 with m.If(acc):
                     with m.If(Cat(low, w) != crc.crc):
                         fail(Status.CRC_MISMATCH)
@@ -585,12 +602,11 @@ class WeightDecoder(wiring.Component):
                     with m.If(final_bad):
                         fail(Status.STATE_MISMATCH)
                     with m.Else():
-                        m.next = "DONE"
+                        go("DONE")
             with m.State("DONE"):
                 m.d.comb += self.status.done.eq(1)
             with m.State("ERROR"):
-                m.d.comb += [self.status.done.eq(1), self.status.error.eq(1),
-                             self.words.ready.eq(1)]
+                m.d.comb += [self.status.done.eq(1), self.status.error.eq(1)]
         return m
 
 
