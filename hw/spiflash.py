@@ -105,8 +105,6 @@ class SPIFlashReader(wiring.Component):
         # Registered "no word left", so the end test is one flip-flop rather than a wide
         # compare at the head of the DATA state's decision chain.
         no_words = Signal()
-        clamp = Signal()                # the length is in: bound it next cycle
-        check = Signal()                # and test the bound for zero the cycle after
 
         # The output register empties on a transfer; DATA below may refill it in the same cycle
         # (statements later in the module win).
@@ -222,55 +220,72 @@ class SPIFlashReader(wiring.Component):
                         m.next = "DATA"
                     shift(1, after_command)
 
-            with m.State("DATA"):
+            # The data phase is split into states so that each keeps its decision short:
+            # LENGTH reads the two length words, BOUND and CHECK bound it (a 32-bit compare,
+            # then a zero test, each with a cycle of its own), STREAM delivers the words.
+            if self.quad:
+                sample = pins.dq_i
+            else:
+                sample = pins.dq_i[1]
+            new_acc = Signal(16)
+            m.d.comb += new_acc.eq(Cat(sample, acc) if width == 1 else Cat(sample, acc[:12]))
+            last_sample = samples == samples_per_word - 1
+            # Swap bytes: the first byte read is the low half of the word.
+            word = Cat(new_acc[8:16], new_acc[0:8])
+
+            def data_lanes():
                 if self.quad:
                     m.d.comb += pins.dq_oe.eq(0)
-                    sample = pins.dq_i
                 else:
                     single_lane()
-                    sample = pins.dq_i[1]
-                new_acc = Signal(16)
-                m.d.comb += new_acc.eq(Cat(sample, acc) if width == 1 else Cat(sample, acc[:12]))
-                last_sample = samples == samples_per_word - 1
-                # Swap bytes: the first byte read is the low half of the word.
-                word = Cat(new_acc[8:16], new_acc[0:8])
-                blocked = last_sample & self.words.valid & ~self.words.ready
 
-                with m.If(stopped):
-                    pass
-                with m.Elif(clamp):
-                    # Cycles of their own for the 32-bit compare and then the zero test: from
-                    # the pads through the compare into words_left in one cycle was the
-                    # reader's slowest path, and compare plus zero test the next slowest.
-                    m.d.sync += clamp.eq(0)
-                    clamped = Mux(self.length > self.max_bytes, self.max_bytes, self.length)
-                    m.d.sync += [words_left.eq(clamped >> 1), check.eq(1)]
-                with m.Elif(check):
-                    m.d.sync += [check.eq(0), no_words.eq(words_left == 0)]
-                with m.Elif(no_words):      # only ever set once the length is in
-                    m.d.sync += [pins.cs.eq(0), pins.sck.eq(0)]
-                    m.next = "END"
-                with m.Elif(~pins.sck):
-                    # The flash drove this bit/nibble after the last falling edge: take it as
-                    # SCK rises.
-                    with m.If(~blocked):
-                        m.d.sync += [pins.sck.eq(1), acc.eq(new_acc)]
-                        with m.If(last_sample):
-                            m.d.sync += samples.eq(0)
-                            with m.If(header != 0):
-                                m.d.sync += [self.length.eq(Cat(self.length[16:], word)),
-                                             header.eq(header - 1)]
-                                with m.If(header == 1):
-                                    m.d.sync += clamp.eq(1)
-                            with m.Else():
-                                m.d.sync += [self.words.payload.eq(word),
-                                             self.words.valid.eq(1),
-                                             words_left.eq(words_left - 1),
-                                             no_words.eq(words_left == 1)]
-                        with m.Else():
-                            m.d.sync += samples.eq(samples + 1)
+            def take_sample(on_word):
+                """The flash drove this bit/nibble after the last falling edge: take it as
+                SCK rises (stopped is handled after the FSM, which forces SCK low)."""
+                with m.If(~pins.sck):
+                    m.d.sync += [pins.sck.eq(1), acc.eq(new_acc)]
+                    with m.If(last_sample):
+                        m.d.sync += samples.eq(0)
+                        on_word()
+                    with m.Else():
+                        m.d.sync += samples.eq(samples + 1)
                 with m.Else():
                     m.d.sync += pins.sck.eq(0)
+
+            with m.State("DATA"):
+                data_lanes()
+
+                def length_word():
+                    m.d.sync += [self.length.eq(Cat(self.length[16:], word)),
+                                 header.eq(header - 1)]
+                    with m.If(header == 1):
+                        m.next = "BOUND"
+                take_sample(length_word)
+
+            with m.State("BOUND"):
+                data_lanes()
+                clamped = Mux(self.length > self.max_bytes, self.max_bytes, self.length)
+                m.d.sync += [words_left.eq(clamped >> 1), pins.sck.eq(0)]
+                m.next = "CHECK"
+
+            with m.State("CHECK"):
+                data_lanes()
+                m.d.sync += no_words.eq(words_left == 0)
+                m.next = "STREAM"
+
+            with m.State("STREAM"):
+                data_lanes()
+                blocked = last_sample & self.words.valid & ~self.words.ready
+                with m.If(no_words):
+                    m.d.sync += [pins.cs.eq(0), pins.sck.eq(0)]
+                    m.next = "END"
+                with m.Elif(~blocked):
+                    def data_word():
+                        m.d.sync += [self.words.payload.eq(word),
+                                     self.words.valid.eq(1),
+                                     words_left.eq(words_left - 1),
+                                     no_words.eq(words_left == 1)]
+                    take_sample(data_word)
 
             with m.State("END"):
                 m.d.comb += self.exhausted.eq(~self.words.valid)
