@@ -177,7 +177,9 @@ class SPIFlashReader(wiring.Component):
                     single_lane()
 
                     def after_write():
-                        m.d.sync += [pins.cs.eq(0), timer.eq(gap_cycles)]
+                        # A volatile status write needs no busy time on the W25Q128JV; wait as
+                        # long as after the wake-up anyway, it costs 5 us once.
+                        m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles)]
                         m.next = "SR_WRITE_GAP"
                     shift(1, after_write)
 
