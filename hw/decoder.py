@@ -328,9 +328,12 @@ class WeightDecoder(wiring.Component):
             m.d.sync += code.eq(status)
             go("ERROR")
 
-        def skip(count, state, after):
-            """Go to ``state`` to pass over ``count`` words, then do ``after()``."""
-            with m.If(count == 0):
+        def skip(count, empty, state, after):
+            """Go to ``state`` to pass over ``count`` words, then do ``after()``.
+
+            ``empty`` is ``count == 0`` taken from the field itself, ahead of any adder.
+            """
+            with m.If(empty):
                 after()
             with m.Else():
                 m.d.sync += left.eq(count)
@@ -351,8 +354,12 @@ class WeightDecoder(wiring.Component):
                 with m.If(acc):
                     then()
 
+        # Registered: the section index changes only on the CRC word it is consulted on.
+        last_section = Signal()
+        m.d.sync += last_section.eq(section + 1 == section_count)
+
         def after_section():
-            with m.If(section + 1 == section_count):
+            with m.If(last_section):
                 go("FINAL")
             with m.Else():
                 m.d.sync += section.eq(section + 1)
@@ -459,7 +466,7 @@ class WeightDecoder(wiring.Component):
                 with m.If(w > MAX_NAME_BYTES):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip((w + 1) >> 1, "NAME", lambda: go("NDIM"))
+                    skip((w + 1) >> 1, w == 0, "NAME", lambda: go("NDIM"))
             field("NAME_BYTES", name_bytes)
             skipping("NAME", lambda: go("NDIM"))
 
@@ -467,7 +474,7 @@ class WeightDecoder(wiring.Component):
                 with m.If(w > MAX_NDIM):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip(w << 1, "DIMS", after_dims)
+                    skip(w << 1, w == 0, "DIMS", after_dims)
             field("NDIM", ndim)
             skipping("DIMS", after_dims)
 
@@ -477,17 +484,21 @@ class WeightDecoder(wiring.Component):
                 go("ZERO_POINT")
             field("LEVELS", got_levels)
 
+            zero_point_bad = Signal()
+
             def got_zero_point():
-                m.d.sync += zero_point.eq(w)
+                # Judged with the scale count, as the golden model does; computed here so the
+                # subtract and compare are not in front of the next state.
+                m.d.sync += [zero_point.eq(w),
+                             zero_point_bad.eq((levels - 1 - w.as_signed()) > 32767)]
                 go("SCALE_COUNT")
             field("ZERO_POINT", got_zero_point)
 
             def scale_count():
-                overflow = (levels - 1 - zero_point) > 32767
-                with m.If((levels == 0) | (levels > MAX_LEVELS) | overflow | (w == 0)):
+                with m.If((levels == 0) | (levels > MAX_LEVELS) | zero_point_bad | (w == 0)):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip(w << 1, "SCALES", lambda: go("COUNT0"))
+                    skip(w << 1, w == 0, "SCALES", lambda: go("COUNT0"))
             field("SCALE_COUNT", scale_count)
             skipping("SCALES", lambda: go("COUNT0"))
 
@@ -511,7 +522,7 @@ class WeightDecoder(wiring.Component):
 
             with m.State("FREQ"):
                 m.d.comb += [
-                    tables.freqs.valid.eq(self.words.valid),
+                    tables.freqs.valid.eq(self.words.valid & waiting["FREQ"]),
                     tables.freqs.payload.eq(w),
                     crc.en.eq(acc),
                 ]
@@ -579,7 +590,7 @@ class WeightDecoder(wiring.Component):
             field("DATA_BYTES0", data_bytes0)
 
             def data_bytes1():
-                skip((Cat(low, w) + 1) >> 1, "DATA", lambda: go("SCRC0"))
+                skip((Cat(low, w) + 1) >> 1, Cat(low, w) == 0, "DATA", lambda: go("SCRC0"))
             field("DATA_BYTES1", data_bytes1)
             skipping("DATA", lambda: go("SCRC0"))
 

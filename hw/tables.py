@@ -128,9 +128,15 @@ class SymbolTables(wiring.Component):
                 with m.Else():
                     m.d.sync += mask.eq(mask | (1 << cum[:s]))
                 with m.If(end_bucket >= buckets):
-                    m.d.sync += [flush_to.eq(buckets), flushing.eq(bucket < buckets)]
+                    m.d.sync += flush_to.eq(buckets)
                 with m.Else():
-                    m.d.sync += [flush_to.eq(end_bucket), flushing.eq(bucket < end_bucket)]
+                    m.d.sync += flush_to.eq(end_bucket)
+                # The walk's buckets are complete up to the one holding ``cum``, so the symbol
+                # makes buckets to write exactly when it reaches past that bucket's end: a
+                # short add on the low bits instead of two wide compares. The top bit of
+                # ``bucket`` says the table is already past its last bucket (bad sums only).
+                crosses = (f[s:] != 0) | ((cum[:s] + f[:s]) >> s != 0)
+                m.d.sync += flushing.eq(crosses & ~bucket[-1])
         with m.Elif(flushing):
             # Buckets after the first one a symbol spans start inside that symbol.
             m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), mask.eq(0),

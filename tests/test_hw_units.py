@@ -289,3 +289,49 @@ def test_after_error_input_drains_and_after_done_it_stops():
                 await ctx.tick()
 
         simulate(dut, testbench)
+
+
+def patched(data: bytes, offset: int, fmt: str, value) -> bytes:
+    import struct
+    data = bytearray(data)
+    struct.pack_into("<" + fmt, data, offset, value)
+    return bytes(data)
+
+
+def field_cases():
+    params = CodecParams()
+    coded = write_container([CodedTensor("w", np.arange(3000) % 3, 3, 1)], params)
+    raw = write_container([RawTensor("r", np.arange(4, dtype=np.int16))], params)
+    # Offsets for K = 32: file header 148 bytes, then kind, name_bytes, "w\0", ndim, dims[0].
+    yield "magic", patched(coded, 0, "B", ord("X")), Status.BAD_MAGIC
+    yield "version", patched(coded, 4, "H", 2), Status.BAD_VERSION
+    yield "state_bits", patched(coded, 6, "H", 31), Status.PARAM_MISMATCH
+    yield "word_bits", patched(coded, 8, "H", 8), Status.PARAM_MISMATCH
+    yield "precision", patched(coded, 10, "H", 11), Status.PARAM_MISMATCH
+    yield "state_count", patched(coded, 12, "H", 0), Status.PARAM_MISMATCH
+    yield "state", patched(coded, 16 + 4 * 7, "I", 0xFFFF), Status.BAD_STATE
+    yield "header_crc", patched(coded, 144, "B", coded[144] ^ 1), Status.CRC_MISMATCH
+    yield "kind", patched(coded, 148, "H", 2), Status.BAD_SECTION
+    yield "name_bytes", patched(coded, 150, "H", 1025), Status.BAD_SECTION
+    yield "ndim", patched(coded, 154, "H", 9), Status.BAD_SECTION
+    yield "levels_0", patched(coded, 160, "H", 0), Status.BAD_SECTION
+    yield "levels_257", patched(coded, 160, "H", 257), Status.BAD_SECTION
+    yield "zero_point", patched(coded, 162, "h", -32768), Status.BAD_SECTION
+    yield "scale_count", patched(coded, 164, "H", 0), Status.BAD_SECTION
+    yield "symbol_count", patched(coded, 170, "I", (1 << 28) + 1), Status.BAD_SECTION
+    yield "table_sum", patched(coded, 174, "H", 1), Status.BAD_TABLE
+    words = int.from_bytes(coded[180:184], "little")
+    yield "payload_short", patched(coded, 180, "I", words - 1), Status.BAD_LENGTH
+    yield "payload_long", patched(coded, 180, "I", words + 1), Status.BAD_LENGTH
+    yield "section_crc", patched(coded, len(coded) - 1, "B", coded[-1] ^ 0x80), \
+        Status.CRC_MISMATCH
+    yield "dtype", patched(raw, 160, "H", 12), Status.BAD_SECTION
+    yield "raw_crc", patched(raw, len(raw) - 4, "B", raw[-4] ^ 1), Status.CRC_MISMATCH
+
+
+@pytest.mark.parametrize("name, data, status", list(field_cases()),
+                         ids=[c[0] for c in field_cases()])
+def test_each_check(name, data, status):
+    params = CodecParams()
+    assert golden_decode(data, params).status == status
+    check_against_golden(data, params, 2)
