@@ -134,6 +134,7 @@ def plot(results, path) -> None:
     axes.set_xscale("log")
     axes.set_xticks([0.5, 0.8, 1.2, 2, 4])
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("bits per weight (whole container file)")
     axes.set_ylabel("top-1 accuracy on the 450 test digits (%)")
     axes.set_ylim(max(0, min([r["accuracy"] for k in ("ptq", "qat") for r in results[k]]
