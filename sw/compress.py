@@ -58,6 +58,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-model", metavar="NAME",
                         help="a model of sw.models (digits, digits-tiny) to load MODEL into and "
                              "measure float and decoded top-1 accuracy on its test set")
+    parser.add_argument("--fold", action="store_true",
+                        help="MODEL is a model of --eval-model with BatchNorm: fold every "
+                             "BatchNorm into its convolution first (much better than coding "
+                             "the raw BatchNorm vectors)")
     parser.add_argument("--steps", type=int, default=64, metavar="N",
                         help="candidate steps per layer (default %(default)s)")
     from .commands import add_params_arguments
@@ -371,6 +375,14 @@ def run(args) -> int:
     if args.eval_model and not args.eval_model.startswith("digits"):
         raise ValueError("--eval-model: only the digits models have data here")
     tensors = load_tensors(args.model)
+    if args.fold:
+        if not args.eval_model:
+            raise ValueError("--fold needs --eval-model (the architecture to fold)")
+        from .models import fold_batchnorm
+        model = _load_model(args.eval_model, tensors)
+        if not any(name.endswith("running_var") for name in tensors):
+            raise ValueError("--fold: MODEL has no BatchNorm to fold")
+        tensors = {k: v.detach().numpy() for k, v in fold_batchnorm(model).state_dict().items()}
     sensitivity = None
     if args.sensitivity == "fisher":
         if not args.eval_model:

@@ -119,3 +119,18 @@ def test_cli_errors_are_one_line(mlp_state, tmp_path, args, message):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_cli_fold_and_evaluate(tmp_path):
+    """A model with BatchNorm is folded first, then compressed; both accuracies reported."""
+    from sw.models import build_model
+    path, out, report = tmp_path / "bn.pt", tmp_path / "m.sbit", tmp_path / "r.json"
+    torch.save(build_model("digits-tiny").state_dict(), path)
+    done = run_cli(path, "--fold", "--eval-model", "digits-tiny", "--target-bpw", 6, "-o", out,
+                   "--report", report)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert {"float_accuracy", "accuracy"} <= set(figures)
+    names = [t.name for t in read_container(out.read_bytes()).tensors]
+    assert names and not any(".bn." in n or "running" in n for n in names)
+    assert abs(figures["bits_per_weight"] - 6) <= 0.12
