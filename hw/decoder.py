@@ -136,7 +136,9 @@ class WeightDecoder(wiring.Component):
 
         # -- parser registers --
         low = Signal(16)                 # low word of a u32 field
-        magic_low = Signal(16)
+        low_ok = Signal()                # the low half of a magic/CRC field matched (32-bit
+                                         # compares split so each is 16 bits wide)
+        low_zero = Signal()              # low word of a u32 field is 0
         param_bad = Signal()
         section_count = Signal(16)
         section = Signal(16)
@@ -144,7 +146,7 @@ class WeightDecoder(wiring.Component):
         state_lane = Signal(range(N))
         state_high = Signal()
         state_bad = Signal()
-        row = [Signal(32, name=f"row{n}") for n in range(N)]
+        row = [Signal(32, name=f"row{n}", reset_less=True) for n in range(N)]
         row_full = Signal()
         raw = Signal()
         levels = Signal(16)
@@ -166,20 +168,23 @@ class WeightDecoder(wiring.Component):
         in_header = Signal()
         adv = Signal()
 
-        x = [[Signal(32, name=f"x{i}_{n}") for n in range(N)] for i in range(R)]
-        mul3 = [Signal(32, name=f"mul3_{n}") for n in range(N)]
-        diff3 = [Signal(32, name=f"diff3_{n}") for n in range(N)]
-        sym3 = [Signal(8, name=f"sym3_{n}") for n in range(N)]
-        sym4 = [Signal(8, name=f"sym4_{n}") for n in range(N)]
+        # Datapath registers have no reset: a reset term would sit in front of every
+        # enable of the ring (the states are loaded from the header before use anyway).
+        x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
+             for i in range(R)]
+        mul3 = [Signal(32, name=f"mul3_{n}", reset_less=True) for n in range(N)]
+        diff3 = [Signal(32, name=f"diff3_{n}", reset_less=True) for n in range(N)]
+        sym3 = [Signal(8, name=f"sym3_{n}", reset_less=True) for n in range(N)]
+        sym4 = [Signal(8, name=f"sym4_{n}", reset_less=True) for n in range(N)]
         sym_out = sym4 if D == 5 else sym3
         ctrl_layout = data.StructLayout({"valid": 1, "count": range(N + 1), "first": 1,
                                          "last": 1})
         ctrl = [Signal(ctrl_layout, name=f"ctrl{i}") for i in range(D)]  # ctrl[0] unused
 
         out_valid = Signal()
-        out = Signal(WeightBatch(N))
+        out = Signal(WeightBatch(N), reset_less=True)
         skid_valid = Signal()
-        skid = Signal(WeightBatch(N))
+        skid = Signal(WeightBatch(N), reset_less=True)
         m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
 
         # -- the ring --
@@ -381,12 +386,12 @@ class WeightDecoder(wiring.Component):
             with m.State("MAGIC0"):
                 m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
-                    m.d.sync += magic_low.eq(w)
+                    m.d.sync += low_ok.eq(w == (magic & 0xFFFF))
                     go("MAGIC1")
             with m.State("MAGIC1"):
                 m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
-                    with m.If(Cat(magic_low, w) != magic):
+                    with m.If(~low_ok | (w != magic >> 16)):
                         fail(Status.BAD_MAGIC)
                     with m.Else():
                         go("VERSION")
@@ -422,7 +427,7 @@ class WeightDecoder(wiring.Component):
                 with m.If(acc):
                     m.d.sync += [left.eq(left - 1), state_high.eq(~state_high)]
                     with m.If(~state_high):
-                        m.d.sync += low.eq(w)
+                        m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
                     with m.Else():
                         with m.Switch(state_lane):
                             for n in range(N):
@@ -441,11 +446,11 @@ class WeightDecoder(wiring.Component):
                             go("HCRC0")
             with m.State("HCRC0"):
                 with m.If(acc):
-                    m.d.sync += low.eq(w)
+                    m.d.sync += low_ok.eq(w == crc.crc[:16])
                     go("HCRC1")
             with m.State("HCRC1"):
                 with m.If(acc):
-                    with m.If(Cat(low, w) != crc.crc):
+                    with m.If(~low_ok | (w != crc.crc[16:])):
                         fail(Status.CRC_MISMATCH)
                     with m.Elif(section_count == 0):
                         go("FINAL")
@@ -503,7 +508,7 @@ class WeightDecoder(wiring.Component):
             skipping("SCALES", lambda: go("COUNT0"))
 
             def count0():
-                m.d.sync += low.eq(w)
+                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
                 go("COUNT1")
             field("COUNT0", count0)
 
@@ -512,7 +517,9 @@ class WeightDecoder(wiring.Component):
                 m.d.sync += [symbol_count.eq(count), freq_sum.eq(0), freq_index.eq(0),
                              left.eq(levels), single.eq(levels == 1), single_symbol.eq(0)]
                 m.d.comb += tables.start.eq(1)
-                with m.If(count > MAX_SECTION_SYMBOLS):
+                limit = MAX_SECTION_SYMBOLS
+                assert limit & 0xFFFF == 0
+                with m.If((w > limit >> 16) | ((w == limit >> 16) & ~low_zero)):
                     fail(Status.BAD_SECTION)
                 with m.Elif(levels == 1):
                     go("PAYLOAD_WORDS0")
@@ -542,7 +549,7 @@ class WeightDecoder(wiring.Component):
                         go("PAYLOAD_WORDS0")
 
             def payload_words0():
-                m.d.sync += low.eq(w)
+                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
                 go("PAYLOAD_WORDS1")
             field("PAYLOAD_WORDS0", payload_words0)
 
@@ -585,22 +592,22 @@ class WeightDecoder(wiring.Component):
             field("DTYPE", dtype)
 
             def data_bytes0():
-                m.d.sync += low.eq(w)
+                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
                 go("DATA_BYTES1")
             field("DATA_BYTES0", data_bytes0)
 
             def data_bytes1():
-                skip((Cat(low, w) + 1) >> 1, Cat(low, w) == 0, "DATA", lambda: go("SCRC0"))
+                skip((Cat(low, w) + 1) >> 1, low_zero & (w == 0), "DATA", lambda: go("SCRC0"))
             field("DATA_BYTES1", data_bytes1)
             skipping("DATA", lambda: go("SCRC0"))
 
             with m.State("SCRC0"):
                 with m.If(acc):
-                    m.d.sync += low.eq(w)
+                    m.d.sync += low_ok.eq(w == crc.crc[:16])
                     go("SCRC1")
             with m.State("SCRC1"):
                 with m.If(acc):
-                    with m.If(Cat(low, w) != crc.crc):
+                    with m.If(~low_ok | (w != crc.crc[16:])):
                         fail(Status.CRC_MISMATCH)
                     with m.Else():
                         after_section()

@@ -69,7 +69,7 @@ class WordBuffer(wiring.Component):
         m = Module()
         depth, lanes = self._depth, self._lanes
         bits = (depth - 1).bit_length()
-        entries = [Signal(16, name=f"entry{i}") for i in range(depth)]
+        entries = [Signal(16, name=f"entry{i}", reset_less=True) for i in range(depth)]
         head = Signal(bits)
         tail = Signal(bits)
         # The count is a register of its own, not tail - head: the decoder's stall decision
