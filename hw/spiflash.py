@@ -103,11 +103,11 @@ class SPIFlashReader(wiring.Component):
         header = Signal(2, init=2)      # length words still to read
         words_left = Signal(range(self.max_bytes // 2 + 1))
         # Registered "no word left", so the end test is one flip-flop rather than a wide
-        # compare at the head of the DATA state's decision chain.
+        # compare at the head of the STREAM state's decision chain.
         no_words = Signal()
 
-        # The output register empties on a transfer; DATA below may refill it in the same cycle
-        # (statements later in the module win).
+        # The output register empties on a transfer; STREAM below may refill it in the same
+        # cycle (statements later in the module win).
         with m.If(self.words.valid & self.words.ready):
             m.d.sync += self.words.valid.eq(0)
 
@@ -223,7 +223,7 @@ class SPIFlashReader(wiring.Component):
                     shift(1, after_command)
 
             # The data phase is split into states so that each keeps its decision short:
-            # LENGTH reads the two length words, BOUND and CHECK bound it (a 32-bit compare,
+            # DATA reads the two length words, BOUND and CHECK bound it (a 32-bit compare,
             # then a zero test, each with a cycle of its own), STREAM delivers the words.
             if self.quad:
                 sample = pins.dq_i
