@@ -212,18 +212,18 @@ class SPIFlashReader(wiring.Component):
                     m.d.comb += pins.dq_oe.eq(0)
 
                     def after_dummy():
-                        m.next = "DATA"
+                        m.next = "LENGTH"
                     shift(0, after_dummy)
             else:
                 with m.State("READ_COMMAND"):
                     single_lane()
 
                     def after_command():
-                        m.next = "DATA"
+                        m.next = "LENGTH"
                     shift(1, after_command)
 
             # The data phase is split into states so that each keeps its decision short:
-            # DATA reads the two length words, BOUND and CHECK bound it (a 32-bit compare,
+            # LENGTH reads the two length words, BOUND and CHECK bound it (a 32-bit compare,
             # then a zero test, each with a cycle of its own), STREAM delivers the words.
             if self.quad:
                 sample = pins.dq_i
@@ -254,7 +254,7 @@ class SPIFlashReader(wiring.Component):
                 with m.Else():
                     m.d.sync += pins.sck.eq(0)
 
-            with m.State("DATA"):
+            with m.State("LENGTH"):
                 data_lanes()
 
                 def length_word():
