@@ -23,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import quant
-from .container import CodedTensor, SectionKind, read_container, write_container
+from .container import CodedTensor, read_container, write_container
 from .data import digits, random_images, shift_augment
 from .models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
 from .params import CodecParams
