@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import compress, quant
+from ..container import write_container
 from ..data import digits
 from ..models import build_model, fold_batchnorm, weight_count
 from ..train import (Dist, TensorData, evaluate, file_rates, load_decoded, train_float,
@@ -82,7 +83,6 @@ def main(argv) -> int:
         qmodel = quant.quantize_model(fold_batchnorm(model))
         train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1, dist)
         data = (out / f"qat_{target:g}.sbit")
-        from ..container import write_container
         data.write_bytes(write_container(quant.export_tensors(qmodel)))
         decoded, container = load_decoded("digits", data.read_bytes())
         row = {"target_bpw": target, "accuracy": evaluate(decoded, test_set),
