@@ -94,6 +94,10 @@ class SPIFlashReader(wiring.Component):
         wake_cycles = max(2, math.ceil(self.clk_freq * 5e-6))   # tRES1 = 3 us, with margin
         gap_cycles = max(2, math.ceil(self.clk_freq * 100e-9))  # tSHSL >= 50 ns
         timer = Signal(range(wake_cycles + 1))
+        # "timer is 0" and "this is the last SCK cycle" as flip-flops updated with their
+        # counters: the FSM's transitions then test one bit instead of a compare each.
+        timer_zero = Signal()
+        last_clock = Signal()
 
         sr = Signal(32)                 # bits to send, MSB first
         clocks = Signal(range(33))      # SCK cycles left in the current shift phase
@@ -124,12 +128,14 @@ class SPIFlashReader(wiring.Component):
             with m.If(~pins.sck):
                 m.d.sync += pins.sck.eq(1)
             with m.Else():
-                m.d.sync += [pins.sck.eq(0), sr.eq(sr << step), clocks.eq(clocks - 1)]
-                with m.If(clocks == 1):
+                m.d.sync += [pins.sck.eq(0), sr.eq(sr << step), clocks.eq(clocks - 1),
+                             last_clock.eq(clocks == 2)]
+                with m.If(last_clock):
                     on_last()
 
         def load(value, bits, lanes_per_clock):
-            m.d.sync += [sr.eq(value << (32 - bits)), clocks.eq(bits // lanes_per_clock)]
+            m.d.sync += [sr.eq(value << (32 - bits)), clocks.eq(bits // lanes_per_clock),
+                         last_clock.eq(bits // lanes_per_clock == 1)]
 
         stopped = Signal()
         with m.FSM():
@@ -142,13 +148,13 @@ class SPIFlashReader(wiring.Component):
                 single_lane()
 
                 def after_wake():
-                    m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles)]
+                    m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles), timer_zero.eq(0)]
                     m.next = "WAKE_WAIT"
                 shift(1, after_wake)
 
             with m.State("WAKE_WAIT"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
+                m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
+                with m.If(timer_zero):
                     m.d.sync += pins.cs.eq(1)
                     if self.quad:
                         load(CMD_VOLATILE_SR_WRITE_ENABLE, 8, 1)
@@ -162,13 +168,13 @@ class SPIFlashReader(wiring.Component):
                     single_lane()
 
                     def after_enable():
-                        m.d.sync += [pins.cs.eq(0), timer.eq(gap_cycles)]
+                        m.d.sync += [pins.cs.eq(0), timer.eq(gap_cycles), timer_zero.eq(0)]
                         m.next = "SR_ENABLE_GAP"
                     shift(1, after_enable)
 
                 with m.State("SR_ENABLE_GAP"):
-                    m.d.sync += timer.eq(timer - 1)
-                    with m.If(timer == 0):
+                    m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
+                    with m.If(timer_zero):
                         m.d.sync += pins.cs.eq(1)
                         load((CMD_WRITE_SR2 << 8) | SR2_QE, 16, 1)
                         m.next = "SR_WRITE"
@@ -179,13 +185,13 @@ class SPIFlashReader(wiring.Component):
                     def after_write():
                         # A volatile status write needs no busy time on the W25Q128JV; wait as
                         # long as after the wake-up anyway, it costs 5 us once.
-                        m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles)]
+                        m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles), timer_zero.eq(0)]
                         m.next = "SR_WRITE_GAP"
                     shift(1, after_write)
 
                 with m.State("SR_WRITE_GAP"):
-                    m.d.sync += timer.eq(timer - 1)
-                    with m.If(timer == 0):
+                    m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
+                    with m.If(timer_zero):
                         m.d.sync += pins.cs.eq(1)
                         load(CMD_FAST_READ_QUAD_IO, 8, 1)
                         m.next = "READ_COMMAND"
@@ -203,7 +209,8 @@ class SPIFlashReader(wiring.Component):
                     quad_lanes()
 
                     def after_address():
-                        m.d.sync += clocks.eq(QUAD_DUMMY_CLOCKS)
+                        m.d.sync += [clocks.eq(QUAD_DUMMY_CLOCKS),
+                                     last_clock.eq(QUAD_DUMMY_CLOCKS == 1)]
                         m.next = "DUMMY"
                     shift(4, after_address)
 
