@@ -190,9 +190,10 @@ class WeightDecoder(wiring.Component):
         # -- the ring --
         # Which lanes renormalise is decided one stage early and registered: the stall
         # decision (adv) then starts from flip-flops, not from the adder.
-        lane_need = Signal(N)
+        # Meaningful only with ctrl[Z].valid, so without reset (see x below).
+        lane_need = Signal(N, reset_less=True)
         m.d.comb += buf.need.eq(lane_need)
-        need_count = Signal(range(N + 1))   # popcount of lane_need, registered with it
+        need_count = Signal(range(N + 1), reset_less=True)   # popcount of lane_need
         short = Signal()
         m.d.comb += short.eq(need_count > buf.count)
         block = Signal()
