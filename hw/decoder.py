@@ -17,7 +17,7 @@ from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_
 from sw.params import CodecParams
 
 from .crc import Crc32Word
-from .tables import SymbolTables
+from .tables import SymbolTables, popcount
 from .wordbuf import WordBuffer
 
 __all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTHS"]
@@ -269,7 +269,7 @@ class WeightDecoder(wiring.Component):
                     for i in range(D, R - 1):
                         m.d.sync += x[i + 1][n].eq(x[i][n])
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], x[R - 1][n]))
-            m.d.sync += need_count.eq(sum(needs))
+            m.d.sync += need_count.eq(popcount(needs))
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --

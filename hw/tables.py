@@ -22,7 +22,19 @@ from amaranth.lib.wiring import In, Out
 from sw.format import MAX_LEVELS
 from sw.params import CodecParams
 
-__all__ = ["SymbolTables", "bucket_shift"]
+__all__ = ["SymbolTables", "bucket_shift", "popcount"]
+
+
+def popcount(bits):
+    """Sum of one-bit values as a balanced adder tree (``sum()`` makes a chain as deep as
+    the list is long: 14 adders in front of the rank RAM at P = 12)."""
+    terms = list(bits)
+    if not terms:
+        return Const(0)
+    while len(terms) > 1:
+        paired = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = paired + terms[len(terms) & ~1:]
+    return terms[0]
 
 
 def bucket_shift(precision_bits: int) -> int:
@@ -162,7 +174,7 @@ class SymbolTables(wiring.Component):
             m.d.comb += [br.addr.eq(self.slot[n][s:]), br.en.eq(self.en)]
             # Starts at offsets 1..j of the bucket: bit 0 is the bucket's own first symbol.
             starts = [br.data.mask[i] & (offset >= i) for i in range(1, mask_width)]
-            count = sum(starts) if starts else Const(0)
+            count = popcount(starts)
             r = Signal(8, name=f"rank{n}")
             m.d.comb += [r.eq(br.data.first + count), rr.addr.eq(r), rr.en.eq(self.en)]
             m.d.comb += [
