@@ -173,7 +173,8 @@ class WeightDecoder(wiring.Component):
         x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
              for i in range(R)]
         mul3 = [Signal(32, name=f"mul3_{n}", reset_less=True) for n in range(N)]
-        diff3 = [Signal(32, name=f"diff3_{n}", reset_less=True) for n in range(N)]
+        # slot - cumulative lies in [0, frequency) for every table that passed the sum check.
+        diff3 = [Signal(P, name=f"diff3_{n}", reset_less=True) for n in range(N)]
         sym3 = [Signal(8, name=f"sym3_{n}", reset_less=True) for n in range(N)]
         sym4 = [Signal(8, name=f"sym4_{n}", reset_less=True) for n in range(N)]
         sym_out = sym4 if D == 5 else sym3
