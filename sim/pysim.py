@@ -14,7 +14,7 @@ from hw.decoder import WeightDecoder
 from sw.format import Status
 from sw.params import CodecParams
 
-__all__ = ["SimResult", "run_pysim"]
+__all__ = ["SimResult", "run_pysim", "stream_put", "stream_get", "words_of"]
 
 
 @dataclass
@@ -28,6 +28,22 @@ class SimResult:
     def integers(self) -> np.ndarray:
         parts = [np.asarray(v, dtype=np.int16) for _, _, _, v in self.transfers]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+async def stream_put(ctx, stream, payload):
+    """Offer ``payload`` on ``stream`` until it is taken (valid held, as the protocol wants)."""
+    ctx.set(stream.valid, 1)
+    ctx.set(stream.payload, payload)
+    await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def stream_get(ctx, stream):
+    """Take one payload from ``stream``."""
+    ctx.set(stream.ready, 1)
+    payload, = await ctx.tick().sample(stream.payload).until(stream.valid)
+    ctx.set(stream.ready, 0)
+    return payload
 
 
 def words_of(container: bytes) -> list:
