@@ -73,7 +73,7 @@ class Status(enum.IntEnum):
     PARAM_MISMATCH = 3   #: state_bits/word_bits/precision_bits/state_count unusable or not the decoder's
     BAD_STATE = 4        #: an initial state outside ``[L, 2**state_bits)``
     BAD_SECTION = 5      #: unknown kind, dtype, name length, ndim, levels or scale count
-    BAD_TABLE = 6        #: frequencies do not sum to ``2**precision_bits``, or one exceeds it
+    BAD_TABLE = 6        #: frequencies do not sum to ``2**precision_bits``
     BAD_LENGTH = 7       #: payload ended before or after the symbols it codes
     CRC_MISMATCH = 8     #: a header or section CRC-32 does not match
     STATE_MISMATCH = 9   #: after the last section a state is not ``L``

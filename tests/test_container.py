@@ -251,3 +251,10 @@ def test_property_round_trip(tensors, state_count):
     np.testing.assert_array_equal(
         golden.integers(),
         np.concatenate([t.integers().ravel() for t in coded]) if coded else np.zeros(0))
+
+
+def test_one_symbol_table_at_highest_precision():
+    params = CodecParams(precision_bits=15)
+    data = write_container([CodedTensor("x", np.ones(10, np.uint8), 3, 1)], params)
+    assert read_container(data).tensors[0].symbols.tolist() == [1] * 10
+    assert golden_decode(data).status == Status.OK
