@@ -101,8 +101,15 @@ def _resources(cells: dict, nextpnr: dict) -> dict:
     }
 
 
-def build(*, board: str = "icebreaker", lanes: int = 4, container: bytes = None,
-          model_name: str = None, out_dir, frequency: float = 48e6, quad: bool = True,
+#: The default build: the largest configuration that fits the UP5K and meets timing today (the
+#: 4-lane decoder alone takes 90 % of its logic cells and reaches ~25 MHz; docs/BOARD.md).
+DEFAULT_LANES = 2
+DEFAULT_FREQUENCY_MHZ = 24.0
+
+
+def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: bytes = None,
+          model_name: str = None, out_dir, frequency: float = DEFAULT_FREQUENCY_MHZ * 1e6,
+          quad: bool = True,
           wide_crc: bool = False, decoder_only: bool = False,
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build the board system; return the report (also written to ``out_dir/report.json``).
@@ -231,13 +238,14 @@ def main(argv=None) -> int:
         description="Build the subbit board system: bitstream, flash image and report.")
     parser.add_argument("--board", help=f"target board ({', '.join(BOARDS)}); "
                         "without a value of its own, lists them", nargs="?", const="")
-    parser.add_argument("--lanes", type=int, default=4, help="decoder lanes (default 4)")
+    parser.add_argument("--lanes", type=int, default=DEFAULT_LANES,
+                        help="decoder lanes (default %(default)s)")
     parser.add_argument("--container", metavar="FILE",
                         help="model to put in flash (default: a small trained digits MLP)")
     parser.add_argument("--out", metavar="DIR", default="build/icebreaker",
                         help="output directory (default %(default)s)")
-    parser.add_argument("--frequency", type=float, default=48.0, metavar="MHZ",
-                        help="core clock requested from the PLL (default 48)")
+    parser.add_argument("--frequency", type=float, default=DEFAULT_FREQUENCY_MHZ, metavar="MHZ",
+                        help="core clock requested from the PLL (default %(default)s)")
     parser.add_argument("--single-spi", action="store_true",
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
     parser.add_argument("--wide-crc", action="store_true",

@@ -5,13 +5,13 @@ import struct
 
 import pytest
 
-from hw.build import main
+from hw.build import DEFAULT_FREQUENCY_MHZ, DEFAULT_LANES, main
 from sw.board import FLASH_OFFSET, expected_report, format_line
 
 
 @pytest.mark.slow
 def test_default_icebreaker_build(tmp_path, capsys):
-    """Synthesis, P&R and packing of the 4-lane system; report, image and exit status agree."""
+    """Synthesis, P&R and packing of the default system; report, image and exit status agree."""
     out = tmp_path / "out"
     status = main(["--board", "icebreaker", "--out", str(out)])
     captured = capsys.readouterr()
@@ -25,7 +25,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert "timing missed" in captured.err
     assert "logic cells" in captured.out
 
-    assert report["board"] == "icebreaker" and report["lanes"] == 4
+    assert report["board"] == "icebreaker" and report["lanes"] == DEFAULT_LANES
     assert report["device"] == "iCE40UP5K-SG48"
     resources = report["resources"]
     assert resources["logic_cells"]["available"] == 5280
@@ -34,14 +34,17 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert 0 <= entry["used"] <= entry["available"], name
     assert resources["logic_cells"]["used"] > 0 and resources["ebr"]["used"] > 0
     assert resources["pll"]["used"] == 1
-    # The PLL's output is the one clock: 12 MHz * 64 / 16 = 48 MHz.
-    assert report["pll"] == {"DIVR": 0, "DIVF": 63, "DIVQ": 4, "FILTER_RANGE": 1}
+    # The PLL's output is the one clock: 12 MHz * 64 / 32 = 24 MHz (icepll's dividers).
+    assert DEFAULT_FREQUENCY_MHZ == 24.0
+    assert report["pll"] == {"DIVR": 0, "DIVF": 63, "DIVQ": 5, "FILTER_RANGE": 1}
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
-    assert clock["target_mhz"] == pytest.approx(48.0)
+    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ)
     assert clock["fmax_mhz"] > 0
     assert report["timing_met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
-    assert report["weights_per_second"] == round(4 * clock["fmax_mhz"] * 1e6)
+    assert report["weights_per_second"] == round(DEFAULT_LANES * clock["fmax_mhz"] * 1e6)
+    # The default configuration is chosen to build: it fits and meets timing.
+    assert status == 0 and report["timing_met"]
 
     # The flash image: bitstream at 0, erased gap, length and container at 1 MiB.
     bitstream = (out / "top.bin").read_bytes()
