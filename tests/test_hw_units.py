@@ -236,7 +236,7 @@ def test_corner_sections(lanes, stall):
     check_against_golden(container, params, lanes, stall_in=stall, stall_out=stall, seed=lanes)
 
 
-@pytest.mark.parametrize("precision, states, lanes", [(12, 24, 3), (8, 1, 1), (16, 8, 2),
+@pytest.mark.parametrize("precision, states, lanes", [(12, 24, 3), (8, 1, 1), (15, 8, 2),
                                                        (8, 16, 4), (11, 4, 4)])
 def test_parameter_variants(precision, states, lanes):
     params = CodecParams(precision_bits=precision, state_count=states)
