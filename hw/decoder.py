@@ -3,13 +3,15 @@
 docs/HARDWARE.md describes the microarchitecture; docs/FORMAT.md is the specification it
 implements. In short: a word-level parser walks the container and checks every field in the
 order of :func:`sw.container.parse`; a ring of ``R = max(K/N, D)`` pipeline slots per lane holds
-the ``K`` coder states, so each lane's state recurrence (slot -> symbol lookup -> multiply ->
-add -> renormalise) has ``K/N`` cycles to come round; a word buffer hands the lanes that
+the ``K`` coder states (those parked between passes in one block RAM per lane), so each lane's
+state recurrence (slot -> symbol lookup -> multiply -> add -> renormalise) has ``K/N`` cycles to
+come round; a word buffer hands the lanes that
 renormalise the next payload words in lane order.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
@@ -170,8 +172,13 @@ class WeightDecoder(wiring.Component):
 
         # Datapath registers have no reset: a reset term would sit in front of every
         # enable of the ring (the states are loaded from the header before use anyway).
+        # With R > D the R - D parked states of each lane live in a block RAM (depth R,
+        # addressed by state index; the pipeline stages stay in registers): as flip-flops they
+        # cost N * (R - D + 1) * 32 logic cells. The ring head x[0] is then the RAM's
+        # synchronous read data. With R == D nothing is parked and x[0] is a register.
+        parked = R > D
         x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
-             for i in range(R)]
+             for i in range(D if parked else R)]
         mul3 = [Signal(32, name=f"mul3_{n}", reset_less=True) for n in range(N)]
         # slot - cumulative lies in [0, frequency) for every table that passed the sum check.
         diff3 = [Signal(P, name=f"diff3_{n}", reset_less=True) for n in range(N)]
@@ -222,6 +229,38 @@ class WeightDecoder(wiring.Component):
             m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[Z][n][:16]),
                                            x[Z][n]))
 
+        if parked:
+            # Addresses are state indices (the phase). An advance reads the state that becomes
+            # the head, index phase + 1, into x[0] (the read data is the head register: the
+            # port's enable is adv, so a stall holds it), and writes back the renormalised
+            # state, which left the head D advances ago: index phase + 1 - D. The two differ
+            # because R > D, and a state is read R - D >= 1 advances after its write, so
+            # no read-during-write transparency is needed.
+            next_phase = Signal(range(R))
+            m.d.comb += next_phase.eq(Mux(phase == R - 1, 0, phase + 1))
+            back_phase = Signal(range(R), init=R - D)   # phase + 1 - D mod R, as a register
+            with m.If(adv):
+                m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
+            # Header: a state is written straight into its slot when its high word arrives,
+            # at index phase + 1 (the row's row_full advance comes one cycle later and reads
+            # it back into x[0]; the next high word is at least two cycles later, so the phase
+            # is always up to date). Write-back is off meanwhile: the pipeline carries nothing
+            # of value yet.
+            header_word = Signal()
+            for n in range(N):
+                ram = Memory(shape=32, depth=R, init=[])
+                m.submodules[f"ring{n}"] = ram
+                rd = ram.read_port(domain="sync")
+                wr = ram.write_port(domain="sync")
+                m.d.comb += [
+                    rd.addr.eq(next_phase),
+                    rd.en.eq(adv),
+                    x[0][n].eq(rd.data),
+                    wr.addr.eq(Mux(in_header, next_phase, back_phase)),
+                    wr.data.eq(Mux(in_header, Cat(low, w), renormed[n])),
+                    wr.en.eq(Mux(in_header, header_word & (state_lane == n), adv)),
+                ]
+
         with m.If(adv):
             m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
             with m.If(issue):
@@ -263,13 +302,8 @@ class WeightDecoder(wiring.Component):
                 m.d.comb += need.eq(active & (total[16:] == 0))
                 m.d.sync += lane_need[n].eq(need)
                 needs.append(need)
-                if R == D:
+                if not parked:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
-                else:
-                    m.d.sync += x[D][n].eq(renormed[n])
-                    for i in range(D, R - 1):
-                        m.d.sync += x[i + 1][n].eq(x[i][n])
-                    m.d.sync += x[0][n].eq(Mux(row_full, row[n], x[R - 1][n]))
             m.d.sync += need_count.eq(popcount(needs))
         m.d.sync += row_full.eq(0)
 
@@ -431,10 +465,13 @@ class WeightDecoder(wiring.Component):
                     with m.If(~state_high):
                         m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
                     with m.Else():
-                        with m.Switch(state_lane):
-                            for n in range(N):
-                                with m.Case(n):
-                                    m.d.sync += row[n].eq(Cat(low, w))
+                        if parked:
+                            m.d.comb += header_word.eq(1)
+                        else:
+                            with m.Switch(state_lane):
+                                for n in range(N):
+                                    with m.Case(n):
+                                        m.d.sync += row[n].eq(Cat(low, w))
                         with m.If(state_lane == N - 1):
                             m.d.sync += [state_lane.eq(0), row_full.eq(1)]
                         with m.Else():
