@@ -23,7 +23,7 @@ from .params import CodecParams
 __all__ = [
     "FLASH_SIZE", "FLASH_OFFSET", "IMAGE_HEADER_BYTES", "MAX_CONTAINER_BYTES",
     "BoardReport", "model_region", "flash_image", "expected_report", "format_line", "parse_line", "check_line",
-    "default_container", "HELP", "add_arguments", "run",
+    "default_container", "add_arguments", "run",
 ]
 
 #: The iCEBreaker's W25Q128JV: 16 MiB.
@@ -158,7 +158,6 @@ def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), lev
 
 # -- command line ------------------------------------------------------------------------------
 
-HELP = "flash image for the iCEBreaker (image) and the UART line the board must print (expect)"
 
 
 def add_arguments(parser) -> None:

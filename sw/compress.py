@@ -29,8 +29,6 @@ import numpy as np
 from .container import CodedTensor, RawTensor, read_container, write_container
 from .params import CodecParams
 
-HELP = ("quantize a trained model (torch state dict or .safetensors) to a bit budget by "
-        "rate-distortion allocation and write its container")
 
 __all__ = ["add_arguments", "run", "Candidates", "layer_candidates", "allocate",
            "compress_tensors", "PTQResult"]

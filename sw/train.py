@@ -33,8 +33,6 @@ from .data import digits, random_images, shift_augment
 from .models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
 from .params import CodecParams
 
-HELP = ("train a model with entropy-constrained quantization-aware training and export its "
-        "container (default: the digits ResNet)")
 
 __all__ = ["add_arguments", "run", "train_float", "train_qat", "evaluate", "export",
            "file_rates", "Dist"]
