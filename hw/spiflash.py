@@ -144,57 +144,44 @@ class SPIFlashReader(wiring.Component):
                 load(CMD_RELEASE_POWER_DOWN, 8, 1)
                 m.next = "WAKE"
 
-            with m.State("WAKE"):
-                single_lane()
+            def command_then_pause(name, pause_cycles, then):
+                """State ``name`` clocks out the loaded command; ``name``_WAIT then holds CS#
+                high for ``pause_cycles`` and runs ``then`` to load the next command."""
+                with m.State(name):
+                    single_lane()
 
-                def after_wake():
-                    m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles), timer_zero.eq(0)]
-                    m.next = "WAKE_WAIT"
-                shift(1, after_wake)
+                    def after_command():
+                        m.d.sync += [pins.cs.eq(0), timer.eq(pause_cycles), timer_zero.eq(0)]
+                        m.next = f"{name}_WAIT"
+                    shift(1, after_command)
 
-            with m.State("WAKE_WAIT"):
-                m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
-                with m.If(timer_zero):
-                    m.d.sync += pins.cs.eq(1)
-                    if self.quad:
-                        load(CMD_VOLATILE_SR_WRITE_ENABLE, 8, 1)
-                        m.next = "SR_ENABLE"
-                    else:
-                        load((CMD_READ << 24) | self.offset, 32, 1)
-                        m.next = "READ_COMMAND"
+                with m.State(f"{name}_WAIT"):
+                    m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
+                    with m.If(timer_zero):
+                        m.d.sync += pins.cs.eq(1)
+                        then()
+
+            def after_wake():
+                if self.quad:
+                    load(CMD_VOLATILE_SR_WRITE_ENABLE, 8, 1)
+                    m.next = "SR_ENABLE"
+                else:
+                    load((CMD_READ << 24) | self.offset, 32, 1)
+                    m.next = "READ_COMMAND"
+            command_then_pause("WAKE", wake_cycles, after_wake)
 
             if self.quad:
-                with m.State("SR_ENABLE"):
-                    single_lane()
+                def after_enable():
+                    load((CMD_WRITE_SR2 << 8) | SR2_QE, 16, 1)
+                    m.next = "SR_WRITE"
+                command_then_pause("SR_ENABLE", gap_cycles, after_enable)
 
-                    def after_enable():
-                        m.d.sync += [pins.cs.eq(0), timer.eq(gap_cycles), timer_zero.eq(0)]
-                        m.next = "SR_ENABLE_GAP"
-                    shift(1, after_enable)
-
-                with m.State("SR_ENABLE_GAP"):
-                    m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
-                    with m.If(timer_zero):
-                        m.d.sync += pins.cs.eq(1)
-                        load((CMD_WRITE_SR2 << 8) | SR2_QE, 16, 1)
-                        m.next = "SR_WRITE"
-
-                with m.State("SR_WRITE"):
-                    single_lane()
-
-                    def after_write():
-                        # A volatile status write needs no busy time on the W25Q128JV; wait as
-                        # long as after the wake-up anyway, it costs 5 us once.
-                        m.d.sync += [pins.cs.eq(0), timer.eq(wake_cycles), timer_zero.eq(0)]
-                        m.next = "SR_WRITE_GAP"
-                    shift(1, after_write)
-
-                with m.State("SR_WRITE_GAP"):
-                    m.d.sync += [timer.eq(timer - 1), timer_zero.eq(timer == 1)]
-                    with m.If(timer_zero):
-                        m.d.sync += pins.cs.eq(1)
-                        load(CMD_FAST_READ_QUAD_IO, 8, 1)
-                        m.next = "READ_COMMAND"
+                def after_write():
+                    load(CMD_FAST_READ_QUAD_IO, 8, 1)
+                    m.next = "READ_COMMAND"
+                # A volatile status write needs no busy time on the W25Q128JV; wait as long as
+                # after the wake-up anyway, it costs 5 us once.
+                command_then_pause("SR_WRITE", wake_cycles, after_write)
 
                 with m.State("READ_COMMAND"):
                     single_lane()
