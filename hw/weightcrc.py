@@ -120,12 +120,16 @@ class WeightCRC(wiring.Component):
                 m.d.comb += self.data.ready.eq(1)
             with m.Else():
                 m.d.sync += state.eq(one_next)
-                with m.If(index == beat.count - 1):
-                    m.d.comb += self.data.ready.eq(1)
-                    m.d.sync += index.eq(0)
-                with m.Else():
-                    m.d.sync += index.eq(index + 1)
+                self._next_value(m, index)
         return m
+
+    def _next_value(self, m, index):
+        """Step ``index`` through the beat's values, one a cycle; take the beat with its last."""
+        with m.If(index == self.data.payload.count - 1):
+            m.d.comb += self.data.ready.eq(1)
+            m.d.sync += index.eq(0)
+        with m.Else():
+            m.d.sync += index.eq(index + 1)
 
     def _serial(self, m):
         """One value per cycle through the decoder's one-word CRC unit."""
@@ -145,9 +149,5 @@ class WeightCRC(wiring.Component):
                 m.d.comb += self.data.ready.eq(1)
             with m.Else():
                 m.d.comb += word.en.eq(1)
-                with m.If(index == beat.count - 1):
-                    m.d.comb += self.data.ready.eq(1)
-                    m.d.sync += index.eq(0)
-                with m.Else():
-                    m.d.sync += index.eq(index + 1)
+                self._next_value(m, index)
         return m
