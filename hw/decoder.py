@@ -196,29 +196,43 @@ class WeightDecoder(wiring.Component):
         m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
 
         # -- the ring --
-        # Which lanes renormalise is decided one stage early and registered: the stall
-        # decision (adv) then starts from flip-flops, not from the adder.
-        # Meaningful only with ctrl[Z].valid, so without reset (see x below).
+        # The ring never waits for words. A step that reaches the renormalising stage and
+        # finds too few buffered words is *replayed*: it and every step behind it are squashed
+        # before they write anything back, and issue restarts from its state when the phase
+        # comes round again (R cycles later). The buffer count therefore reaches no ring
+        # enable; it only decides whether the step at Z commits. The ring does hold while the
+        # output skid register is full (a replay per output stall would cost R cycles each),
+        # but that decision is a function of flip-flops: weights.ready reaches no ring enable.
+        # Which lanes renormalise is decided one stage early and registered, so the replay
+        # decision starts from flip-flops, not from the adder.
         lane_need = Signal(N, reset_less=True)
+        lane_active = Signal(N, reset_less=True)   # lanes with a symbol in the step at Z
         m.d.comb += buf.need.eq(lane_need)
         need_count = Signal(range(N + 1), reset_less=True)   # popcount of lane_need
         short = Signal()
         m.d.comb += short.eq(need_count > buf.count)
-        block = Signal()
-        # The output side blocks only on the registered skid flag: weights.ready does not
-        # reach the ring's enables through logic.
-        m.d.comb += block.eq(ctrl[Z].valid & (short | skid_valid))
-        m.d.comb += adv.eq(row_full | (~in_header & ~block))
-        m.d.comb += buf.take.eq(ctrl[Z].valid & adv)
+        m.d.comb += adv.eq(row_full | (~in_header & ~(ctrl[Z].valid & skid_valid)))
+        replay = Signal()
+        m.d.comb += replay.eq(ctrl[Z].valid & adv & short)
+        commit = Signal()
+        m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short)
+        m.d.comb += buf.take.eq(commit)
+        # State index of the step at Z: phase - Z mod R, as a register.
+        back_phase = Signal(range(R), init=R - D)
+        with m.If(adv):
+            m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
 
         drained = Signal()
         m.d.comb += drained.eq((remaining == 0)
                                & (Cat(*[ctrl[i].valid for i in range(1, D)]) == 0))
 
         issue = Signal()
-        m.d.comb += issue.eq(in_payload & (remaining != 0) & (phase == next_index))
+        m.d.comb += issue.eq(in_payload & (remaining != 0) & (phase == next_index) & ~replay)
         issue_count = Signal(range(N + 1))
         m.d.comb += issue_count.eq(Mux(remaining >= N, N, remaining))
+        # Symbols of the squashed steps go back to ``remaining``.
+        in_flight = Signal(range(N * D + 1))
+        m.d.comb += in_flight.eq(sum(Mux(ctrl[i].valid, ctrl[i].count, 0) for i in range(1, D)))
 
         m.d.comb += tables.en.eq(adv)
         for n in range(N):
@@ -228,24 +242,24 @@ class WeightDecoder(wiring.Component):
         for n in range(N):
             m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[Z][n][:16]),
                                            x[Z][n]))
+        written = [Signal(name=f"written{n}") for n in range(N)]
+        for n in range(N):
+            m.d.comb += written[n].eq(commit & lane_active[n])
 
         if parked:
             # Addresses are state indices (the phase). An advance reads the state that becomes
             # the head, index phase + 1, into x[0] (the read data is the head register: the
-            # port's enable is adv, so a stall holds it), and writes back the renormalised
-            # state, which left the head D advances ago: index phase + 1 - D. The two differ
-            # because R > D, and a state is read R - D >= 1 advances after its write, so
-            # no read-during-write transparency is needed.
+            # port's enable is adv, so a stall holds it), and a committed step writes
+            # back its renormalised states, which left the head Z advances ago (back_phase).
+            # The two differ because R > D, and a state is read R - D >= 1 advances after its
+            # write, so no read-during-write transparency is needed. A squashed or idle slot
+            # writes nothing: the RAM keeps the state as it was before the step.
             next_phase = Signal(range(R))
             m.d.comb += next_phase.eq(Mux(phase == R - 1, 0, phase + 1))
-            back_phase = Signal(range(R), init=R - D)   # phase + 1 - D mod R, as a register
-            with m.If(adv):
-                m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
             # Header: a state is written straight into its slot when its high word arrives,
             # at index phase + 1 (the row's row_full advance comes one cycle later and reads
             # it back into x[0]; the next high word is at least two cycles later, so the phase
-            # is always up to date). Write-back is off meanwhile: the pipeline carries nothing
-            # of value yet.
+            # is always up to date). Nothing is committed meanwhile.
             header_word = Signal()
             for n in range(N):
                 ram = Memory(shape=32, depth=R, init=[])
@@ -258,11 +272,25 @@ class WeightDecoder(wiring.Component):
                     x[0][n].eq(rd.data),
                     wr.addr.eq(Mux(in_header, next_phase, back_phase)),
                     wr.data.eq(Mux(in_header, Cat(low, w), renormed[n])),
-                    wr.en.eq(Mux(in_header, header_word & (state_lane == n), adv)),
+                    wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
                 ]
+        else:
+            # The ring is all registers: a squashed or idle step puts back the state it
+            # started from, carried alongside as ``before``.
+            before = [Signal(32, name=f"before{n}", reset_less=True) for n in range(N)]
+            with m.If(adv):
+                for n in range(N):
+                    m.d.sync += before[n].eq(x[Z - 1][n])
 
-        with m.If(adv):
-            m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
+        with m.If(replay):
+            m.d.sync += [
+                remaining.eq(remaining + in_flight),
+                next_index.eq(back_phase),
+                first_pending.eq(ctrl[Z].first),
+            ]
+            for i in range(1, D):
+                m.d.sync += ctrl[i].valid.eq(0)
+        with m.Elif(adv):
             with m.If(issue):
                 m.d.sync += [
                     remaining.eq(remaining - issue_count),
@@ -277,7 +305,10 @@ class WeightDecoder(wiring.Component):
             ]
             for i in range(2, D):
                 m.d.sync += ctrl[i].eq(ctrl[i - 1])
-            needs = []
+
+        with m.If(adv):
+            m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
+            needs, actives = [], []
             for n in range(N):
                 m.d.sync += [x[1][n].eq(x[0][n]), x[2][n].eq(x[1][n]), sym3[n].eq(tables.symbol[n])]
                 product = _narrow_multiply(tables.frequency[n], x[2][n][P:])
@@ -288,28 +319,31 @@ class WeightDecoder(wiring.Component):
                     active = ctrl[3].valid & (ctrl[3].count > n) & ~single
                     m.d.comb += total.eq(mul3[n] + diff3[n])
                     m.d.sync += [
-                        x[3][n].eq(x[2][n]),
                         mul3[n].eq(product),
                         diff3[n].eq(offset),
-                        x[4][n].eq(Mux(active, total, x[3][n])),
+                        x[4][n].eq(total),
                         sym4[n].eq(sym3[n]),
                     ]
+                    if not parked:
+                        m.d.sync += x[3][n].eq(x[2][n])
                 else:
                     active = ctrl[2].valid & (ctrl[2].count > n) & ~single
                     m.d.comb += total.eq(product + offset)
-                    m.d.sync += x[3][n].eq(Mux(active, total, x[2][n]))
+                    m.d.sync += x[3][n].eq(total)
                 need = Signal(name=f"need{n}")
                 m.d.comb += need.eq(active & (total[16:] == 0))
-                m.d.sync += lane_need[n].eq(need)
                 needs.append(need)
+                actives.append(active)
                 if not parked:
-                    m.d.sync += x[0][n].eq(Mux(row_full, row[n], renormed[n]))
-            m.d.sync += need_count.eq(popcount(needs))
+                    m.d.sync += x[0][n].eq(Mux(row_full, row[n],
+                                               Mux(written[n], renormed[n], before[n])))
+            m.d.sync += [lane_need.eq(Cat(*needs)), lane_active.eq(Cat(*actives)),
+                         need_count.eq(popcount(needs))]
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --
-        # The ring may push a transfer whenever the skid register is empty; one that finds the
-        # output register still held waits in the skid register.
+        # A step commits only while the skid register is empty; one that finds the output
+        # register still held waits in the skid register.
         produced = Signal(WeightBatch(N))
         m.d.comb += [
             produced.count.eq(ctrl[Z].count),
@@ -321,7 +355,7 @@ class WeightDecoder(wiring.Component):
             m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym_out[n])
                                               - zero_point)
         push = Signal()
-        m.d.comb += push.eq(ctrl[Z].valid & adv)
+        m.d.comb += push.eq(commit)
         taken = Signal()
         m.d.comb += taken.eq(out_valid & self.weights.ready)
         with m.If(skid_valid):
