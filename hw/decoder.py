@@ -19,14 +19,17 @@ from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_
 from sw.params import CodecParams
 
 from .crc import Crc32Word
-from .tables import SymbolTables, popcount
+from .tables import LOOKUP_LATENCY, SymbolTables, popcount
 from .wordbuf import WordBuffer
 
-__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTHS"]
+__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTH"]
 
-#: Stages of the state recurrence: bucket lookup, rank lookup, multiply, add, renormalise
-#: (5), or with multiply and add in one stage (4, for K/N = 4: 8 lanes of 32 states).
-PIPELINE_DEPTHS = (4, 5)
+#: Stages of the state recurrence, each a few LUT levels deep (iCE40 at 48 MHz allows about
+#: seven): 0-2 the symbol lookup (:class:`hw.tables.SymbolTables`, three cycles), then
+#: multiply, add, and renormalise. A lane needs ``K/N >= PIPELINE_DEPTH`` states to run at
+#: full rate; with fewer, the ring carries bubbles.
+MULTIPLY, ADD, RENORMALISE = LOOKUP_LATENCY, LOOKUP_LATENCY + 1, LOOKUP_LATENCY + 2
+PIPELINE_DEPTH = RENORMALISE + 1
 
 
 class WeightBatch(data.StructLayout):
@@ -72,10 +75,6 @@ class WeightDecoder(wiring.Component):
         ``PARAM_MISMATCH``.
     lanes : int
         ``N``: symbols decoded per cycle; must divide ``params.state_count``.
-    depth : int, optional
-        ``D``, stages of the state recurrence, 4 or 5. Each lane serves ``K/N`` states in
-        turn; when ``K/N < D`` the ring carries ``D - K/N`` bubbles and the lanes run at
-        ``K/N / D`` of full rate. Default: 5, or 4 when ``K/N = 4``.
     buffer_depth : int, optional
         Payload words buffered ahead of the lanes (power of two >= ``lanes``; default ``2N``
         rounded up, at least 2). Deeper absorbs the bursts of renormalisations that come when
@@ -94,19 +93,17 @@ class WeightDecoder(wiring.Component):
         error happened; ``error`` and ``code`` say which.
     """
 
-    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, depth: int = None,
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1,
                  buffer_depth: int = None):
         params.check_lanes(lanes)
         self.buffer_depth = WordBuffer.checked_depth(lanes, buffer_depth)
-        if depth is None:
-            depth = 4 if params.state_count // lanes == 4 else 5
-        if depth not in PIPELINE_DEPTHS:
-            raise ValueError(f"depth must be one of {PIPELINE_DEPTHS}, not {depth!r}")
         self.params = params
         self.lanes = lanes
-        self.depth = depth
+        #: ``D``, stages of the state recurrence: each lane serves ``K/N`` states in turn,
+        #: and when ``K/N < D`` the ring carries bubbles (rate ``K/N / D``).
+        self.depth = PIPELINE_DEPTH
         #: Slots of the state ring per lane: ``K/N`` states and ``max(0, D - K/N)`` bubbles.
-        self.ring = max(params.state_count // lanes, depth)
+        self.ring = max(params.state_count // lanes, PIPELINE_DEPTH)
         super().__init__({
             "words": In(stream.Signature(16)),
             "weights": Out(stream.Signature(WeightBatch(lanes))),
@@ -122,7 +119,7 @@ class WeightDecoder(wiring.Component):
         G = K // N
         R = self.ring
         D = self.depth
-        Z = D - 1   # the renormalising stage
+        Z = RENORMALISE
 
         m.submodules.crc = crc = Crc32Word()
         m.d.comb += crc.word.eq(self.words.payload)
@@ -173,18 +170,25 @@ class WeightDecoder(wiring.Component):
         # Datapath registers have no reset: a reset term would sit in front of every
         # enable of the ring (the states are loaded from the header before use anyway).
         # With R > D the R - D parked states of each lane live in a block RAM (depth R,
-        # addressed by state index; the pipeline stages stay in registers): as flip-flops they
-        # cost N * (R - D + 1) * 32 logic cells. The ring head x[0] is then the RAM's
-        # synchronous read data. With R == D nothing is parked and x[0] is a register.
+        # addressed by state index): as flip-flops they would cost N * (R - D) * 32 logic
+        # cells. The ring head x[0] is then the RAM's synchronous read data, and the state
+        # itself is carried only as far as the multiply stage. With R == D nothing is parked:
+        # x[0] is a register and the state is carried to Z, to be put back by idle or
+        # squashed steps.
         parked = R > D
         x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
-             for i in range(D if parked else R)]
-        mul3 = [Signal(32, name=f"mul3_{n}", reset_less=True) for n in range(N)]
-        # slot - cumulative lies in [0, frequency) for every table that passed the sum check.
-        diff3 = [Signal(P, name=f"diff3_{n}", reset_less=True) for n in range(N)]
-        sym3 = [Signal(8, name=f"sym3_{n}", reset_less=True) for n in range(N)]
+             for i in range(MULTIPLY + 1 if parked else R)]
+        # Stage 4: the product split at bit 16 of x >> P (one 16-bit DSP multiply for the low
+        # part), and slot - cumulative, which lies in [0, frequency) for every table that
+        # passed the sum check. Stage 5: low product + difference, and the high product.
+        high_bits = max(0, 32 - P - 16)
+        product_low = [Signal(P + 16, name=f"product_low{n}", reset_less=True) for n in range(N)]
+        product_high = [[Signal(P + high_bits, name=f"product_high{i}_{n}", reset_less=True)
+                         for n in range(N)] for i in (0, 1)]
+        difference = [Signal(P, name=f"difference{n}", reset_less=True) for n in range(N)]
+        partial = [Signal(32, name=f"partial{n}", reset_less=True) for n in range(N)]
         sym4 = [Signal(8, name=f"sym4_{n}", reset_less=True) for n in range(N)]
-        sym_out = sym4 if D == 5 else sym3
+        sym5 = [Signal(8, name=f"sym5_{n}", reset_less=True) for n in range(N)]
         ctrl_layout = data.StructLayout({"valid": 1, "count": range(N + 1), "first": 1,
                                          "last": 1})
         ctrl = [Signal(ctrl_layout, name=f"ctrl{i}") for i in range(D)]  # ctrl[0] unused
@@ -238,10 +242,14 @@ class WeightDecoder(wiring.Component):
         for n in range(N):
             m.d.comb += tables.slot[n].eq(x[0][n][:P])
 
+        # RENORMALISE (Z): a lane that needs a word has x' < 2**16, so x'[:16] is the low
+        # partial sum; otherwise the high product joins the upper half here.
         renormed = [Signal(32, name=f"renormed{n}") for n in range(N)]
         for n in range(N):
-            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], x[Z][n][:16]),
-                                           x[Z][n]))
+            low_half = partial[n][:16]
+            high_half = partial[n][16:] + product_high[1][n]
+            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], low_half),
+                                           Cat(low_half, high_half[:16])))
         written = [Signal(name=f"written{n}") for n in range(N)]
         for n in range(N):
             m.d.comb += written[n].eq(commit & lane_active[n])
@@ -274,14 +282,6 @@ class WeightDecoder(wiring.Component):
                     wr.data.eq(Mux(in_header, Cat(low, w), renormed[n])),
                     wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
                 ]
-        else:
-            # The ring is all registers: a squashed or idle step puts back the state it
-            # started from, carried alongside as ``before``.
-            before = [Signal(32, name=f"before{n}", reset_less=True) for n in range(N)]
-            with m.If(adv):
-                for n in range(N):
-                    m.d.sync += before[n].eq(x[Z - 1][n])
-
         with m.If(replay):
             m.d.sync += [
                 remaining.eq(remaining + in_flight),
@@ -310,33 +310,37 @@ class WeightDecoder(wiring.Component):
             m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
             needs, actives = [], []
             for n in range(N):
-                m.d.sync += [x[1][n].eq(x[0][n]), x[2][n].eq(x[1][n]), sym3[n].eq(tables.symbol[n])]
-                product = _narrow_multiply(tables.frequency[n], x[2][n][P:])
-                offset = x[2][n][:P] - tables.cumulative[n]
-                total = Signal(32, name=f"total{n}")
-                if D == 5:
-                    # Multiply and add in separate stages: the adder stays out of the DSP path.
-                    active = ctrl[3].valid & (ctrl[3].count > n) & ~single
-                    m.d.comb += total.eq(mul3[n] + diff3[n])
-                    m.d.sync += [
-                        mul3[n].eq(product),
-                        diff3[n].eq(offset),
-                        x[4][n].eq(total),
-                        sym4[n].eq(sym3[n]),
-                    ]
-                    if not parked:
-                        m.d.sync += x[3][n].eq(x[2][n])
-                else:
-                    active = ctrl[2].valid & (ctrl[2].count > n) & ~single
-                    m.d.comb += total.eq(product + offset)
-                    m.d.sync += x[3][n].eq(total)
+                for i in range(1, len(x)):
+                    m.d.sync += x[i][n].eq(x[i - 1][n])
+                # MULTIPLY: the table's answer for the slot x[0] had three stages ago.
+                state = x[MULTIPLY][n]
+                m.d.sync += [
+                    product_low[n].eq(tables.frequency[n] * state[P:P + 16]),
+                    product_high[0][n].eq(tables.frequency[n] * state[P + 16:]
+                                          if high_bits else 0),
+                    difference[n].eq(state[:P] - tables.cumulative[n]),
+                    sym4[n].eq(tables.symbol[n]),
+                ]
+                # ADD: x' = product + difference, kept as low product + difference plus the
+                # high product at bit 16. x' < 2**16 (renormalise) exactly when the high
+                # product, the low product's bits 16 and up and the carry out of bit 15 are
+                # all zero: a 16-bit carry chain and two zero tests, in parallel with the add.
+                low_sum = Signal(17, name=f"low_sum{n}")
+                m.d.comb += low_sum.eq(product_low[n][:16] + difference[n])
+                active = ctrl[ADD].valid & (ctrl[ADD].count > n) & ~single
                 need = Signal(name=f"need{n}")
-                m.d.comb += need.eq(active & (total[16:] == 0))
+                m.d.comb += need.eq(active & ~low_sum[16] & (product_low[n][16:] == 0)
+                                    & (product_high[0][n] == 0))
+                m.d.sync += [
+                    partial[n].eq(product_low[n] + difference[n]),
+                    product_high[1][n].eq(product_high[0][n]),
+                    sym5[n].eq(sym4[n]),
+                ]
                 needs.append(need)
                 actives.append(active)
                 if not parked:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n],
-                                               Mux(written[n], renormed[n], before[n])))
+                                               Mux(written[n], renormed[n], x[Z][n])))
             m.d.sync += [lane_need.eq(Cat(*needs)), lane_active.eq(Cat(*actives)),
                          need_count.eq(popcount(needs))]
         m.d.sync += row_full.eq(0)
@@ -352,7 +356,7 @@ class WeightDecoder(wiring.Component):
             produced.section.eq(section),
         ]
         for n in range(N):
-            m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym_out[n])
+            m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym5[n])
                                               - zero_point)
         push = Signal()
         m.d.comb += push.eq(commit)

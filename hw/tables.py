@@ -22,7 +22,10 @@ from amaranth.lib.wiring import In, Out
 from sw.format import MAX_LEVELS
 from sw.params import CodecParams
 
-__all__ = ["SymbolTables", "bucket_shift", "popcount"]
+__all__ = ["SymbolTables", "LOOKUP_LATENCY", "bucket_shift", "popcount"]
+
+#: Cycles from a slot to its symbol, cumulative and frequency.
+LOOKUP_LATENCY = 3
 
 
 def popcount(bits):
@@ -65,7 +68,7 @@ class SymbolTables(wiring.Component):
     slot : In(ArrayLayout(P, lanes))
         Slots to look up, one per lane.
     symbol, cumulative, frequency : Out(ArrayLayout(..., lanes))
-        The answer for the slot given two advancing cycles before.
+        The answer for the slot given :data:`LOOKUP_LATENCY` advancing cycles before.
     """
 
     def __init__(self, params: CodecParams, lanes: int):
@@ -168,15 +171,23 @@ class SymbolTables(wiring.Component):
             ]
             br = bmem.read_port(domain="sync")
             rr = rmem.read_port(domain="sync")
-            offset = Signal(s, name=f"offset{n}")
-            with m.If(self.en):
-                m.d.sync += offset.eq(self.slot[n][:s])
+            # Cycle 0 reads the bucket and turns the slot's offset in it into a thermometer
+            # code; cycle 1 counts the symbols starting at offsets 1..j; cycle 2 adds the
+            # bucket's first rank and reads the rank table. Each step stays a few LUT levels
+            # deep (a compare, a mask, a popcount and an add in one cycle are ~17 levels).
+            reach = Signal(mask_width - 1, name=f"reach{n}")   # bit i - 1: offset >= i
+            count = Signal(range(mask_width), name=f"count{n}")
+            first_rank = Signal(8, name=f"first_rank{n}")
             m.d.comb += [br.addr.eq(self.slot[n][s:]), br.en.eq(self.en)]
-            # Starts at offsets 1..j of the bucket: bit 0 is the bucket's own first symbol.
-            starts = [br.data.mask[i] & (offset >= i) for i in range(1, mask_width)]
-            count = popcount(starts)
-            r = Signal(8, name=f"rank{n}")
-            m.d.comb += [r.eq(br.data.first + count), rr.addr.eq(r), rr.en.eq(self.en)]
+            with m.If(self.en):
+                m.d.sync += [
+                    reach.eq(Cat(*[self.slot[n][:s] >= i for i in range(1, mask_width)])),
+                    # Bit 0 of the mask is the bucket's own first symbol.
+                    count.eq(popcount([br.data.mask[i] & reach[i - 1]
+                                       for i in range(1, mask_width)])),
+                    first_rank.eq(br.data.first),
+                ]
+            m.d.comb += [rr.addr.eq(first_rank + count), rr.en.eq(self.en)]
             m.d.comb += [
                 self.symbol[n].eq(rr.data.symbol),
                 self.cumulative[n].eq(rr.data.cumulative),

@@ -6,7 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.crc import Crc32Word
-from hw.decoder import PIPELINE_DEPTHS, StatusLayout, WeightBatch, WeightDecoder
+from hw.decoder import PIPELINE_DEPTH, StatusLayout, WeightBatch, WeightDecoder
 from hw.tables import SymbolTables
 from hw.wordbuf import WordBuffer
 from sw.params import CodecParams
@@ -38,18 +38,14 @@ def test_decoder_refuses_lanes(lanes):
 
 
 def test_decoder_depth():
-    assert WeightDecoder(CodecParams(), 8).depth == 4
-    assert WeightDecoder(CodecParams(), 4).depth == 5
-    assert WeightDecoder(CodecParams(state_count=4), 1).depth == 4
-    assert WeightDecoder(CodecParams(state_count=2), 1).ring == 5
+    assert WeightDecoder(CodecParams(), 4).depth == PIPELINE_DEPTH == 6
+    assert WeightDecoder(CodecParams(), 4).ring == 8
+    assert WeightDecoder(CodecParams(), 8).ring == PIPELINE_DEPTH   # 4 states, 2 bubbles
+    assert WeightDecoder(CodecParams(state_count=2), 1).ring == PIPELINE_DEPTH
     assert WeightDecoder(CodecParams(), 1).ring == 32
     assert WeightDecoder(CodecParams(), 4, buffer_depth=32).buffer_depth == 32
     with pytest.raises(ValueError):
         WeightDecoder(CodecParams(), 4, buffer_depth=12)
-    for depth in PIPELINE_DEPTHS:
-        assert WeightDecoder(CodecParams(), 2, depth=depth).depth == depth
-    with pytest.raises(ValueError):
-        WeightDecoder(CodecParams(), 2, depth=3)
 
 
 def test_component_signatures():

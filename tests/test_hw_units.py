@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 
 from hw.crc import Crc32Word, crc32_word
 from hw.decoder import WeightDecoder
-from hw.tables import SymbolTables, bucket_shift
+from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift
 from hw.wordbuf import WordBuffer
 from sim.cases import corner_tensors, corrupt, random_container
 from sim.pysim import run_pysim, words_of
@@ -159,15 +159,15 @@ def test_symbol_tables_lookup_every_slot(precision, frequencies):
             assert cycles <= bound
         ctx.set(dut.en, 1)
         pending = deque()
-        for i in range(0, len(slots) + 2 * lanes, lanes):
+        for i in range(0, len(slots) + LOOKUP_LATENCY * lanes, lanes):
             batch = slots[i:i + lanes]
             for n, slot in enumerate(batch):
                 ctx.set(dut.slot[n], int(slot))
             await ctx.tick()
             pending.append(batch)
-            if len(pending) == 3:
+            if len(pending) == LOOKUP_LATENCY + 1:
                 pending.popleft()
-            if len(pending) == 2:
+            if len(pending) == LOOKUP_LATENCY:
                 for n, slot in enumerate(pending[0]):
                     symbol = bisect_right(cumulative, int(slot)) - 1
                     assert ctx.get(dut.symbol[n]) == symbol, slot
