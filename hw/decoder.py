@@ -161,7 +161,15 @@ class WeightDecoder(wiring.Component):
         # -- core registers --
         phase = Signal(range(R), init=R - 1)
         next_index = Signal(range(G))
-        remaining = Signal(29)
+        # Symbols of the section not yet issued, and not yet committed (a replay restarts
+        # issue from the latter). The decisions read only registered flags of them.
+        to_issue = Signal(29)
+        to_commit = Signal(29)
+        issue_more = Signal()            # to_issue != 0
+        issue_last = Signal()            # to_issue <= N: the next step is the section's last
+        drained = Signal()               # the section's last step has committed
+        count_zero = Signal()            # symbol_count == 0
+        count_small = Signal()           # symbol_count <= N
         first_pending = Signal()
         in_payload = Signal()
         in_header = Signal()
@@ -211,8 +219,11 @@ class WeightDecoder(wiring.Component):
         # decision starts from flip-flops, not from the adder.
         lane_need = Signal(N, reset_less=True)
         lane_active = Signal(N, reset_less=True)   # lanes with a symbol in the step at Z
-        m.d.comb += buf.need.eq(lane_need)
-        need_count = Signal(range(N + 1), reset_less=True)   # popcount of lane_need
+        # lane_before[n]: lanes below n that need a word (the word buffer's offsets), and
+        # lane_before[N] the words the step needs.
+        lane_before = Signal(data.ArrayLayout(range(N + 1), N + 1), reset_less=True)
+        m.d.comb += buf.before.eq(lane_before)
+        need_count = lane_before[N]
         short = Signal()
         m.d.comb += short.eq(need_count > buf.count)
         m.d.comb += adv.eq(row_full | (~in_header & ~(ctrl[Z].valid & skid_valid)))
@@ -226,17 +237,14 @@ class WeightDecoder(wiring.Component):
         with m.If(adv):
             m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
 
-        drained = Signal()
-        m.d.comb += drained.eq((remaining == 0)
-                               & (Cat(*[ctrl[i].valid for i in range(1, D)]) == 0))
-
         issue = Signal()
-        m.d.comb += issue.eq(in_payload & (remaining != 0) & (phase == next_index) & ~replay)
+        m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index) & ~replay)
         issue_count = Signal(range(N + 1))
-        m.d.comb += issue_count.eq(Mux(remaining >= N, N, remaining))
-        # Symbols of the squashed steps go back to ``remaining``.
-        in_flight = Signal(range(N * D + 1))
-        m.d.comb += in_flight.eq(sum(Mux(ctrl[i].valid, ctrl[i].count, 0) for i in range(1, D)))
+        m.d.comb += issue_count.eq(Mux(issue_last, to_issue, N))
+        with m.If(commit):
+            m.d.sync += to_commit.eq(to_commit - ctrl[Z].count)
+            with m.If(ctrl[Z].last):
+                m.d.sync += drained.eq(1)
 
         m.d.comb += tables.en.eq(adv)
         for n in range(N):
@@ -284,7 +292,9 @@ class WeightDecoder(wiring.Component):
                 ]
         with m.If(replay):
             m.d.sync += [
-                remaining.eq(remaining + in_flight),
+                to_issue.eq(to_commit),
+                issue_more.eq(1),
+                issue_last.eq(to_commit <= N),
                 next_index.eq(back_phase),
                 first_pending.eq(ctrl[Z].first),
             ]
@@ -293,7 +303,9 @@ class WeightDecoder(wiring.Component):
         with m.Elif(adv):
             with m.If(issue):
                 m.d.sync += [
-                    remaining.eq(remaining - issue_count),
+                    to_issue.eq(to_issue - N),
+                    issue_more.eq(~issue_last),
+                    issue_last.eq(to_issue <= 2 * N),
                     next_index.eq(Mux(next_index == G - 1, 0, next_index + 1)),
                     first_pending.eq(0),
                 ]
@@ -301,7 +313,7 @@ class WeightDecoder(wiring.Component):
                 ctrl[1].valid.eq(issue),
                 ctrl[1].count.eq(issue_count),
                 ctrl[1].first.eq(first_pending),
-                ctrl[1].last.eq(remaining <= N),
+                ctrl[1].last.eq(issue_last),
             ]
             for i in range(2, D):
                 m.d.sync += ctrl[i].eq(ctrl[i - 1])
@@ -341,8 +353,8 @@ class WeightDecoder(wiring.Component):
                 if not parked:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n],
                                                Mux(written[n], renormed[n], x[Z][n])))
-            m.d.sync += [lane_need.eq(Cat(*needs)), lane_active.eq(Cat(*actives)),
-                         need_count.eq(popcount(needs))]
+            m.d.sync += [lane_need.eq(Cat(*needs)), lane_active.eq(Cat(*actives))]
+            m.d.sync += [lane_before[n].eq(popcount(needs[:n])) for n in range(N + 1)]
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --
@@ -388,6 +400,7 @@ class WeightDecoder(wiring.Component):
         header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
                          "SECTIONS", "STATES"}
         header_flag = Signal(init=1)
+        m.d.comb += in_payload.eq(waiting["PAYLOAD"])
         m.d.comb += in_header.eq(header_flag)
 
         def go(name):
@@ -626,7 +639,8 @@ class WeightDecoder(wiring.Component):
                         go("PAYLOAD_WORDS0")
 
             def payload_words0():
-                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
+                m.d.sync += [low.eq(w), low_zero.eq(w == 0), count_zero.eq(symbol_count == 0),
+                             count_small.eq(symbol_count <= N)]
                 go("PAYLOAD_WORDS1")
             field("PAYLOAD_WORDS0", payload_words0)
 
@@ -634,7 +648,11 @@ class WeightDecoder(wiring.Component):
                 m.d.sync += [
                     payload_left.eq(Cat(low, w)),
                     payload_more.eq(Cat(low, w) != 0),
-                    remaining.eq(symbol_count),
+                    to_issue.eq(symbol_count),
+                    to_commit.eq(symbol_count),
+                    issue_more.eq(~count_zero),
+                    issue_last.eq(count_small),
+                    drained.eq(count_zero),
                     next_index.eq(0),
                     first_pending.eq(1),
                 ]
@@ -644,7 +662,6 @@ class WeightDecoder(wiring.Component):
 
             with m.State("PAYLOAD"):
                 m.d.comb += [
-                    in_payload.eq(1),
                     buf.push.valid.eq(self.words.valid & payload_more),
                     buf.push.payload.eq(w),
                     crc.en.eq(acc),

@@ -11,7 +11,9 @@ class WordBuffer(wiring.Component):
     """Circular buffer that hands the lanes needing a word the next words in lane order.
 
     This is the word-order contract of docs/FORMAT.md: lane ``n`` gets word
-    ``head + (number of lanes before n that need one)``.
+    ``head + (number of lanes before n that need one)``. The user gives those counts
+    (``before``), from registers: the buffer then adds only a short add and a multiplexer
+    between them and ``words``.
 
     Parameters
     ----------
@@ -23,15 +25,16 @@ class WordBuffer(wiring.Component):
     ----------
     push : In(stream.Signature(16))
         Payload words in stream order; ``ready`` while not full.
-    need : In(lanes)
-        Lanes that need a word.
+    before : In(ArrayLayout(range(lanes + 1), lanes + 1))
+        ``before[n]``: lanes below ``n`` that need a word; ``before[lanes]`` is the number
+        of words the lanes need in all.
     take : In(1)
-        Remove the words handed to ``need`` this cycle (only when ``need_count <= count``).
-    need_count : Out(range(lanes + 1))
+        Remove ``before[lanes]`` words this cycle (only when they are held: ``<= count``).
     count : Out(range(depth + 1))
         Words held (those pushed this cycle are not counted yet).
     words : Out(ArrayLayout(16, lanes))
-        The word each needing lane gets.
+        ``words[n]`` is the word at ``head + before[n]``: the one lane ``n`` gets if it
+        needs one.
     clear : In(1)
         Empty the buffer.
     """
@@ -53,9 +56,8 @@ class WordBuffer(wiring.Component):
         self._depth = depth
         super().__init__({
             "push": In(stream.Signature(16)),
-            "need": In(lanes),
+            "before": In(data.ArrayLayout(range(lanes + 1), lanes + 1)),
             "take": In(1),
-            "need_count": Out(range(lanes + 1)),
             "count": Out(range(depth + 1)),
             "words": Out(data.ArrayLayout(unsigned(16), lanes)),
             "clear": In(1),
@@ -79,16 +81,14 @@ class WordBuffer(wiring.Component):
             self.count.eq(count),
             self.push.ready.eq(count != depth),
         ]
-        prefix = 0
         for n in range(lanes):
             index = Signal(bits, name=f"index{n}")
-            m.d.comb += index.eq(head + prefix)
+            m.d.comb += index.eq(head + self.before[n])
             with m.Switch(index):
                 for i in range(depth):
                     with m.Case(i):
                         m.d.comb += self.words[n].eq(entries[i])
-            prefix = prefix + self.need[n]
-        m.d.comb += self.need_count.eq(prefix)
+        taken = self.before[lanes]
         pushed = Signal()
         m.d.comb += pushed.eq(self.push.valid & self.push.ready)
         with m.If(self.clear):
@@ -101,8 +101,7 @@ class WordBuffer(wiring.Component):
                         with m.Case(i):
                             m.d.sync += entries[i].eq(self.push.payload)
             with m.If(self.take):
-                m.d.sync += [head.eq(head + self.need_count),
-                             count.eq(count + pushed - self.need_count)]
+                m.d.sync += [head.eq(head + taken), count.eq(count + pushed - taken)]
             with m.Else():
                 m.d.sync += count.eq(count + pushed)
         return m

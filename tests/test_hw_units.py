@@ -86,12 +86,12 @@ def test_word_buffer_hands_words_in_lane_order(lanes):
             ctx.set(dut.push.valid, offer)
             ctx.set(dut.push.payload, pushed & 0xFFFF)
             need = rng.getrandbits(lanes) if rng.random() < 0.7 else 0
-            ctx.set(dut.need, need)
+            needing = [n for n in range(lanes) if need >> n & 1]
+            for n in range(lanes + 1):
+                ctx.set(dut.before[n], sum(1 for k in needing if k < n))
             count = ctx.get(dut.count)
             assert count == len(queue)
             assert ctx.get(dut.push.ready) == (count < dut.depth)
-            needing = [n for n in range(lanes) if need >> n & 1]
-            assert ctx.get(dut.need_count) == len(needing)
             take = len(needing) <= count
             ctx.set(dut.take, take)
             if take:
