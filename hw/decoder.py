@@ -9,7 +9,9 @@ come round; a word buffer hands the lanes that
 renormalise the next payload words in lane order.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from contextlib import contextmanager
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -122,22 +124,63 @@ class WeightDecoder(wiring.Component):
         Z = RENORMALISE
 
         m.submodules.crc = crc = Crc32Word()
-        m.d.comb += crc.word.eq(self.words.payload)
         m.submodules.tables = tables = SymbolTables(params, N)
         m.submodules.buffer = buf = WordBuffer(N, self.buffer_depth)
 
-        w = self.words.payload
-        acc = Signal()
-        m.d.comb += acc.eq(self.words.valid & self.words.ready)
+        # The parser works on a registered copy of each input word, ``w``, with every
+        # comparison against a constant that the format asks for made as the word arrives
+        # (``check``): a field's verdict is then a flip-flop, not a compare in front of the
+        # parser's state logic.
+        magic = int.from_bytes(MAGIC, "little")
+        limit = MAX_SECTION_SYMBOLS
+        assert limit & 0xFFFF == 0
+        constant_checks = {
+            "zero": lambda v: v == 0,
+            "one": lambda v: v == 1,
+            "magic_low": lambda v: v == magic & 0xFFFF,
+            "magic_high": lambda v: v == magic >> 16,
+            "version": lambda v: v == VERSION,
+            "params": lambda v: Cat(v == params.state_bits, v == params.word_bits,
+                                    v == P, v == K),
+            "kind_bad": lambda v: v > max(SectionKind),
+            "kind_raw": lambda v: v == SectionKind.RAW,
+            "name_bad": lambda v: v > MAX_NAME_BYTES,
+            "ndim_bad": lambda v: v > MAX_NDIM,
+            "dtype_bad": lambda v: v > max(RawDtype),
+            "levels_bad": lambda v: (v == 0) | (v > MAX_LEVELS),
+            "count_over": lambda v: v > limit >> 16,
+            "count_at": lambda v: v == limit >> 16,
+            "whole": lambda v: v == M,
+        }
+        w = Signal(16)
+        w_valid = Signal()
+        check = {name: Signal(len(Value.cast(f(w))), name=f"check_{name}")
+                 for name, f in constant_checks.items()}
+        acc = Signal()                   # the parser takes w this cycle
+        parser_ready = Signal()
+        stopped = Signal()               # after the last section or an error: take no more
+        m.d.comb += [acc.eq(w_valid & parser_ready),
+                     self.words.ready.eq((~w_valid & ~stopped) | parser_ready)]
+        with m.If(self.words.valid & self.words.ready):
+            m.d.sync += [w.eq(self.words.payload), w_valid.eq(1)]
+            m.d.sync += [check[name].eq(f(self.words.payload))
+                         for name, f in constant_checks.items()]
+        with m.Elif(acc):
+            m.d.sync += w_valid.eq(0)
+        m.d.comb += crc.word.eq(w)
 
         code = Signal(4)
-        m.d.comb += self.status.code.eq(code)
+        m.d.comb += self.status.code.eq(Mux(self.status.error, code, Status.OK))
 
         # -- parser registers --
         low = Signal(16)                 # low word of a u32 field
         low_ok = Signal()                # the low half of a magic/CRC field matched (32-bit
                                          # compares split so each is 16 bits wide)
         low_zero = Signal()              # low word of a u32 field is 0
+        high_ok = Signal()               # the high half of a CRC field matched
+        levels_bad = Signal()            # levels == 0 or > MAX_LEVELS
+        left_one = Signal()              # left == 1
+        no_sections = Signal()           # section_count == 0
         param_bad = Signal()
         section_count = Signal(16)
         section = Signal(16)
@@ -237,8 +280,10 @@ class WeightDecoder(wiring.Component):
         with m.If(adv):
             m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
 
+        # A step issued in a replay cycle is squashed with the rest: the replay's restore
+        # takes priority over everything the issue writes, so issue need not wait for it.
         issue = Signal()
-        m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index) & ~replay)
+        m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index))
         issue_count = Signal(range(N + 1))
         m.d.comb += issue_count.eq(Mux(issue_last, to_issue, N))
         with m.If(commit):
@@ -396,28 +441,53 @@ class WeightDecoder(wiring.Component):
         # transitions, rather than from a decode of the FSM state: ready gates every register
         # behind the word handshake, so it must be a shallow function of flip-flops.
         waiting = {name: Signal(name=f"in_{name.lower()}")
-                   for name in ("FREQ", "FREQ_END", "PAYLOAD", "FINAL", "DONE", "ERROR")}
+                   for name in ("FREQ", "PAYLOAD", "FINAL", "DONE")}
         header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
                          "SECTIONS", "STATES"}
         header_flag = Signal(init=1)
         m.d.comb += in_payload.eq(waiting["PAYLOAD"])
         m.d.comb += in_header.eq(header_flag)
 
+        # States that take a word whenever one is there, as a flag of its own.
+        takes_words = Signal(init=1)
+        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "FINAL", "DONE"}
+
+        # Every word the parser takes goes into the running CRC except the CRC fields
+        # themselves; a section's CRC starts at its KIND word. Both as flags of their own.
+        crc_on = Signal(init=1)
+        crc_off = {"HCRC0", "HCRC1", "HCRC", "SCRC0", "SCRC1", "SCRC", "FREQ_END", "FINAL",
+                   "DONE", "ERROR"}
+        in_kind = Signal()
+        m.d.comb += [crc.en.eq(acc & crc_on), crc.restart.eq(in_kind)]
+
         def go(name):
             m.next = name
             for state, flag in waiting.items():
                 m.d.sync += flag.eq(name == state)
+            m.d.sync += [takes_words.eq(name not in not_taking), crc_on.eq(name not in crc_off),
+                         in_kind.eq(name == "KIND")]
             m.d.sync += header_flag.eq(name in header_states)
 
-        m.d.comb += self.words.ready.eq(
-            waiting["ERROR"]
-            | ~(waiting["FREQ"] | waiting["FREQ_END"] | waiting["PAYLOAD"] | waiting["FINAL"]
-                | waiting["DONE"])
+        m.d.comb += stopped.eq(waiting["FINAL"] | waiting["DONE"])
+        m.d.comb += parser_ready.eq(
+            takes_words
             | (waiting["FREQ"] & tables.freqs.ready)
             | (waiting["PAYLOAD"] & buf.push.ready & payload_more))
 
+        # Each state can fail with one status only. ``code`` follows the status of the state
+        # the parser is in (a decode of the state, not of the failing condition) and freezes
+        # in ERROR: the verdict's depth stays out of the code register's enable.
+        failing = {}
+        current = [None]
+
+        @contextmanager
+        def parser_state(name):
+            current[0] = name
+            with m.State(name):
+                yield
+
         def fail(status):
-            m.d.sync += code.eq(status)
+            assert failing.setdefault(current[0], status) == status, current[0]
             go("ERROR")
 
         def skip(count, empty, state, after):
@@ -428,21 +498,25 @@ class WeightDecoder(wiring.Component):
             with m.If(empty):
                 after()
             with m.Else():
-                m.d.sync += left.eq(count)
+                load_left(count)
                 go(state)
 
+        def load_left(count):
+            m.d.sync += [left.eq(count), left_one.eq(count == 1)]
+
+        def count_down():
+            m.d.sync += [left.eq(left - 1), left_one.eq(left == 2)]
+
         def skipping(state, after):
-            with m.State(state):
-                m.d.comb += [crc.en.eq(acc)]
+            with parser_state(state):
                 with m.If(acc):
-                    m.d.sync += left.eq(left - 1)
-                    with m.If(left == 1):
+                    count_down()
+                    with m.If(left_one):
                         after()
 
         def field(state, then):
             """A one-word field: accept it into the CRC, then ``then()``."""
-            with m.State(state):
-                m.d.comb += [crc.en.eq(acc)]
+            with parser_state(state):
                 with m.If(acc):
                     then()
 
@@ -463,37 +537,28 @@ class WeightDecoder(wiring.Component):
             with m.Else():
                 go("LEVELS")
 
-        def start_freqs():
-            go("FREQ")
 
-        magic = int.from_bytes(MAGIC, "little")
-        ok_params = [params.state_bits, params.word_bits, P, K]
-
-        with m.FSM():
-            with m.State("MAGIC0"):
-                m.d.comb += [crc.en.eq(acc)]
+        with m.FSM() as fsm:
+            with parser_state("MAGIC0"):
                 with m.If(acc):
-                    m.d.sync += low_ok.eq(w == (magic & 0xFFFF))
+                    m.d.sync += low_ok.eq(check["magic_low"])
                     go("MAGIC1")
-            with m.State("MAGIC1"):
-                m.d.comb += [crc.en.eq(acc)]
+            with parser_state("MAGIC1"):
                 with m.If(acc):
-                    with m.If(~low_ok | (w != magic >> 16)):
+                    with m.If(~low_ok | ~check["magic_high"]):
                         fail(Status.BAD_MAGIC)
                     with m.Else():
                         go("VERSION")
-            with m.State("VERSION"):
-                m.d.comb += [crc.en.eq(acc)]
+            with parser_state("VERSION"):
                 with m.If(acc):
-                    with m.If(w != VERSION):
+                    with m.If(~check["version"]):
                         fail(Status.BAD_VERSION)
                     with m.Else():
                         go("PARAM0")
-            for i, value in enumerate(ok_params):
-                with m.State(f"PARAM{i}"):
-                    m.d.comb += [crc.en.eq(acc)]
+            for i in range(4):
+                with parser_state(f"PARAM{i}"):
                     with m.If(acc):
-                        bad = param_bad | (w != value)
+                        bad = param_bad | ~check["params"][i]
                         if i < 3:
                             m.d.sync += param_bad.eq(bad)
                             go(f"PARAM{i + 1}")
@@ -503,18 +568,18 @@ class WeightDecoder(wiring.Component):
                                 fail(Status.PARAM_MISMATCH)
                             with m.Else():
                                 go("SECTIONS")
-            with m.State("SECTIONS"):
-                m.d.comb += [crc.en.eq(acc)]
+            with parser_state("SECTIONS"):
                 with m.If(acc):
-                    m.d.sync += [section_count.eq(w), left.eq(2 * K)]
+                    m.d.sync += [section_count.eq(w), no_sections.eq(check["zero"])]
+                    load_left(2 * K)
                     go("STATES")
-            with m.State("STATES"):
+            with parser_state("STATES"):
                 # A row (state index i of every lane) enters the ring head when complete.
-                m.d.comb += [crc.en.eq(acc)]
                 with m.If(acc):
-                    m.d.sync += [left.eq(left - 1), state_high.eq(~state_high)]
+                    count_down()
+                    m.d.sync += state_high.eq(~state_high)
                     with m.If(~state_high):
-                        m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
+                        m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
                     with m.Else():
                         if parked:
                             m.d.comb += header_word.eq(1)
@@ -527,55 +592,59 @@ class WeightDecoder(wiring.Component):
                             m.d.sync += [state_lane.eq(0), row_full.eq(1)]
                         with m.Else():
                             m.d.sync += state_lane.eq(state_lane + 1)
-                    bad = state_bad | (state_high & (w == 0))
+                    bad = state_bad | (state_high & check["zero"])
                     m.d.sync += state_bad.eq(bad)
-                    with m.If(left == 1):
+                    with m.If(left_one):
                         with m.If(bad):
                             fail(Status.BAD_STATE)
                         with m.Else():
                             go("HCRC0")
-            with m.State("HCRC0"):
+            # A CRC field: each half compared as it is taken, the verdict a cycle later.
+            with parser_state("HCRC0"):
                 with m.If(acc):
                     m.d.sync += low_ok.eq(w == crc.crc[:16])
                     go("HCRC1")
-            with m.State("HCRC1"):
+            with parser_state("HCRC1"):
                 with m.If(acc):
-                    with m.If(~low_ok | (w != crc.crc[16:])):
-                        fail(Status.CRC_MISMATCH)
-                    with m.Elif(section_count == 0):
-                        go("FINAL")
-                    with m.Else():
-                        go("KIND")
+                    m.d.sync += high_ok.eq(w == crc.crc[16:])
+                    go("HCRC")
+            with parser_state("HCRC"):
+                with m.If(~low_ok | ~high_ok):
+                    fail(Status.CRC_MISMATCH)
+                with m.Elif(no_sections):
+                    go("FINAL")
+                with m.Else():
+                    go("KIND")
 
-            with m.State("KIND"):
-                m.d.comb += [crc.en.eq(acc), crc.restart.eq(1)]
+            with parser_state("KIND"):
                 with m.If(acc):
-                    m.d.sync += raw.eq(w == SectionKind.RAW)
-                    with m.If(w > max(SectionKind)):
+                    m.d.sync += raw.eq(check["kind_raw"])
+                    with m.If(check["kind_bad"]):
                         fail(Status.BAD_SECTION)
                     with m.Else():
                         go("NAME_BYTES")
 
 
             def name_bytes():
-                with m.If(w > MAX_NAME_BYTES):
+                with m.If(check["name_bad"]):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip((w + 1) >> 1, w == 0, "NAME", lambda: go("NDIM"))
+                    skip((w + 1) >> 1, check["zero"], "NAME", lambda: go("NDIM"))
             field("NAME_BYTES", name_bytes)
             skipping("NAME", lambda: go("NDIM"))
 
             def ndim():
-                with m.If(w > MAX_NDIM):
+                with m.If(check["ndim_bad"]):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip(w << 1, w == 0, "DIMS", after_dims)
+                    skip(w << 1, check["zero"], "DIMS", after_dims)
             field("NDIM", ndim)
             skipping("DIMS", after_dims)
 
             # CODED
             def got_levels():
-                m.d.sync += levels.eq(w)
+                m.d.sync += [levels.eq(w), levels_bad.eq(check["levels_bad"]),
+                             single.eq(check["one"])]
                 go("ZERO_POINT")
             field("LEVELS", got_levels)
 
@@ -590,48 +659,46 @@ class WeightDecoder(wiring.Component):
             field("ZERO_POINT", got_zero_point)
 
             def scale_count():
-                with m.If((levels == 0) | (levels > MAX_LEVELS) | zero_point_bad | (w == 0)):
+                with m.If(levels_bad | zero_point_bad | check["zero"]):
                     fail(Status.BAD_SECTION)
                 with m.Else():
-                    skip(w << 1, w == 0, "SCALES", lambda: go("COUNT0"))
+                    skip(w << 1, check["zero"], "SCALES", lambda: go("COUNT0"))
             field("SCALE_COUNT", scale_count)
             skipping("SCALES", lambda: go("COUNT0"))
 
             def count0():
-                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
+                m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
                 go("COUNT1")
             field("COUNT0", count0)
 
             def count1():
                 count = Cat(low, w)
                 m.d.sync += [symbol_count.eq(count), freq_sum.eq(0), freq_index.eq(0),
-                             left.eq(levels), single.eq(levels == 1), single_symbol.eq(0)]
+                             single_symbol.eq(0)]
+                load_left(levels)
                 m.d.comb += tables.start.eq(1)
-                limit = MAX_SECTION_SYMBOLS
-                assert limit & 0xFFFF == 0
-                with m.If((w > limit >> 16) | ((w == limit >> 16) & ~low_zero)):
+                with m.If(check["count_over"] | (check["count_at"] & ~low_zero)):
                     fail(Status.BAD_SECTION)
-                with m.Elif(levels == 1):
+                with m.Elif(single):
                     go("PAYLOAD_WORDS0")
                 with m.Else():
                     go("FREQ")
             field("COUNT1", count1)
 
-            with m.State("FREQ"):
+            with parser_state("FREQ"):
                 m.d.comb += [
-                    tables.freqs.valid.eq(self.words.valid & waiting["FREQ"]),
+                    tables.freqs.valid.eq(w_valid & waiting["FREQ"]),
                     tables.freqs.payload.eq(w),
-                    crc.en.eq(acc),
                 ]
                 with m.If(acc):
-                    m.d.sync += [freq_sum.eq(freq_sum + w), freq_index.eq(freq_index + 1),
-                                 left.eq(left - 1)]
+                    m.d.sync += [freq_sum.eq(freq_sum + w), freq_index.eq(freq_index + 1)]
+                    count_down()
                     if M < 1 << 16:
-                        with m.If(w == M):
+                        with m.If(check["whole"]):
                             m.d.sync += [single.eq(1), single_symbol.eq(freq_index)]
-                    with m.If(left == 1):
+                    with m.If(left_one):
                         go("FREQ_END")
-            with m.State("FREQ_END"):
+            with parser_state("FREQ_END"):
                 with m.If(tables.idle):
                     with m.If(freq_sum != M):
                         fail(Status.BAD_TABLE)
@@ -639,7 +706,8 @@ class WeightDecoder(wiring.Component):
                         go("PAYLOAD_WORDS0")
 
             def payload_words0():
-                m.d.sync += [low.eq(w), low_zero.eq(w == 0), count_zero.eq(symbol_count == 0),
+                m.d.sync += [low.eq(w), low_zero.eq(check["zero"]),
+                             count_zero.eq(symbol_count == 0),
                              count_small.eq(symbol_count <= N)]
                 go("PAYLOAD_WORDS1")
             field("PAYLOAD_WORDS0", payload_words0)
@@ -656,15 +724,13 @@ class WeightDecoder(wiring.Component):
                     next_index.eq(0),
                     first_pending.eq(1),
                 ]
-                m.d.comb += buf.clear.eq(1)
                 go("PAYLOAD")
             field("PAYLOAD_WORDS1", payload_words1)
 
-            with m.State("PAYLOAD"):
+            with parser_state("PAYLOAD"):
                 m.d.comb += [
-                    buf.push.valid.eq(self.words.valid & payload_more),
+                    buf.push.valid.eq(w_valid & payload_more),
                     buf.push.payload.eq(w),
-                    crc.en.eq(acc),
                 ]
                 with m.If(acc):
                     m.d.sync += [payload_left.eq(payload_left - 1),
@@ -679,34 +745,37 @@ class WeightDecoder(wiring.Component):
 
             # RAW
             def dtype():
-                with m.If(w > max(RawDtype)):
+                with m.If(check["dtype_bad"]):
                     fail(Status.BAD_SECTION)
                 with m.Else():
                     go("DATA_BYTES0")
             field("DTYPE", dtype)
 
             def data_bytes0():
-                m.d.sync += [low.eq(w), low_zero.eq(w == 0)]
+                m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
                 go("DATA_BYTES1")
             field("DATA_BYTES0", data_bytes0)
 
             def data_bytes1():
-                skip((Cat(low, w) + 1) >> 1, low_zero & (w == 0), "DATA", lambda: go("SCRC0"))
+                skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
             field("DATA_BYTES1", data_bytes1)
             skipping("DATA", lambda: go("SCRC0"))
 
-            with m.State("SCRC0"):
+            with parser_state("SCRC0"):
                 with m.If(acc):
                     m.d.sync += low_ok.eq(w == crc.crc[:16])
                     go("SCRC1")
-            with m.State("SCRC1"):
+            with parser_state("SCRC1"):
                 with m.If(acc):
-                    with m.If(~low_ok | (w != crc.crc[16:])):
-                        fail(Status.CRC_MISMATCH)
-                    with m.Else():
-                        after_section()
+                    m.d.sync += high_ok.eq(w == crc.crc[16:])
+                    go("SCRC")
+            with parser_state("SCRC"):
+                with m.If(~low_ok | ~high_ok):
+                    fail(Status.CRC_MISMATCH)
+                with m.Else():
+                    after_section()
 
-            with m.State("FINAL"):
+            with parser_state("FINAL"):
                 with m.If(adv):
                     m.d.sync += [final_count.eq(final_count + 1),
                                  final_bad.eq(final_bad | head_bad)]
@@ -715,10 +784,14 @@ class WeightDecoder(wiring.Component):
                         fail(Status.STATE_MISMATCH)
                     with m.Else():
                         go("DONE")
-            with m.State("DONE"):
+            with parser_state("DONE"):
                 m.d.comb += self.status.done.eq(1)
-            with m.State("ERROR"):
+            with parser_state("ERROR"):
                 m.d.comb += [self.status.done.eq(1), self.status.error.eq(1)]
+        with m.If(~fsm.ongoing("ERROR")):
+            m.d.sync += code.eq(
+                Cat(*[Cat(*[fsm.ongoing(name) for name, status in failing.items()
+                            if status >> bit & 1]).any() for bit in range(len(code))]))
         return m
 
 

@@ -57,7 +57,8 @@ class SymbolTables(wiring.Component):
     Attributes
     ----------
     start : In(1)
-        Forget the table being built and start a new one (symbol 0, cumulative 0).
+        Forget the table being built and start a new one (symbol 0, cumulative 0). Takes
+        effect on the next cycle, in time for a frequency accepted then.
     freqs : In(stream.Signature(16))
         The frequency words of a table, in symbol order. ``ready`` drops while the walk writes
         buckets a symbol spans.
@@ -110,17 +111,28 @@ class SymbolTables(wiring.Component):
         rank_we = Signal()
         bucket_wdata = Signal(bucket_layout)
         rank_wdata = Signal(rank_layout)
-        # A register, not bucket < flush_to: it drives freqs.ready, hence the parser's
-        # words.ready and every enable behind the word handshake.
+        # The walk takes each frequency from a register (``f``, held while ``f_valid``), and
+        # ``start`` a cycle late: neither the word handshake nor the parser's state is then
+        # in front of the walk's 26-bit add. A register, not bucket < flush_to: ``flushing``
+        # drives freqs.ready, hence the parser's words.ready and every enable behind it.
         flushing = Signal()
+        f = Signal(16)
+        f_valid = Signal()
+        restart = Signal()
+        walk = Signal()
+        m.d.sync += restart.eq(self.start)
         m.d.comb += [
-            self.freqs.ready.eq(~flushing),
-            self.idle.eq(~flushing),
+            self.freqs.ready.eq(~f_valid | ~flushing),
+            self.idle.eq(~f_valid & ~flushing),
+            walk.eq(f_valid & ~flushing & ~restart),
             bucket_wdata.first.eq(first),
             bucket_wdata.mask.eq(mask),
             bucket_we.eq(flushing),
         ]
-        f = self.freqs.payload
+        with m.If(self.freqs.valid & self.freqs.ready):
+            m.d.sync += [f.eq(self.freqs.payload), f_valid.eq(1)]
+        with m.Elif(walk):
+            m.d.sync += f_valid.eq(0)
         cum_next = Signal(26)
         end_bucket = Signal(26 - s)
         m.d.comb += [cum_next.eq(cum + f), end_bucket.eq(cum_next >> s)]
@@ -129,10 +141,10 @@ class SymbolTables(wiring.Component):
             rank_wdata.cumulative.eq(cum),
             rank_wdata.frequency.eq(f),
         ]
-        with m.If(self.start):
+        with m.If(restart):
             m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), span_rank.eq(0), bucket.eq(0),
                          flush_to.eq(0), first.eq(0), mask.eq(0), flushing.eq(0)]
-        with m.Elif(self.freqs.valid & self.freqs.ready):
+        with m.Elif(walk):
             m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
             with m.If(f != 0):
                 # Ranks past 255 only come from tables that fail the sum check.

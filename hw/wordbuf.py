@@ -35,8 +35,10 @@ class WordBuffer(wiring.Component):
     words : Out(ArrayLayout(16, lanes))
         ``words[n]`` is the word at ``head + before[n]``: the one lane ``n`` gets if it
         needs one.
-    clear : In(1)
-        Empty the buffer.
+
+    There is no clear: a section ends only with the buffer empty (``count == 0``, or the
+    decoder stops with ``BAD_LENGTH``), and where an empty buffer's pointers stand does not
+    matter.
     """
 
     @staticmethod
@@ -60,7 +62,6 @@ class WordBuffer(wiring.Component):
             "take": In(1),
             "count": Out(range(depth + 1)),
             "words": Out(data.ArrayLayout(unsigned(16), lanes)),
-            "clear": In(1),
         })
 
     @property
@@ -91,17 +92,14 @@ class WordBuffer(wiring.Component):
         taken = self.before[lanes]
         pushed = Signal()
         m.d.comb += pushed.eq(self.push.valid & self.push.ready)
-        with m.If(self.clear):
-            m.d.sync += [head.eq(0), tail.eq(0), count.eq(0)]
+        with m.If(pushed):
+            m.d.sync += tail.eq(tail + 1)
+            with m.Switch(tail):
+                for i in range(depth):
+                    with m.Case(i):
+                        m.d.sync += entries[i].eq(self.push.payload)
+        with m.If(self.take):
+            m.d.sync += [head.eq(head + taken), count.eq(count + pushed - taken)]
         with m.Else():
-            with m.If(pushed):
-                m.d.sync += tail.eq(tail + 1)
-                with m.Switch(tail):
-                    for i in range(depth):
-                        with m.Case(i):
-                            m.d.sync += entries[i].eq(self.push.payload)
-            with m.If(self.take):
-                m.d.sync += [head.eq(head + taken), count.eq(count + pushed - taken)]
-            with m.Else():
-                m.d.sync += count.eq(count + pushed)
+            m.d.sync += count.eq(count + pushed)
         return m
