@@ -437,6 +437,21 @@ class WeightDecoder(wiring.Component):
         m.d.comb += head_bad.eq((phase < G) & (Cat(*[x[0][n] != L for n in range(N)]) != 0))
 
         # -- parser --
+        # Verdicts on the payload and the frequency sum, registered: the parser's state
+        # logic then reads flip-flops only. Each is a cycle late, which the parser waits
+        # for: the table walk takes at least a cycle after the last frequency, a section
+        # ends on drained_seen (drained a cycle ago, when ``leftover`` was sampled; nothing
+        # is taken once drained), and the step that finds the payload exhausted is squashed.
+        sum_bad = Signal()
+        past_end = Signal()
+        drained_seen = Signal()
+        leftover = Signal()
+        m.d.sync += [
+            sum_bad.eq(freq_sum != M),
+            past_end.eq(ctrl[Z].valid & short & ~payload_more),
+            drained_seen.eq(drained),
+            leftover.eq(payload_more | (buf.count != 0)),
+        ]
         # words.ready and the ring's header mode come from registered state flags, set on the
         # transitions, rather than from a decode of the FSM state: ready gates every register
         # behind the word handshake, so it must be a shallow function of flip-flops.
@@ -460,13 +475,23 @@ class WeightDecoder(wiring.Component):
         in_kind = Signal()
         m.d.comb += [crc.en.eq(acc & crc_on), crc.restart.eq(in_kind)]
 
+        # Each flag, and which states it is set in. A transition writes only the flags that
+        # change on it (the source state is known when the transition is written): a flag
+        # written on every transition would have the whole next-state logic in its enable.
+        state_flags = [(flag, lambda name, state=state: name == state)
+                       for state, flag in waiting.items()]
+        state_flags += [
+            (takes_words, lambda name: name not in not_taking),
+            (crc_on, lambda name: name not in crc_off),
+            (in_kind, lambda name: name == "KIND"),
+            (header_flag, lambda name: name in header_states),
+        ]
+
         def go(name):
             m.next = name
-            for state, flag in waiting.items():
-                m.d.sync += flag.eq(name == state)
-            m.d.sync += [takes_words.eq(name not in not_taking), crc_on.eq(name not in crc_off),
-                         in_kind.eq(name == "KIND")]
-            m.d.sync += header_flag.eq(name in header_states)
+            for flag, is_set in state_flags:
+                if is_set(name) != is_set(current[0]):
+                    m.d.sync += flag.eq(is_set(name))
 
         m.d.comb += stopped.eq(waiting["FINAL"] | waiting["DONE"])
         m.d.comb += parser_ready.eq(
@@ -700,7 +725,7 @@ class WeightDecoder(wiring.Component):
                         go("FREQ_END")
             with parser_state("FREQ_END"):
                 with m.If(tables.idle):
-                    with m.If(freq_sum != M):
+                    with m.If(sum_bad):
                         fail(Status.BAD_TABLE)
                     with m.Else():
                         go("PAYLOAD_WORDS0")
@@ -721,6 +746,8 @@ class WeightDecoder(wiring.Component):
                     issue_more.eq(~count_zero),
                     issue_last.eq(count_small),
                     drained.eq(count_zero),
+                    drained_seen.eq(0),
+                    past_end.eq(0),
                     next_index.eq(0),
                     first_pending.eq(1),
                 ]
@@ -735,10 +762,10 @@ class WeightDecoder(wiring.Component):
                 with m.If(acc):
                     m.d.sync += [payload_left.eq(payload_left - 1),
                                  payload_more.eq(payload_left != 1)]
-                with m.If(ctrl[Z].valid & short & ~payload_more):
+                with m.If(past_end):
                     fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
-                with m.Elif(drained):
-                    with m.If(payload_more | (buf.count != 0)):
+                with m.Elif(drained_seen):
+                    with m.If(leftover):
                         fail(Status.BAD_LENGTH)   # the symbols end with words unread
                     with m.Else():
                         go("SCRC0")
