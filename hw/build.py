@@ -140,20 +140,23 @@ def _resources_ecp5(cells: dict, nextpnr: dict) -> dict:
 
 
 #: The default build: the largest configuration that fits the UP5K and meets timing today (the
-#: 4-lane decoder alone takes 90 % of its logic cells and reaches ~25 MHz; docs/BOARD.md).
+#: 4-lane decoder alone takes 88 % of its logic cells and reaches ~31 MHz; docs/BOARD.md).
 DEFAULT_LANES = 2
-DEFAULT_FREQUENCY_MHZ = 24.0
+#: Core clock of the default build per board: on the iCEBreaker the fastest PLL setting the
+#: 2-lane system meets (Fmax 34.1 MHz at 33 MHz); the ECP5 system runs at twice that.
+DEFAULT_FREQUENCY_MHZ = {"icebreaker": 33.0, "ulx3s-85f": 24.0}
 
 
 def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: bytes = None,
-          model_name: str = None, out_dir, frequency: float = DEFAULT_FREQUENCY_MHZ * 1e6,
+          model_name: str = None, out_dir, frequency: float = None,
           quad: bool = True,
           wide_crc: bool = False, decoder_only: bool = False,
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build the board system; return the report (also written to ``out_dir/report.json``).
 
     ``decoder_only`` builds :class:`hw.system.DecoderHarness` instead: the decoder's own
-    resources and Fmax, no flash image.
+    resources and Fmax, no flash image. ``frequency`` (Hz) defaults to the board's
+    :data:`DEFAULT_FREQUENCY_MHZ`.
     """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
@@ -163,6 +166,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
     family = "ecp5" if board in ECP5_BOARDS else "ice40"
+    if frequency is None:
+        frequency = DEFAULT_FREQUENCY_MHZ[board] * 1e6
     if family == "ecp5":
         quad = False     # hw.ecp5: the ULX3S reads its flash with 0x03
     try:
@@ -311,8 +316,10 @@ def main(argv=None) -> int:
                         help="model to put in flash (default: a small trained digits MLP)")
     parser.add_argument("--out", metavar="DIR",
                         help="output directory (default build/BOARD)")
-    parser.add_argument("--frequency", type=float, default=DEFAULT_FREQUENCY_MHZ, metavar="MHZ",
-                        help="core clock requested from the PLL (default %(default)s)")
+    parser.add_argument("--frequency", type=float, metavar="MHZ",
+                        help="core clock requested from the PLL (default: the board's, "
+                             + ", ".join(f"{b} {f:g}" for b, f in DEFAULT_FREQUENCY_MHZ.items())
+                             + ")")
     parser.add_argument("--single-spi", action="store_true",
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
     parser.add_argument("--wide-crc", action="store_true",
@@ -336,12 +343,13 @@ def main(argv=None) -> int:
             if not path.is_file():
                 raise BuildError(f"no such file: {path}")
             container, name = path.read_bytes(), path.stem
-        if not 1 <= args.frequency <= 200:
+        if args.frequency is not None and not 1 <= args.frequency <= 200:
             raise BuildError(f"frequency {args.frequency} MHz is out of range")
         if args.out is None:
             args.out = f"build/{args.board}"
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
-                       out_dir=args.out, frequency=args.frequency * 1e6,
+                       out_dir=args.out,
+                       frequency=None if args.frequency is None else args.frequency * 1e6,
                        quad=not args.single_spi, wide_crc=args.wide_crc,
                        decoder_only=args.decoder_only)
     except (BuildError, ValueError, OSError) as error:

@@ -34,12 +34,12 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert 0 <= entry["used"] <= entry["available"], name
     assert resources["logic_cells"]["used"] > 0 and resources["ebr"]["used"] > 0
     assert resources["pll"]["used"] == 1
-    # The PLL's output is the one clock: 12 MHz * 64 / 32 = 24 MHz (icepll's dividers).
-    assert DEFAULT_FREQUENCY_MHZ == 24.0
-    assert report["pll"] == {"DIVR": 0, "DIVF": 63, "DIVQ": 5, "FILTER_RANGE": 1}
+    # The PLL's output is the one clock: 12 MHz * 88 / 32 = 33 MHz (icepll's dividers).
+    assert DEFAULT_FREQUENCY_MHZ["icebreaker"] == 33.0
+    assert report["pll"] == {"DIVR": 0, "DIVF": 87, "DIVQ": 5, "FILTER_RANGE": 1}
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
-    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ)
+    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ["icebreaker"])
     assert clock["fmax_mhz"] > 0
     assert report["timing_met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
     assert report["weights_per_second"] == round(DEFAULT_LANES * clock["fmax_mhz"] * 1e6)
@@ -164,10 +164,10 @@ def _check_ecp5_report(report, lanes, design):
     # The core clock is the EHXPLLL's CLKOS: 25 MHz * 24 / 25 = 24 MHz, derived by nextpnr.
     assert report["pll"] == {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
                              "vco_mhz": 600.0}
-    assert report["core_clock_mhz"] == DEFAULT_FREQUENCY_MHZ
+    assert report["core_clock_mhz"] == DEFAULT_FREQUENCY_MHZ[ECP5_BOARD]
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
-    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ, abs=0.01)
+    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ[ECP5_BOARD], abs=0.01)
     assert report["timing_met"] == clock["met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
     assert report["weights_per_second"] == round(lanes * clock["fmax_mhz"] * 1e6)
     assert report["files"]["bitstream"] == "top.bit"

@@ -25,7 +25,7 @@ def _build_one(job) -> dict:
     out = Path(out_root) / f"{'decoder' if decoder_only else 'system'}{lanes}"
     try:
         return build(lanes=lanes, container=container, model_name=name, out_dir=out,
-                     decoder_only=decoder_only, log=lambda *_: None)
+                     decoder_only=decoder_only, frequency=48e6, log=lambda *_: None)
     except BuildError as error:
         return {"lanes": lanes, "error": str(error),
                 "design": "decoder harness" if decoder_only else "board system"}
