@@ -220,15 +220,22 @@ class WeightDecoder(wiring.Component):
 
         # Datapath registers have no reset: a reset term would sit in front of every
         # enable of the ring (the states are loaded from the header before use anyway).
-        # With R > D the R - D parked states of each lane live in a block RAM (depth R,
-        # addressed by state index): as flip-flops they would cost N * (R - D) * 32 logic
-        # cells. The ring head x[0] is then the RAM's synchronous read data, and the state
-        # itself is carried only as far as the multiply stage. With R == D nothing is parked:
-        # x[0] is a register and the state is carried to Z, to be put back by idle or
-        # squashed steps.
+        # With R > D the states of each lane live in block RAM (depth R, addressed by state
+        # index), and nothing of them is carried down the pipeline: a slot RAM holding each
+        # state's low P bits is read for the lookup at stage 0, and the state RAM is read
+        # again, three cycles later, for the multiply (as flip-flops, the states would cost
+        # N * (R - D) * 32 logic cells, and carrying them to the multiply N * 3 * 32 more).
+        # With R == D nothing is parked: the ring x is registers, and the state is carried to
+        # Z, to be put back by idle or squashed steps.
         parked = R > D
-        x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
-             for i in range(MULTIPLY + 1 if parked else R)]
+        if parked:
+            slot_head = [Signal(P, name=f"slot_head{n}") for n in range(N)]
+            mul_state = [Signal(32, name=f"mul_state{n}") for n in range(N)]
+        else:
+            x = [[Signal(32, name=f"x{i}_{n}", reset_less=True) for n in range(N)]
+                 for i in range(R)]
+            slot_head = [x[0][n][:P] for n in range(N)]
+            mul_state = [x[MULTIPLY][n] for n in range(N)]
         # Stage 4: the product split at bit 16 of x >> P (one 16-bit DSP multiply for the low
         # part), and slot - cumulative, which lies in [0, frequency) for every table that
         # passed the sum check. Stage 5: low product + difference, and the high product.
@@ -277,8 +284,11 @@ class WeightDecoder(wiring.Component):
         m.d.comb += buf.take.eq(commit)
         # State index of the step at Z: phase - Z mod R, as a register.
         back_phase = Signal(range(R), init=R - D)
+        # State index of the step at MULTIPLY: phase - MULTIPLY mod R.
+        mul_phase = Signal(range(R), init=R - 1 - MULTIPLY)
         with m.If(adv):
-            m.d.sync += back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1))
+            m.d.sync += [back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1)),
+                         mul_phase.eq(Mux(mul_phase == R - 1, 0, mul_phase + 1))]
 
         # A step issued in a replay cycle is squashed with the rest: the replay's restore
         # takes priority over everything the issue writes, so issue need not wait for it.
@@ -293,7 +303,7 @@ class WeightDecoder(wiring.Component):
 
         m.d.comb += tables.en.eq(adv)
         for n in range(N):
-            m.d.comb += tables.slot[n].eq(x[0][n][:P])
+            m.d.comb += tables.slot[n].eq(slot_head[n])
 
         # RENORMALISE (Z): a lane that needs a word has x' < 2**16, so x'[:16] is the low
         # partial sum; otherwise the high product joins the upper half here.
@@ -308,33 +318,41 @@ class WeightDecoder(wiring.Component):
             m.d.comb += written[n].eq(commit & lane_active[n])
 
         if parked:
-            # Addresses are state indices (the phase). An advance reads the state that becomes
-            # the head, index phase + 1, into x[0] (the read data is the head register: the
-            # port's enable is adv, so a stall holds it), and a committed step writes
-            # back its renormalised states, which left the head Z advances ago (back_phase).
-            # The two differ because R > D, and a state is read R - D >= 1 advances after its
-            # write, so no read-during-write transparency is needed. A squashed or idle slot
-            # writes nothing: the RAM keeps the state as it was before the step.
+            # Addresses are state indices. An advance reads the low bits of the state that
+            # becomes the head, index phase + 1, from the slot RAM, and the state that reaches
+            # the multiply, index mul_phase + 1, from the state RAM (read data are the stage
+            # registers: the ports' enable is adv, so a stall holds them). A committed step
+            # writes its renormalised states back to both, at back_phase: they left the head
+            # Z advances ago. A state is read again R - D >= 1 advances after its write, so no
+            # read-during-write transparency is needed. A squashed or idle slot writes
+            # nothing: the RAMs keep the state as it was before the step.
             next_phase = Signal(range(R))
             m.d.comb += next_phase.eq(Mux(phase == R - 1, 0, phase + 1))
+            next_mul_phase = Signal(range(R))
+            m.d.comb += next_mul_phase.eq(Mux(mul_phase == R - 1, 0, mul_phase + 1))
             # Header: a state is written straight into its slot when its high word arrives,
             # at index phase + 1 (the row's row_full advance comes one cycle later and reads
             # it back into x[0]; the next high word is at least two cycles later, so the phase
             # is always up to date). Nothing is committed meanwhile.
             header_word = Signal()
             for n in range(N):
-                ram = Memory(shape=32, depth=R, init=[])
-                m.submodules[f"ring{n}"] = ram
-                rd = ram.read_port(domain="sync")
-                wr = ram.write_port(domain="sync")
-                m.d.comb += [
-                    rd.addr.eq(next_phase),
-                    rd.en.eq(adv),
-                    x[0][n].eq(rd.data),
-                    wr.addr.eq(Mux(in_header, next_phase, back_phase)),
-                    wr.data.eq(Mux(in_header, Cat(low, w), renormed[n])),
-                    wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
-                ]
+                state_data = Signal(32, name=f"state_data{n}")
+                m.d.comb += state_data.eq(Mux(in_header, Cat(low, w), renormed[n]))
+                for ram_name, width, read_addr, read_data in (
+                        ("slots", P, next_phase, slot_head[n]),
+                        ("states", 32, next_mul_phase, mul_state[n])):
+                    ram = Memory(shape=width, depth=R, init=[])
+                    m.submodules[f"{ram_name}{n}"] = ram
+                    rd = ram.read_port(domain="sync")
+                    wr = ram.write_port(domain="sync")
+                    m.d.comb += [
+                        rd.addr.eq(read_addr),
+                        rd.en.eq(adv),
+                        read_data.eq(rd.data),
+                        wr.addr.eq(Mux(in_header, next_phase, back_phase)),
+                        wr.data.eq(state_data[:width]),
+                        wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
+                    ]
         with m.If(replay):
             m.d.sync += [
                 to_issue.eq(to_commit),
@@ -367,10 +385,11 @@ class WeightDecoder(wiring.Component):
             m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
             needs, actives = [], []
             for n in range(N):
-                for i in range(1, len(x)):
-                    m.d.sync += x[i][n].eq(x[i - 1][n])
-                # MULTIPLY: the table's answer for the slot x[0] had three stages ago.
-                state = x[MULTIPLY][n]
+                if not parked:
+                    for i in range(1, R):
+                        m.d.sync += x[i][n].eq(x[i - 1][n])
+                # MULTIPLY: the table's answer for the slot the state had three stages ago.
+                state = mul_state[n]
                 m.d.sync += [
                     product_low[n].eq(tables.frequency[n] * state[P:P + 16]),
                     product_high[0][n].eq(tables.frequency[n] * state[P + 16:]
@@ -430,11 +449,12 @@ class WeightDecoder(wiring.Component):
         with m.Elif(taken):
             m.d.sync += out_valid.eq(0)
 
-        # -- final-state check: every state passes the ring head once in R cycles --
+        # -- final-state check: every state passes the multiply stage once in R cycles --
         final_count = Signal(range(R + 1))
         final_bad = Signal()
         head_bad = Signal()
-        m.d.comb += head_bad.eq((phase < G) & (Cat(*[x[0][n] != L for n in range(N)]) != 0))
+        m.d.comb += head_bad.eq((mul_phase < G) & (Cat(*[mul_state[n] != L for n in range(N)])
+                                                   != 0))
 
         # -- parser --
         # Verdicts on the payload and the frequency sum, registered: the parser's state
