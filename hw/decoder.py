@@ -2,11 +2,11 @@
 
 docs/HARDWARE.md describes the microarchitecture; docs/FORMAT.md is the specification it
 implements. In short: a word-level parser walks the container and checks every field in the
-order of :func:`sw.container.parse`; a ring of ``R = max(K/N, D)`` pipeline slots per lane holds
-the ``K`` coder states (those parked between passes in one block RAM per lane), so each lane's
-state recurrence (slot -> symbol lookup -> multiply -> add -> renormalise) has ``K/N`` cycles to
-come round; a word buffer hands the lanes that
-renormalise the next payload words in lane order.
+order of :func:`sw.container.parse`; a ring of ``R = max(K/N, D)`` slots per lane holds the
+``K`` coder states (in block RAM when ``R > D``), so each lane's state recurrence (slot ->
+symbol lookup -> multiply -> add -> renormalise, ``D = 6`` stages) has ``K/N`` cycles to come
+round; a word buffer hands the lanes that renormalise the next payload words in lane order,
+and a step short of words is replayed rather than stalling the ring.
 """
 
 from contextlib import contextmanager
@@ -331,9 +331,9 @@ class WeightDecoder(wiring.Component):
             next_mul_phase = Signal(range(R))
             m.d.comb += next_mul_phase.eq(Mux(mul_phase == R - 1, 0, mul_phase + 1))
             # Header: a state is written straight into its slot when its high word arrives,
-            # at index phase + 1 (the row's row_full advance comes one cycle later and reads
-            # it back into x[0]; the next high word is at least two cycles later, so the phase
-            # is always up to date). Nothing is committed meanwhile.
+            # at index phase + 1 (the row's row_full advance, one cycle later, moves the phase
+            # on; the next high word is at least two cycles later, so the phase is always up
+            # to date). Nothing is committed meanwhile.
             header_word = Signal()
             for n in range(N):
                 state_data = Signal(32, name=f"state_data{n}")

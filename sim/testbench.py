@@ -250,7 +250,7 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
           exp_depth: int = 1 << 16, options: dict = None) -> Path:
     """Generate the decoder Verilog and the harness, compile them; cached by content.
 
-    ``options`` go to :class:`hw.decoder.WeightDecoder` (``depth``, ``buffer_depth``).
+    ``options`` go to :class:`hw.decoder.WeightDecoder` (``buffer_depth``).
     """
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
