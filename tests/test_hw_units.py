@@ -17,7 +17,7 @@ from hw.crc import Crc32Word, crc32_word
 from hw.decoder import WeightDecoder
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift
 from hw.wordbuf import WordBuffer
-from sim.cases import corner_tensors, corrupt, random_container
+from sim.cases import corner_tensors, corrupt, random_container, uniform
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
@@ -242,6 +242,20 @@ def test_parameter_variants(precision, states, lanes):
     params = CodecParams(precision_bits=precision, state_count=states)
     container, _ = random_container(precision * states, params, sections=3, max_size=150)
     check_against_golden(container, params, lanes, stall_in=0.2, stall_out=0.2)
+
+
+@pytest.mark.parametrize("lanes", [2, 4])
+def test_starved_input_replays(lanes):
+    """A source that delivers a word one cycle in eight leaves steps short of words at the
+    renormalising stage all the time: each is replayed (squashed with the steps behind it and
+    reissued a ring turn later), and the output must still be the golden model's."""
+    params = CodecParams()
+    tensors = [uniform(np.random.default_rng(lanes), "dense", 2000, 15),
+               CodedTensor("sparse", np.random.default_rng(9).choice(3, 1500, p=[.05, .9, .05]),
+                           3, 1)]
+    container = write_container(tensors, params)
+    check_against_golden(container, params, lanes, stall_in=0.875, stall_out=0.3, seed=lanes,
+                         max_cycles=200_000)
 
 
 @pytest.mark.parametrize("seed", range(8))
