@@ -18,8 +18,7 @@ from amaranth.lib import io
 
 from sw.params import CodecParams
 
-from .decoder import WeightDecoder
-from .system import BoardSystem
+from .system import BoardSystem, measured_decoder
 
 __all__ = ["ecp5_pll_settings", "ULX3STop", "ULX3SDecoderHarness", "ECP5_BOARDS"]
 
@@ -217,18 +216,7 @@ class ULX3SDecoderHarness(Elaboratable):
                      Attrs(IO_TYPE="LVCMOS33")),
         ])
         pins = _buffer(m, platform, "i", ("harness", 0))
-        m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
-
-        inputs = Signal(3)
-        shift = Signal(16)
-        m.d.sync += [inputs.eq(pins.i), shift.eq(Cat(inputs[0], shift[:-1]))]
-        m.d.sync += [decoder.words.payload.eq(shift), decoder.words.valid.eq(inputs[1])]
-        m.d.comb += decoder.weights.ready.eq(inputs[2])
-
-        folded = Signal()
-        outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
-                      decoder.words.ready, decoder.status.as_value())
-        m.d.sync += folded.eq(outputs.xor())
+        decoder, folded = measured_decoder(m, self.params, self.lanes, pins.i)
         m.d.comb += [_buffer(m, platform, "o", ("led", 0)).o.eq(folded),
                      _buffer(m, platform, "o", ("led", 1)).o.eq(decoder.status.done)]
         return m

@@ -25,7 +25,7 @@ from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
 __all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "ICEBreakerTop", "DecoderHarness",
-           "pll_settings"]
+           "measured_decoder", "pll_settings"]
 
 #: The UART line; ``{name}`` is the status name, the other fields lower-case hex of the widths
 #: given (docs/BOARD.md). ``sw.board.format_line`` prints the same.
@@ -459,6 +459,26 @@ class ICEBreakerTop(Elaboratable):
         return m
 
 
+def measured_decoder(m: Module, params: CodecParams, lanes: int, pins) -> tuple:
+    """A :class:`WeightDecoder` wired for measurement, as both boards' harnesses use it.
+
+    Words are shifted in one bit per cycle from ``pins[0]`` (``words.valid`` from ``pins[1]``,
+    ``weights.ready`` from ``pins[2]``), and every output bit is folded (XOR) into one
+    register, so synthesis keeps the whole decoder. Returns ``(decoder, folded)``.
+    """
+    m.submodules.decoder = decoder = WeightDecoder(params, lanes)
+    inputs = Signal(3)
+    shift = Signal(16)
+    m.d.sync += [inputs.eq(pins), shift.eq(Cat(inputs[0], shift[:-1]))]
+    m.d.sync += [decoder.words.payload.eq(shift), decoder.words.valid.eq(inputs[1])]
+    m.d.comb += decoder.weights.ready.eq(inputs[2])
+    folded = Signal()
+    outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
+                  decoder.words.ready, decoder.status.as_value())
+    m.d.sync += folded.eq(outputs.xor())
+    return decoder, folded
+
+
 class DecoderHarness(Elaboratable):
     """The decoder alone on the iCEBreaker, to measure what it costs without the board system.
 
@@ -484,18 +504,7 @@ class DecoderHarness(Elaboratable):
             Resource("harness", 0, Pins("1 2 3", dir="i", conn=("pmod", 0))),
         ])
         pins = platform.request("harness", 0)
-        m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
-
-        inputs = Signal(3)
-        shift = Signal(16)
-        m.d.sync += [inputs.eq(pins.i), shift.eq(Cat(inputs[0], shift[:-1]))]
-        m.d.sync += [decoder.words.payload.eq(shift), decoder.words.valid.eq(inputs[1])]
-        m.d.comb += decoder.weights.ready.eq(inputs[2])
-
-        folded = Signal()
-        outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
-                      decoder.words.ready, decoder.status.as_value())
-        m.d.sync += folded.eq(outputs.xor())
+        decoder, folded = measured_decoder(m, self.params, self.lanes, pins.i)
         m.d.comb += [platform.request("led_g", 0).o.eq(folded),
                      platform.request("led_r", 0).o.eq(decoder.status.done)]
         return m
