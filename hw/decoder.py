@@ -286,9 +286,15 @@ class WeightDecoder(wiring.Component):
         back_phase = Signal(range(R), init=R - D)
         # State index of the step at MULTIPLY: phase - MULTIPLY mod R.
         mul_phase = Signal(range(R), init=R - 1 - MULTIPLY)
+        # The phase counters step together; next_phase and next_mul_phase are also the RAMs'
+        # read addresses.
+        next_phase = Signal(range(R))
+        next_mul_phase = Signal(range(R))
+        m.d.comb += [next_phase.eq(_successor(phase, R)),
+                     next_mul_phase.eq(_successor(mul_phase, R))]
         with m.If(adv):
-            m.d.sync += [back_phase.eq(Mux(back_phase == R - 1, 0, back_phase + 1)),
-                         mul_phase.eq(Mux(mul_phase == R - 1, 0, mul_phase + 1))]
+            m.d.sync += [phase.eq(next_phase), mul_phase.eq(next_mul_phase),
+                         back_phase.eq(_successor(back_phase, R))]
 
         # A step issued in a replay cycle is squashed with the rest: the replay's restore
         # takes priority over everything the issue writes, so issue need not wait for it.
@@ -326,10 +332,6 @@ class WeightDecoder(wiring.Component):
             # Z advances ago. A state is read again R - D >= 1 advances after its write, so no
             # read-during-write transparency is needed. A squashed or idle slot writes
             # nothing: the RAMs keep the state as it was before the step.
-            next_phase = Signal(range(R))
-            m.d.comb += next_phase.eq(Mux(phase == R - 1, 0, phase + 1))
-            next_mul_phase = Signal(range(R))
-            m.d.comb += next_mul_phase.eq(Mux(mul_phase == R - 1, 0, mul_phase + 1))
             # Header: a state is written straight into its slot when its high word arrives,
             # at index phase + 1 (the row's row_full advance, one cycle later, moves the phase
             # on; the next high word is at least two cycles later, so the phase is always up
@@ -369,7 +371,7 @@ class WeightDecoder(wiring.Component):
                     to_issue.eq(to_issue - N),
                     issue_more.eq(~issue_last),
                     issue_last.eq(to_issue <= 2 * N),
-                    next_index.eq(Mux(next_index == G - 1, 0, next_index + 1)),
+                    next_index.eq(_successor(next_index, G)),
                     first_pending.eq(0),
                 ]
             m.d.sync += [
@@ -382,7 +384,6 @@ class WeightDecoder(wiring.Component):
                 m.d.sync += ctrl[i].eq(ctrl[i - 1])
 
         with m.If(adv):
-            m.d.sync += phase.eq(Mux(phase == R - 1, 0, phase + 1))
             needs, actives = [], []
             for n in range(N):
                 if not parked:
@@ -842,15 +843,6 @@ class WeightDecoder(wiring.Component):
         return m
 
 
-def _narrow_multiply(a, b):
-    """``a * b`` with ``b`` cut to 16 bits for one 16x16 DSP plus a few shift-and-adds.
-
-    ``x >> P`` is 20 bits at P = 12: as a single product, synthesis spreads it over two
-    SB_MAC16. The bits above 16 (at most 4 here) become conditional adds in logic instead.
-    """
-    if len(b) <= 16 or len(b) - 16 > 8:
-        return a * b
-    high = 0
-    for i in range(16, len(b)):
-        high = high + Mux(b[i], a << (i - 16), 0)
-    return a * b[:16] + (high << 16)
+def _successor(value, modulus):
+    """``value + 1 mod modulus``, for counters that wrap at a bound not a power of two."""
+    return Mux(value == modulus - 1, 0, value + 1)
