@@ -143,8 +143,8 @@ def _resources_ecp5(cells: dict, nextpnr: dict) -> dict:
 #: 4-lane decoder alone takes 88 % of its logic cells and reaches ~31 MHz; docs/BOARD.md).
 DEFAULT_LANES = 2
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
-#: meets with some margin (12 MHz x 85 / 32; Fmax 34.65 MHz; an earlier netlist reached exactly 33.00 at a 33 MHz
-#: target); the ECP5 system runs at twice that.
+#: meets with some margin (12 MHz x 85 / 32; Fmax 34.65 MHz; an earlier netlist reached exactly
+#: 33.00 MHz at a 33 MHz target); the ECP5 system runs at twice that.
 DEFAULT_FREQUENCY_MHZ = {"icebreaker": 31.875, "ulx3s-85f": 24.0}
 
 
