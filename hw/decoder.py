@@ -9,8 +9,6 @@ round; a word buffer hands the lanes that renormalise the next payload words in 
 and a step short of words is replayed rather than stalling the ring.
 """
 
-from contextlib import contextmanager
-
 from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -21,6 +19,7 @@ from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_
 from sw.params import CodecParams
 
 from .crc import Crc32Word
+from .onehot import OneHotMachine
 from .tables import LOOKUP_LATENCY, SymbolTables, popcount
 from .wordbuf import WordBuffer
 
@@ -473,15 +472,23 @@ class WeightDecoder(wiring.Component):
             drained_seen.eq(drained),
             leftover.eq(payload_more | (buf.count != 0)),
         ]
-        # words.ready and the ring's header mode come from registered state flags, set on the
-        # transitions, rather than from a decode of the FSM state: ready gates every register
-        # behind the word handshake, so it must be a shallow function of flip-flops.
-        waiting = {name: Signal(name=f"in_{name.lower()}")
-                   for name in ("FREQ", "PAYLOAD", "FINAL", "DONE")}
+        # The parser is a one-hot machine (hw.onehot): each state a flip-flop, each register
+        # it writes an AND-OR multiplexer over (state, condition) terms. words.ready, the CRC
+        # enable and the ring's header mode are flags of their own, written only on the
+        # transitions that change them (the source state is known when a transition is
+        # written): ready gates every register behind the word handshake, so it must be a
+        # shallow function of flip-flops, and a flag written on every transition would have
+        # the whole next-state logic in its enable.
+        p = OneHotMachine(m, [
+            "MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3", "SECTIONS",
+            "STATES", "HCRC0", "HCRC1", "HCRC", "KIND", "NAME_BYTES", "NAME", "NDIM", "DIMS",
+            "LEVELS", "ZERO_POINT", "SCALE_COUNT", "SCALES", "COUNT0", "COUNT1", "FREQ",
+            "FREQ_END", "PAYLOAD_WORDS0", "PAYLOAD_WORDS1", "PAYLOAD", "DTYPE", "DATA_BYTES0",
+            "DATA_BYTES1", "DATA", "SCRC0", "SCRC1", "SCRC", "FINAL", "DONE", "ERROR"])
         header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
                          "SECTIONS", "STATES"}
         header_flag = Signal(init=1)
-        m.d.comb += in_payload.eq(waiting["PAYLOAD"])
+        m.d.comb += in_payload.eq(p.ongoing("PAYLOAD"))
         m.d.comb += in_header.eq(header_flag)
 
         # States that take a word whenever one is there, as a flag of its own.
@@ -493,47 +500,43 @@ class WeightDecoder(wiring.Component):
         crc_on = Signal(init=1)
         crc_off = {"HCRC0", "HCRC1", "HCRC", "SCRC0", "SCRC1", "SCRC", "FREQ_END", "FINAL",
                    "DONE", "ERROR"}
-        in_kind = Signal()
+        in_kind = p.ongoing("KIND")
         m.d.comb += [crc.en.eq(acc & crc_on), crc.restart.eq(in_kind)]
 
-        # Each flag, and which states it is set in. A transition writes only the flags that
-        # change on it (the source state is known when the transition is written): a flag
-        # written on every transition would have the whole next-state logic in its enable.
-        state_flags = [(flag, lambda name, state=state: name == state)
-                       for state, flag in waiting.items()]
-        state_flags += [
+        # Each flag, and which states it is set in.
+        state_flags = [
             (takes_words, lambda name: name not in not_taking),
             (crc_on, lambda name: name not in crc_off),
-            (in_kind, lambda name: name == "KIND"),
             (header_flag, lambda name: name in header_states),
         ]
 
         def go(name):
-            m.next = name
+            p.go(name)
             for flag, is_set in state_flags:
-                if is_set(name) != is_set(current[0]):
-                    m.d.sync += flag.eq(is_set(name))
+                if is_set(name) != is_set(p.current):
+                    p.set(flag, is_set(name))
 
-        m.d.comb += stopped.eq(waiting["FINAL"] | waiting["DONE"])
+        m.d.comb += stopped.eq(p.ongoing("FINAL") | p.ongoing("DONE"))
         m.d.comb += parser_ready.eq(
             takes_words
-            | (waiting["FREQ"] & tables.freqs.ready)
-            | (waiting["PAYLOAD"] & buf.push.ready & payload_more))
+            | (p.ongoing("FREQ") & tables.freqs.ready)
+            | (p.ongoing("PAYLOAD") & buf.push.ready & payload_more))
+        m.d.comb += [
+            tables.freqs.valid.eq(w_valid & p.ongoing("FREQ")),
+            tables.freqs.payload.eq(w),
+            buf.push.valid.eq(w_valid & p.ongoing("PAYLOAD") & payload_more),
+            buf.push.payload.eq(w),
+            self.status.done.eq(p.ongoing("DONE") | p.ongoing("ERROR")),
+            self.status.error.eq(p.ongoing("ERROR")),
+        ]
 
         # Each state can fail with one status only. ``code`` follows the status of the state
-        # the parser is in (a decode of the state, not of the failing condition) and freezes
-        # in ERROR: the verdict's depth stays out of the code register's enable.
+        # the parser is in (an OR of state flip-flops, not of the failing condition) and
+        # freezes in ERROR: the verdict's depth stays out of the code register's enable.
         failing = {}
-        current = [None]
-
-        @contextmanager
-        def parser_state(name):
-            current[0] = name
-            with m.State(name):
-                yield
 
         def fail(status):
-            assert failing.setdefault(current[0], status) == status, current[0]
+            assert failing.setdefault(p.current, status) == status, p.current
             go("ERROR")
 
         def skip(count, empty, state, after):
@@ -541,304 +544,296 @@ class WeightDecoder(wiring.Component):
 
             ``empty`` is ``count == 0`` taken from the field itself, ahead of any adder.
             """
-            with m.If(empty):
+            with p.If(empty):
                 after()
-            with m.Else():
+            with p.Else():
                 load_left(count)
                 go(state)
 
         def load_left(count):
-            m.d.sync += [left.eq(count), left_one.eq(count == 1)]
+            p.set(left, count)
+            p.set(left_one, count == 1)
 
         def count_down():
-            m.d.sync += [left.eq(left - 1), left_one.eq(left == 2)]
+            p.set(left, left - 1)
+            p.set(left_one, left == 2)
 
         def skipping(state, after):
-            with parser_state(state):
-                with m.If(acc):
+            with p.state(state):
+                with p.If(acc):
                     count_down()
-                    with m.If(left_one):
+                    with p.If(left_one):
                         after()
 
         def field(state, then):
             """A one-word field: accept it into the CRC, then ``then()``."""
-            with parser_state(state):
-                with m.If(acc):
+            with p.state(state):
+                with p.If(acc):
                     then()
+
+        def crc_half(state, half, after):
+            """Half of a CRC field, compared as it is taken; the verdict comes a cycle later."""
+            with p.state(state):
+                with p.If(acc):
+                    p.set(low_ok if half == 0 else high_ok,
+                          w == (crc.crc[:16] if half == 0 else crc.crc[16:]))
+                    go(after)
 
         # Registered: the section index changes only on the CRC word it is consulted on.
         last_section = Signal()
         m.d.sync += last_section.eq(section + 1 == section_count)
 
         def after_section():
-            with m.If(last_section):
+            with p.If(last_section):
                 go("FINAL")
-            with m.Else():
-                m.d.sync += section.eq(section + 1)
+            with p.Else():
+                p.set(section, section + 1)
                 go("KIND")
 
         def after_dims():
-            with m.If(raw):
+            with p.If(raw):
                 go("DTYPE")
-            with m.Else():
+            with p.Else():
                 go("LEVELS")
 
+        with p.state("MAGIC0"):
+            with p.If(acc):
+                p.set(low_ok, check["magic_low"])
+                go("MAGIC1")
+        with p.state("MAGIC1"):
+            with p.If(acc):
+                with p.If(~low_ok | ~check["magic_high"]):
+                    fail(Status.BAD_MAGIC)
+                with p.Else():
+                    go("VERSION")
+        with p.state("VERSION"):
+            with p.If(acc):
+                with p.If(~check["version"]):
+                    fail(Status.BAD_VERSION)
+                with p.Else():
+                    go("PARAM0")
+        for i in range(4):
+            with p.state(f"PARAM{i}"):
+                with p.If(acc):
+                    bad = param_bad | ~check["params"][i]
+                    if i < 3:
+                        p.set(param_bad, bad)
+                        go(f"PARAM{i + 1}")
+                    else:
+                        # All four are read before any is judged, as the golden model does.
+                        with p.If(bad):
+                            fail(Status.PARAM_MISMATCH)
+                        with p.Else():
+                            go("SECTIONS")
+        with p.state("SECTIONS"):
+            with p.If(acc):
+                p.set(section_count, w)
+                p.set(no_sections, check["zero"])
+                load_left(2 * K)
+                go("STATES")
+        with p.state("STATES"):
+            # A row (state index i of every lane) enters the ring head when complete.
+            with p.If(acc):
+                count_down()
+                p.set(state_high, ~state_high)
+                with p.If(~state_high):
+                    p.set(low, w)
+                    p.set(low_zero, check["zero"])
+                with p.Else():
+                    if parked:
+                        p.pulse(header_word)
+                    else:
+                        for n in range(N):
+                            with p.If(state_lane == n):
+                                p.set(row[n], Cat(low, w))
+                    with p.If(state_lane == N - 1):
+                        p.set(state_lane, 0)
+                        p.set(row_full, 1)
+                    with p.Else():
+                        p.set(state_lane, state_lane + 1)
+                bad = state_bad | (state_high & check["zero"])
+                p.set(state_bad, bad)
+                with p.If(left_one):
+                    with p.If(bad):
+                        fail(Status.BAD_STATE)
+                    with p.Else():
+                        go("HCRC0")
+        crc_half("HCRC0", 0, "HCRC1")
+        crc_half("HCRC1", 1, "HCRC")
+        with p.state("HCRC"):
+            with p.If(~low_ok | ~high_ok):
+                fail(Status.CRC_MISMATCH)
+            with p.Elif(no_sections):
+                go("FINAL")
+            with p.Else():
+                go("KIND")
 
-        with m.FSM() as fsm:
-            with parser_state("MAGIC0"):
-                with m.If(acc):
-                    m.d.sync += low_ok.eq(check["magic_low"])
-                    go("MAGIC1")
-            with parser_state("MAGIC1"):
-                with m.If(acc):
-                    with m.If(~low_ok | ~check["magic_high"]):
-                        fail(Status.BAD_MAGIC)
-                    with m.Else():
-                        go("VERSION")
-            with parser_state("VERSION"):
-                with m.If(acc):
-                    with m.If(~check["version"]):
-                        fail(Status.BAD_VERSION)
-                    with m.Else():
-                        go("PARAM0")
-            for i in range(4):
-                with parser_state(f"PARAM{i}"):
-                    with m.If(acc):
-                        bad = param_bad | ~check["params"][i]
-                        if i < 3:
-                            m.d.sync += param_bad.eq(bad)
-                            go(f"PARAM{i + 1}")
-                        else:
-                            # All four are read before any is judged, as the golden model does.
-                            with m.If(bad):
-                                fail(Status.PARAM_MISMATCH)
-                            with m.Else():
-                                go("SECTIONS")
-            with parser_state("SECTIONS"):
-                with m.If(acc):
-                    m.d.sync += [section_count.eq(w), no_sections.eq(check["zero"])]
-                    load_left(2 * K)
-                    go("STATES")
-            with parser_state("STATES"):
-                # A row (state index i of every lane) enters the ring head when complete.
-                with m.If(acc):
-                    count_down()
-                    m.d.sync += state_high.eq(~state_high)
-                    with m.If(~state_high):
-                        m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
-                    with m.Else():
-                        if parked:
-                            m.d.comb += header_word.eq(1)
-                        else:
-                            with m.Switch(state_lane):
-                                for n in range(N):
-                                    with m.Case(n):
-                                        m.d.sync += row[n].eq(Cat(low, w))
-                        with m.If(state_lane == N - 1):
-                            m.d.sync += [state_lane.eq(0), row_full.eq(1)]
-                        with m.Else():
-                            m.d.sync += state_lane.eq(state_lane + 1)
-                    bad = state_bad | (state_high & check["zero"])
-                    m.d.sync += state_bad.eq(bad)
-                    with m.If(left_one):
-                        with m.If(bad):
-                            fail(Status.BAD_STATE)
-                        with m.Else():
-                            go("HCRC0")
-            # A CRC field: each half compared as it is taken, the verdict a cycle later.
-            with parser_state("HCRC0"):
-                with m.If(acc):
-                    m.d.sync += low_ok.eq(w == crc.crc[:16])
-                    go("HCRC1")
-            with parser_state("HCRC1"):
-                with m.If(acc):
-                    m.d.sync += high_ok.eq(w == crc.crc[16:])
-                    go("HCRC")
-            with parser_state("HCRC"):
-                with m.If(~low_ok | ~high_ok):
-                    fail(Status.CRC_MISMATCH)
-                with m.Elif(no_sections):
-                    go("FINAL")
-                with m.Else():
-                    go("KIND")
-
-            with parser_state("KIND"):
-                with m.If(acc):
-                    m.d.sync += raw.eq(check["kind_raw"])
-                    with m.If(check["kind_bad"]):
-                        fail(Status.BAD_SECTION)
-                    with m.Else():
-                        go("NAME_BYTES")
-
-
-            def name_bytes():
-                with m.If(check["name_bad"]):
+        with p.state("KIND"):
+            with p.If(acc):
+                p.set(raw, check["kind_raw"])
+                with p.If(check["kind_bad"]):
                     fail(Status.BAD_SECTION)
-                with m.Else():
-                    skip((w + 1) >> 1, check["zero"], "NAME", lambda: go("NDIM"))
-            field("NAME_BYTES", name_bytes)
-            skipping("NAME", lambda: go("NDIM"))
+                with p.Else():
+                    go("NAME_BYTES")
 
-            def ndim():
-                with m.If(check["ndim_bad"]):
-                    fail(Status.BAD_SECTION)
-                with m.Else():
-                    skip(w << 1, check["zero"], "DIMS", after_dims)
-            field("NDIM", ndim)
-            skipping("DIMS", after_dims)
+        def name_bytes():
+            with p.If(check["name_bad"]):
+                fail(Status.BAD_SECTION)
+            with p.Else():
+                skip((w + 1) >> 1, check["zero"], "NAME", lambda: go("NDIM"))
+        field("NAME_BYTES", name_bytes)
+        skipping("NAME", lambda: go("NDIM"))
 
-            # CODED
-            def got_levels():
-                m.d.sync += [levels.eq(w), levels_bad.eq(check["levels_bad"]),
-                             single.eq(check["one"])]
-                go("ZERO_POINT")
-            field("LEVELS", got_levels)
+        def ndim():
+            with p.If(check["ndim_bad"]):
+                fail(Status.BAD_SECTION)
+            with p.Else():
+                skip(w << 1, check["zero"], "DIMS", after_dims)
+        field("NDIM", ndim)
+        skipping("DIMS", after_dims)
 
-            zero_point_bad = Signal()
+        # CODED
+        def got_levels():
+            p.set(levels, w)
+            p.set(levels_bad, check["levels_bad"])
+            p.set(single, check["one"])
+            go("ZERO_POINT")
+        field("LEVELS", got_levels)
 
-            def got_zero_point():
-                # Judged with the scale count, as the golden model does; computed here so the
-                # subtract and compare are not in front of the next state.
-                m.d.sync += [zero_point.eq(w),
-                             zero_point_bad.eq((levels - 1 - w.as_signed()) > 32767)]
-                go("SCALE_COUNT")
-            field("ZERO_POINT", got_zero_point)
+        zero_point_bad = Signal()
 
-            def scale_count():
-                with m.If(levels_bad | zero_point_bad | check["zero"]):
-                    fail(Status.BAD_SECTION)
-                with m.Else():
-                    skip(w << 1, check["zero"], "SCALES", lambda: go("COUNT0"))
-            field("SCALE_COUNT", scale_count)
-            skipping("SCALES", lambda: go("COUNT0"))
+        def got_zero_point():
+            # Judged with the scale count, as the golden model does; computed here so the
+            # subtract and compare are not in front of the next state.
+            p.set(zero_point, w)
+            p.set(zero_point_bad, (levels - 1 - w.as_signed()) > 32767)
+            go("SCALE_COUNT")
+        field("ZERO_POINT", got_zero_point)
 
-            def count0():
-                m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
-                go("COUNT1")
-            field("COUNT0", count0)
+        def scale_count():
+            with p.If(levels_bad | zero_point_bad | check["zero"]):
+                fail(Status.BAD_SECTION)
+            with p.Else():
+                skip(w << 1, check["zero"], "SCALES", lambda: go("COUNT0"))
+        field("SCALE_COUNT", scale_count)
+        skipping("SCALES", lambda: go("COUNT0"))
 
-            def count1():
-                count = Cat(low, w)
-                m.d.sync += [symbol_count.eq(count), freq_sum.eq(0), freq_index.eq(0),
-                             single_symbol.eq(0)]
-                load_left(levels)
-                m.d.comb += tables.start.eq(1)
-                with m.If(check["count_over"] | (check["count_at"] & ~low_zero)):
-                    fail(Status.BAD_SECTION)
-                with m.Elif(single):
+        def count0():
+            p.set(low, w)
+            p.set(low_zero, check["zero"])
+            go("COUNT1")
+        field("COUNT0", count0)
+
+        def count1():
+            p.set(symbol_count, Cat(low, w))
+            p.set(freq_sum, 0)
+            p.set(freq_index, 0)
+            p.set(single_symbol, 0)
+            load_left(levels)
+            p.pulse(tables.start)
+            with p.If(check["count_over"] | (check["count_at"] & ~low_zero)):
+                fail(Status.BAD_SECTION)
+            with p.Elif(single):
+                go("PAYLOAD_WORDS0")
+            with p.Else():
+                go("FREQ")
+        field("COUNT1", count1)
+
+        with p.state("FREQ"):
+            with p.If(acc):
+                p.set(freq_sum, freq_sum + w)
+                p.set(freq_index, freq_index + 1)
+                count_down()
+                if M < 1 << 16:
+                    with p.If(check["whole"]):
+                        p.set(single, 1)
+                        p.set(single_symbol, freq_index)
+                with p.If(left_one):
+                    go("FREQ_END")
+        with p.state("FREQ_END"):
+            with p.If(tables.idle):
+                with p.If(sum_bad):
+                    fail(Status.BAD_TABLE)
+                with p.Else():
                     go("PAYLOAD_WORDS0")
-                with m.Else():
-                    go("FREQ")
-            field("COUNT1", count1)
 
-            with parser_state("FREQ"):
-                m.d.comb += [
-                    tables.freqs.valid.eq(w_valid & waiting["FREQ"]),
-                    tables.freqs.payload.eq(w),
-                ]
-                with m.If(acc):
-                    m.d.sync += [freq_sum.eq(freq_sum + w), freq_index.eq(freq_index + 1)]
-                    count_down()
-                    if M < 1 << 16:
-                        with m.If(check["whole"]):
-                            m.d.sync += [single.eq(1), single_symbol.eq(freq_index)]
-                    with m.If(left_one):
-                        go("FREQ_END")
-            with parser_state("FREQ_END"):
-                with m.If(tables.idle):
-                    with m.If(sum_bad):
-                        fail(Status.BAD_TABLE)
-                    with m.Else():
-                        go("PAYLOAD_WORDS0")
+        def payload_words0():
+            p.set(low, w)
+            p.set(low_zero, check["zero"])
+            p.set(count_zero, symbol_count == 0)
+            p.set(count_small, symbol_count <= N)
+            go("PAYLOAD_WORDS1")
+        field("PAYLOAD_WORDS0", payload_words0)
 
-            def payload_words0():
-                m.d.sync += [low.eq(w), low_zero.eq(check["zero"]),
-                             count_zero.eq(symbol_count == 0),
-                             count_small.eq(symbol_count <= N)]
-                go("PAYLOAD_WORDS1")
-            field("PAYLOAD_WORDS0", payload_words0)
+        def payload_words1():
+            for register, value in [
+                    (payload_left, Cat(low, w)),
+                    (payload_more, Cat(low, w) != 0),
+                    (to_issue, symbol_count),
+                    (to_commit, symbol_count),
+                    (issue_more, ~count_zero),
+                    (issue_last, count_small),
+                    (drained, count_zero),
+                    (drained_seen, 0),
+                    (past_end, 0),
+                    (next_index, 0),
+                    (first_pending, 1)]:
+                p.set(register, value)
+            go("PAYLOAD")
+        field("PAYLOAD_WORDS1", payload_words1)
 
-            def payload_words1():
-                m.d.sync += [
-                    payload_left.eq(Cat(low, w)),
-                    payload_more.eq(Cat(low, w) != 0),
-                    to_issue.eq(symbol_count),
-                    to_commit.eq(symbol_count),
-                    issue_more.eq(~count_zero),
-                    issue_last.eq(count_small),
-                    drained.eq(count_zero),
-                    drained_seen.eq(0),
-                    past_end.eq(0),
-                    next_index.eq(0),
-                    first_pending.eq(1),
-                ]
-                go("PAYLOAD")
-            field("PAYLOAD_WORDS1", payload_words1)
+        with p.state("PAYLOAD"):
+            with p.If(acc):
+                p.set(payload_left, payload_left - 1)
+                p.set(payload_more, payload_left != 1)
+            with p.If(past_end):
+                fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
+            with p.Elif(drained_seen):
+                with p.If(leftover):
+                    fail(Status.BAD_LENGTH)   # the symbols end with words unread
+                with p.Else():
+                    go("SCRC0")
 
-            with parser_state("PAYLOAD"):
-                m.d.comb += [
-                    buf.push.valid.eq(w_valid & payload_more),
-                    buf.push.payload.eq(w),
-                ]
-                with m.If(acc):
-                    m.d.sync += [payload_left.eq(payload_left - 1),
-                                 payload_more.eq(payload_left != 1)]
-                with m.If(past_end):
-                    fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
-                with m.Elif(drained_seen):
-                    with m.If(leftover):
-                        fail(Status.BAD_LENGTH)   # the symbols end with words unread
-                    with m.Else():
-                        go("SCRC0")
+        # RAW
+        def dtype():
+            with p.If(check["dtype_bad"]):
+                fail(Status.BAD_SECTION)
+            with p.Else():
+                go("DATA_BYTES0")
+        field("DTYPE", dtype)
 
-            # RAW
-            def dtype():
-                with m.If(check["dtype_bad"]):
-                    fail(Status.BAD_SECTION)
-                with m.Else():
-                    go("DATA_BYTES0")
-            field("DTYPE", dtype)
+        def data_bytes0():
+            p.set(low, w)
+            p.set(low_zero, check["zero"])
+            go("DATA_BYTES1")
+        field("DATA_BYTES0", data_bytes0)
 
-            def data_bytes0():
-                m.d.sync += [low.eq(w), low_zero.eq(check["zero"])]
-                go("DATA_BYTES1")
-            field("DATA_BYTES0", data_bytes0)
+        def data_bytes1():
+            skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
+        field("DATA_BYTES1", data_bytes1)
+        skipping("DATA", lambda: go("SCRC0"))
 
-            def data_bytes1():
-                skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
-            field("DATA_BYTES1", data_bytes1)
-            skipping("DATA", lambda: go("SCRC0"))
+        crc_half("SCRC0", 0, "SCRC1")
+        crc_half("SCRC1", 1, "SCRC")
+        with p.state("SCRC"):
+            with p.If(~low_ok | ~high_ok):
+                fail(Status.CRC_MISMATCH)
+            with p.Else():
+                after_section()
 
-            with parser_state("SCRC0"):
-                with m.If(acc):
-                    m.d.sync += low_ok.eq(w == crc.crc[:16])
-                    go("SCRC1")
-            with parser_state("SCRC1"):
-                with m.If(acc):
-                    m.d.sync += high_ok.eq(w == crc.crc[16:])
-                    go("SCRC")
-            with parser_state("SCRC"):
-                with m.If(~low_ok | ~high_ok):
-                    fail(Status.CRC_MISMATCH)
-                with m.Else():
-                    after_section()
-
-            with parser_state("FINAL"):
-                with m.If(adv):
-                    m.d.sync += [final_count.eq(final_count + 1),
-                                 final_bad.eq(final_bad | head_bad)]
-                with m.If(final_count == R):
-                    with m.If(final_bad):
-                        fail(Status.STATE_MISMATCH)
-                    with m.Else():
-                        go("DONE")
-            with parser_state("DONE"):
-                m.d.comb += self.status.done.eq(1)
-            with parser_state("ERROR"):
-                m.d.comb += [self.status.done.eq(1), self.status.error.eq(1)]
-        with m.If(~fsm.ongoing("ERROR")):
+        with p.state("FINAL"):
+            with p.If(adv):
+                p.set(final_count, final_count + 1)
+                p.set(final_bad, final_bad | head_bad)
+            with p.If(final_count == R):
+                with p.If(final_bad):
+                    fail(Status.STATE_MISMATCH)
+                with p.Else():
+                    go("DONE")
+        p.build()
+        with m.If(~p.ongoing("ERROR")):
             m.d.sync += code.eq(
-                Cat(*[Cat(*[fsm.ongoing(name) for name, status in failing.items()
+                Cat(*[Cat(*[p.ongoing(name) for name, status in failing.items()
                             if status >> bit & 1]).any() for bit in range(len(code))]))
         return m
 

@@ -11,10 +11,14 @@ from collections import deque
 
 import numpy as np
 import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hw.crc import Crc32Word, crc32_word
 from hw.decoder import WeightDecoder
+from hw.onehot import OneHotMachine
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift
 from hw.wordbuf import WordBuffer
 from sim.cases import corner_tensors, corrupt, random_container, uniform
@@ -31,6 +35,91 @@ def simulate(dut, testbench):
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
+
+
+# -- one-hot state machine --
+
+class Counter3(wiring.Component):
+    """A small machine with every construct of OneHotMachine: a register written in two states
+    with different values, If/Elif/Else, a pulse, and a move back to the first state."""
+
+    step: In(1)
+    value: Out(4)
+    pulsed: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = OneHotMachine(m, ["A", "B", "C"])
+        self.ongoing = {name: p.ongoing(name) for name in "ABC"}
+        with p.state("A"):
+            with p.If(self.step):
+                p.set(self.value, self.value + 1)
+                p.go("B")
+        with p.state("B"):
+            with p.If(~self.step):
+                p.pulse(self.pulsed)
+            with p.Elif(self.value == 5):
+                p.set(self.value, 0)
+                p.go("C")
+            with p.Else():
+                p.set(self.value, self.value + 2)
+                p.go("A")
+        with p.state("C"):
+            p.go("A")
+        p.build()
+        return m
+
+
+def counter3_model(steps):
+    state, value, trace = "A", 0, []
+    for step in steps:
+        pulsed = state == "B" and not step
+        trace.append((state, value, pulsed))
+        if state == "A" and step:
+            value, state = (value + 1) & 15, "B"
+        elif state == "B" and step:
+            if value == 5:
+                value, state = 0, "C"
+            else:
+                value, state = (value + 2) & 15, "A"
+        elif state == "C":
+            state = "A"
+    return trace
+
+
+def test_one_hot_machine_matches_its_model():
+    rng = random.Random(3)
+    steps = [rng.random() < 0.7 for _ in range(200)]
+    dut = Counter3()
+    seen = []
+
+    async def testbench(ctx):
+        for step in steps:
+            ctx.set(dut.step, step)
+            state = [name for name in "ABC" if ctx.get(dut.ongoing[name])]
+            assert len(state) == 1, state
+            seen.append((state[0], ctx.get(dut.value), bool(ctx.get(dut.pulsed))))
+            await ctx.tick()
+
+    simulate(dut, testbench)
+    assert seen == counter3_model(steps)
+    assert {state for state, _, _ in seen} == {"A", "B", "C"}
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_one_hot_machine_refuses_misuse():
+    with pytest.raises(ValueError, match="distinct"):
+        OneHotMachine(Module(), ["A", "A"])
+    p = OneHotMachine(Module(), ["A", "B"])
+    with pytest.raises(ValueError, match="outside any state"):
+        p.go("B")
+    with pytest.raises(KeyError):
+        with p.state("A"):
+            p.go("Z")
+    with pytest.raises(ValueError, match="Else without If"):
+        with p.state("B"):
+            with p.Else():
+                pass
 
 
 # -- CRC --
