@@ -276,10 +276,19 @@ class WeightDecoder(wiring.Component):
         short = Signal()
         m.d.comb += short.eq(need_count > buf.count)
         m.d.comb += adv.eq(row_full | (~in_header & ~(ctrl[Z].valid & skid_valid)))
+        # The replay acts a cycle after the decision, from a register (``replaying``): the
+        # decision then reaches one flip-flop, not the ~80 it restores. In that cycle the step
+        # that followed the replayed one to Z neither commits nor replays, and every step in
+        # flight is squashed; the replayed step's index and first flag are sampled on every
+        # cycle so that nothing but ``replaying`` waits on the decision.
         replay = Signal()
-        m.d.comb += replay.eq(ctrl[Z].valid & adv & short)
+        replaying = Signal()
+        replay_index = Signal(range(R), reset_less=True)
+        replay_first = Signal(reset_less=True)
+        m.d.comb += replay.eq(ctrl[Z].valid & adv & short & ~replaying)
+        m.d.sync += [replaying.eq(replay), replay_first.eq(ctrl[Z].first)]
         commit = Signal()
-        m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short)
+        m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short & ~replaying)
         m.d.comb += buf.take.eq(commit)
         # State index of the step at Z: phase - Z mod R, as a register.
         back_phase = Signal(range(R), init=R - D)
@@ -294,9 +303,11 @@ class WeightDecoder(wiring.Component):
         with m.If(adv):
             m.d.sync += [phase.eq(next_phase), mul_phase.eq(next_mul_phase),
                          back_phase.eq(_successor(back_phase, R))]
+        m.d.sync += replay_index.eq(back_phase)
 
-        # A step issued in a replay cycle is squashed with the rest: the replay's restore
-        # takes priority over everything the issue writes, so issue need not wait for it.
+        # A step issued while a replay is decided is squashed with the rest, and one due in
+        # the restoring cycle is dropped: the restore takes priority over everything the
+        # issue writes, so issue need not wait for it.
         issue = Signal()
         m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index))
         issue_count = Signal(range(N + 1))
@@ -354,13 +365,13 @@ class WeightDecoder(wiring.Component):
                         wr.data.eq(state_data[:width]),
                         wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
                     ]
-        with m.If(replay):
+        with m.If(replaying):
             m.d.sync += [
                 to_issue.eq(to_commit),
                 issue_more.eq(1),
                 issue_last.eq(to_commit <= N),
-                next_index.eq(back_phase),
-                first_pending.eq(ctrl[Z].first),
+                next_index.eq(replay_index),
+                first_pending.eq(replay_first),
             ]
             for i in range(1, D):
                 m.d.sync += ctrl[i].valid.eq(0)
@@ -468,7 +479,7 @@ class WeightDecoder(wiring.Component):
         leftover = Signal()
         m.d.sync += [
             sum_bad.eq(freq_sum != M),
-            past_end.eq(ctrl[Z].valid & short & ~payload_more),
+            past_end.eq(ctrl[Z].valid & short & ~payload_more & ~replaying),
             drained_seen.eq(drained),
             leftover.eq(payload_more | (buf.count != 0)),
         ]
