@@ -541,6 +541,18 @@ class WeightDecoder(wiring.Component):
             self.status.error.eq(p.ongoing("ERROR")),
         ]
 
+        def taken():
+            """The parser takes ``w`` this cycle, in the state being written: ``acc`` less what
+            the state makes constant (``takes_words`` is 1 in all but two of the states that
+            take words), so most guards start from ``w_valid`` alone, not from the ready
+            logic whose fanout is every register of the parser."""
+            if p.current == "FREQ":
+                return w_valid & tables.freqs.ready
+            if p.current == "PAYLOAD":
+                return w_valid & buf.push.ready & payload_more
+            assert p.current not in not_taking, p.current
+            return w_valid
+
         # Each state can fail with one status only. ``code`` follows the status of the state
         # the parser is in (an OR of state flip-flops, not of the failing condition) and
         # freezes in ERROR: the verdict's depth stays out of the code register's enable.
@@ -571,7 +583,7 @@ class WeightDecoder(wiring.Component):
 
         def skipping(state, after):
             with p.state(state):
-                with p.If(acc):
+                with p.If(taken()):
                     count_down()
                     with p.If(left_one):
                         after()
@@ -579,13 +591,13 @@ class WeightDecoder(wiring.Component):
         def field(state, then):
             """A one-word field: accept it into the CRC, then ``then()``."""
             with p.state(state):
-                with p.If(acc):
+                with p.If(taken()):
                     then()
 
         def crc_half(state, half, after):
             """Half of a CRC field, compared as it is taken; the verdict comes a cycle later."""
             with p.state(state):
-                with p.If(acc):
+                with p.If(taken()):
                     p.set(low_ok if half == 0 else high_ok,
                           w == (crc.crc[:16] if half == 0 else crc.crc[16:]))
                     go(after)
@@ -608,24 +620,24 @@ class WeightDecoder(wiring.Component):
                 go("LEVELS")
 
         with p.state("MAGIC0"):
-            with p.If(acc):
+            with p.If(taken()):
                 p.set(low_ok, check["magic_low"])
                 go("MAGIC1")
         with p.state("MAGIC1"):
-            with p.If(acc):
+            with p.If(taken()):
                 with p.If(~low_ok | ~check["magic_high"]):
                     fail(Status.BAD_MAGIC)
                 with p.Else():
                     go("VERSION")
         with p.state("VERSION"):
-            with p.If(acc):
+            with p.If(taken()):
                 with p.If(~check["version"]):
                     fail(Status.BAD_VERSION)
                 with p.Else():
                     go("PARAM0")
         for i in range(4):
             with p.state(f"PARAM{i}"):
-                with p.If(acc):
+                with p.If(taken()):
                     bad = param_bad | ~check["params"][i]
                     if i < 3:
                         p.set(param_bad, bad)
@@ -637,14 +649,14 @@ class WeightDecoder(wiring.Component):
                         with p.Else():
                             go("SECTIONS")
         with p.state("SECTIONS"):
-            with p.If(acc):
+            with p.If(taken()):
                 p.set(section_count, w)
                 p.set(no_sections, check["zero"])
                 load_left(2 * K)
                 go("STATES")
         with p.state("STATES"):
             # A row (state index i of every lane) enters the ring head when complete.
-            with p.If(acc):
+            with p.If(taken()):
                 count_down()
                 p.set(state_high, ~state_high)
                 with p.If(~state_high):
@@ -680,7 +692,7 @@ class WeightDecoder(wiring.Component):
                 go("KIND")
 
         with p.state("KIND"):
-            with p.If(acc):
+            with p.If(taken()):
                 p.set(raw, check["kind_raw"])
                 with p.If(check["kind_bad"]):
                     fail(Status.BAD_SECTION)
@@ -751,7 +763,7 @@ class WeightDecoder(wiring.Component):
         field("COUNT1", count1)
 
         with p.state("FREQ"):
-            with p.If(acc):
+            with p.If(taken()):
                 p.set(freq_sum, freq_sum + w)
                 p.set(freq_index, freq_index + 1)
                 count_down()
@@ -794,7 +806,7 @@ class WeightDecoder(wiring.Component):
         field("PAYLOAD_WORDS1", payload_words1)
 
         with p.state("PAYLOAD"):
-            with p.If(acc):
+            with p.If(taken()):
                 p.set(payload_left, payload_left - 1)
                 p.set(payload_more, payload_left != 1)
             with p.If(past_end):
