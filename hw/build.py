@@ -1,8 +1,9 @@
 """``python -m hw.build``: bitstream, flash image and resource/timing report for a board.
 
 Synthesis, place and route and packing run on the YoWASP (WebAssembly) builds of Yosys,
-nextpnr-ice40 and icepack (iCEBreaker) or nextpnr-ecp5 and ecppack (ECP5 boards,
-:mod:`hw.ecp5`) that pip installs with this project; no system EDA tool is used.
+nextpnr-ice40 and icepack (iCEBreaker, :mod:`boards.icebreaker`) or nextpnr-ecp5 and ecppack
+(ECP5 boards, :mod:`boards.ulx3s`) that pip installs with this project; no system EDA tool is
+used.
 
 Outputs in ``--out``:
 
@@ -31,7 +32,8 @@ from sw.params import CodecParams
 
 __all__ = ["BOARDS", "BuildError", "build", "main"]
 
-#: Boards this flow supports: name -> description. ECP5 boards come from :mod:`hw.ecp5`.
+#: Boards this flow supports: name -> description. The tops come from :mod:`boards`
+#: (:mod:`boards.icebreaker`; ECP5 boards from :mod:`boards.ulx3s`).
 BOARDS = {
     "icebreaker": "1BitSquared iCEBreaker: iCE40UP5K-SG48, 12 MHz oscillator, 16 MiB W25Q128JV",
     "ulx3s-85f": "Radiona ULX3S: ECP5 LFE5U-85F-6BG381, 25 MHz oscillator, SPI flash (0x03)",
@@ -155,14 +157,15 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build the board system; return the report (also written to ``out_dir/report.json``).
 
-    ``decoder_only`` builds :class:`hw.system.DecoderHarness` instead: the decoder's own
-    resources and Fmax, no flash image. ``frequency`` (Hz) defaults to the board's
+    ``decoder_only`` builds the board's decoder harness instead
+    (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
+    decoder's own resources and Fmax, no flash image. ``frequency`` (Hz) defaults to the board's
     :data:`DEFAULT_FREQUENCY_MHZ`.
     """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-    from .ecp5 import ECP5_BOARDS
-    from .system import DecoderHarness, ICEBreakerTop
+    from boards.icebreaker import DecoderHarness, ICEBreakerTop
+    from boards.ulx3s import ECP5_BOARDS
 
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
@@ -170,7 +173,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     if frequency is None:
         frequency = DEFAULT_FREQUENCY_MHZ[board] * 1e6
     if family == "ecp5":
-        quad = False     # hw.ecp5: the ULX3S reads its flash with 0x03
+        quad = False     # boards.ulx3s: the ULX3S reads its flash with 0x03
     try:
         params.check_lanes(lanes)
     except ValueError as error:

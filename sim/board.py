@@ -7,8 +7,8 @@ its split tri-state flash pins to ``cocotbext-qspi``'s Verilog QSPI NOR flash mo
 UART pin with ``cocotbext-uart``.
 
 The simulated top is :class:`hw.system.BoardSystem`, which is everything of the iCEBreaker top
-(:class:`hw.system.ICEBreakerTop`) except the PLL, the reset stretcher and the I/O buffers:
-the testbench drives its clock and reset directly.
+(:class:`boards.icebreaker.ICEBreakerTop`) except the PLL, the reset stretcher and the I/O
+buffers: the testbench drives its clock and reset directly.
 """
 
 import json

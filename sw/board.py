@@ -1,8 +1,9 @@
 """The board side of the software: flash images and the UART line the board must print.
 
-The iCEBreaker system (``hw/system.py``, docs/BOARD.md) reads a container from its SPI flash,
-decodes it and prints one line. This module computes, from the container alone and through the
-golden model, what that line must say, and lays out the flash image that ``iceprog`` writes.
+The iCEBreaker system (``boards/icebreaker.py`` around ``hw/system.py``, docs/BOARD.md) reads a
+container from its SPI flash, decodes it and prints one line. This module computes, from the
+container alone and through the golden model, what that line must say, and lays out the flash
+image that ``iceprog`` writes.
 No Amaranth here: it runs wherever ``sw`` runs.
 
 ``python -m sw board image`` and ``python -m sw board expect`` are its command line.

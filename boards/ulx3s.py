@@ -1,9 +1,9 @@
 """ECP5 boards: the ULX3S (LFE5U-85F) versions of the board system and the decoder harness.
 
-What differs from the iCEBreaker (:mod:`hw.system`) is only what an ECP5 board has: the PLL is
-an ``EHXPLLL`` (dividers found as Project Trellis' ``ecppll`` finds them), the configuration
-flash clock goes through the ``USRMCLK`` primitive (it is not a user pin), and the pins are
-those of ``amaranth_boards.ulx3s``. :class:`hw.system.BoardSystem` and
+What differs from the iCEBreaker (:mod:`boards.icebreaker`) is only what an ECP5 board has:
+the PLL is an ``EHXPLLL`` (dividers found as Project Trellis' ``ecppll`` finds them), the
+configuration flash clock goes through the ``USRMCLK`` primitive (it is not a user pin), and
+the pins are those of ``amaranth_boards.ulx3s``. :class:`hw.system.BoardSystem` and
 :class:`hw.decoder.WeightDecoder` are used unchanged.
 
 The ULX3S reads its flash with plain Read (``0x03``, one data lane): boards were made with
@@ -16,9 +16,8 @@ from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instanc
 from amaranth.build import Attrs, Pins, Resource
 from amaranth.lib import io
 
+from hw.system import BoardSystem, measured_decoder
 from sw.params import CodecParams
-
-from .system import BoardSystem, measured_decoder
 
 __all__ = ["ecp5_pll_settings", "ULX3STop", "ULX3SDecoderHarness", "ECP5_BOARDS"]
 
@@ -192,7 +191,7 @@ class ULX3STop(Elaboratable):
 
 
 class ULX3SDecoderHarness(Elaboratable):
-    """:class:`hw.system.DecoderHarness` on the ULX3S: the decoder alone, to measure it.
+    """:class:`boards.icebreaker.DecoderHarness` on the ULX3S: the decoder alone, to measure it.
 
     Words enter one bit per cycle from a GPIO pin, every output bit is folded (XOR) onto LED
     0, ``status.done`` drives LED 1: nothing is optimised away and the harness adds a few
