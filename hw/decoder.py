@@ -27,9 +27,9 @@ __all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTH"]
 
 #: Stages of the state recurrence, each a few LUT levels deep (iCE40 at 48 MHz allows about
 #: seven): 0-2 the symbol lookup (:class:`hw.tables.SymbolTables`, three cycles), then
-#: multiply, add, and renormalise. A lane needs ``K/N >= PIPELINE_DEPTH`` states to run at
-#: full rate; with fewer, the ring carries bubbles.
-MULTIPLY, ADD, RENORMALISE = LOOKUP_LATENCY, LOOKUP_LATENCY + 1, LOOKUP_LATENCY + 2
+#: multiply, add, the word offsets, and renormalise. A lane needs ``K/N >= PIPELINE_DEPTH``
+#: states to run at full rate; with fewer, the ring carries bubbles.
+MULTIPLY, ADD, OFFSETS, RENORMALISE = (LOOKUP_LATENCY + i for i in range(4))
 PIPELINE_DEPTH = RENORMALISE + 1
 
 
@@ -238,6 +238,7 @@ class WeightDecoder(wiring.Component):
         # Stage 4: the product split at bit 16 of x >> P (one 16-bit DSP multiply for the low
         # part), and slot - cumulative, which lies in [0, frequency) for every table that
         # passed the sum check. Stage 5: low product + difference, and the high product.
+        # Stage 6: x' whole (the high product joins the upper half), and the word offsets.
         high_bits = max(0, 32 - P - 16)
         product_low = [Signal(P + 16, name=f"product_low{n}", reset_less=True) for n in range(N)]
         product_high = [[Signal(P + high_bits, name=f"product_high{i}_{n}", reset_less=True)
@@ -246,6 +247,8 @@ class WeightDecoder(wiring.Component):
         partial = [Signal(32, name=f"partial{n}", reset_less=True) for n in range(N)]
         sym4 = [Signal(8, name=f"sym4_{n}", reset_less=True) for n in range(N)]
         sym5 = [Signal(8, name=f"sym5_{n}", reset_less=True) for n in range(N)]
+        decoded = [Signal(32, name=f"decoded{n}", reset_less=True) for n in range(N)]
+        sym6 = [Signal(8, name=f"sym6_{n}", reset_less=True) for n in range(N)]
         ctrl_layout = data.StructLayout({"valid": 1, "count": range(N + 1), "first": 1,
                                          "last": 1})
         ctrl = [Signal(ctrl_layout, name=f"ctrl{i}") for i in range(D)]  # ctrl[0] unused
@@ -264,10 +267,13 @@ class WeightDecoder(wiring.Component):
         # enable; it only decides whether the step at Z commits. The ring does hold while the
         # output skid register is full (a replay per output stall would cost R cycles each),
         # but that decision is a function of flip-flops: weights.ready reaches no ring enable.
-        # Which lanes renormalise is decided one stage early and registered, so the replay
-        # decision starts from flip-flops, not from the adder.
-        lane_need = Signal(N, reset_less=True)
-        lane_active = Signal(N, reset_less=True)   # lanes with a symbol in the step at Z
+        # Which lanes renormalise is decided two stages early (ADD) and registered, and the
+        # word offsets they make are counted in a stage of their own (OFFSETS), so the replay
+        # decision starts from flip-flops, not from the adder or the popcount.
+        need_early = Signal(N, reset_less=True)     # at OFFSETS
+        active_early = Signal(N, reset_less=True)
+        lane_need = Signal(N, reset_less=True)      # at Z
+        lane_active = Signal(N, reset_less=True)    # lanes with a symbol in the step at Z
         # lane_before[n]: lanes below n that need a word (the word buffer's offsets), and
         # lane_before[N] the words the step needs.
         lane_before = Signal(data.ArrayLayout(range(N + 1), N + 1), reset_less=True)
@@ -321,14 +327,11 @@ class WeightDecoder(wiring.Component):
         for n in range(N):
             m.d.comb += tables.slot[n].eq(slot_head[n])
 
-        # RENORMALISE (Z): a lane that needs a word has x' < 2**16, so x'[:16] is the low
-        # partial sum; otherwise the high product joins the upper half here.
+        # RENORMALISE (Z): a lane that needs a word has x' < 2**16: its word goes in below.
         renormed = [Signal(32, name=f"renormed{n}") for n in range(N)]
         for n in range(N):
-            low_half = partial[n][:16]
-            high_half = partial[n][16:] + product_high[1][n]
-            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], low_half),
-                                           Cat(low_half, high_half[:16])))
+            m.d.comb += renormed[n].eq(Mux(lane_need[n], Cat(buf.words[n], decoded[n][:16]),
+                                           decoded[n]))
         written = [Signal(name=f"written{n}") for n in range(N)]
         for n in range(N):
             m.d.comb += written[n].eq(commit & lane_active[n])
@@ -423,13 +426,20 @@ class WeightDecoder(wiring.Component):
                     product_high[1][n].eq(product_high[0][n]),
                     sym5[n].eq(sym4[n]),
                 ]
+                # OFFSETS: x' whole.
+                high_half = partial[n][16:] + product_high[1][n]
+                m.d.sync += [
+                    decoded[n].eq(Cat(partial[n][:16], high_half[:16])),
+                    sym6[n].eq(sym5[n]),
+                ]
                 needs.append(need)
                 actives.append(active)
                 if not parked:
                     m.d.sync += x[0][n].eq(Mux(row_full, row[n],
                                                Mux(written[n], renormed[n], x[Z][n])))
-            m.d.sync += [lane_need.eq(Cat(*needs)), lane_active.eq(Cat(*actives))]
-            m.d.sync += [lane_before[n].eq(popcount(needs[:n])) for n in range(N + 1)]
+            m.d.sync += [need_early.eq(Cat(*needs)), active_early.eq(Cat(*actives)),
+                         lane_need.eq(need_early), lane_active.eq(active_early)]
+            m.d.sync += [lane_before[n].eq(popcount(need_early[:n])) for n in range(N + 1)]
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --
@@ -443,7 +453,7 @@ class WeightDecoder(wiring.Component):
             produced.section.eq(section),
         ]
         for n in range(N):
-            m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym5[n])
+            m.d.comb += produced.values[n].eq(Mux(single, single_symbol, sym6[n])
                                               - zero_point)
         push = Signal()
         m.d.comb += push.eq(commit)

@@ -38,9 +38,9 @@ def test_decoder_refuses_lanes(lanes):
 
 
 def test_decoder_depth():
-    assert WeightDecoder(CodecParams(), 4).depth == PIPELINE_DEPTH == 6
+    assert WeightDecoder(CodecParams(), 4).depth == PIPELINE_DEPTH == 7
     assert WeightDecoder(CodecParams(), 4).ring == 8
-    assert WeightDecoder(CodecParams(), 8).ring == PIPELINE_DEPTH   # 4 states, 2 bubbles
+    assert WeightDecoder(CodecParams(), 8).ring == PIPELINE_DEPTH   # 4 states, 3 bubbles
     assert WeightDecoder(CodecParams(state_count=2), 1).ring == PIPELINE_DEPTH
     assert WeightDecoder(CodecParams(), 1).ring == 32
     assert WeightDecoder(CodecParams(), 4, buffer_depth=32).buffer_depth == 32
