@@ -118,6 +118,10 @@ class SymbolTables(wiring.Component):
         flushing = Signal()
         f = Signal(16)
         f_valid = Signal()
+        # Zero tests of the frequency, made as it is taken: the walk's decisions then start
+        # from flip-flops, not from a 16-bit zero test.
+        f_zero = Signal()          # f == 0: the symbol owns no slot
+        f_narrow = Signal()        # f < 2**s: it may still end inside its first bucket
         restart = Signal()
         walk = Signal()
         m.d.sync += restart.eq(self.start)
@@ -130,7 +134,9 @@ class SymbolTables(wiring.Component):
             bucket_we.eq(flushing),
         ]
         with m.If(self.freqs.valid & self.freqs.ready):
-            m.d.sync += [f.eq(self.freqs.payload), f_valid.eq(1)]
+            m.d.sync += [f.eq(self.freqs.payload), f_valid.eq(1),
+                         f_zero.eq(self.freqs.payload == 0),
+                         f_narrow.eq(self.freqs.payload[s:] == 0)]
         with m.Elif(walk):
             m.d.sync += f_valid.eq(0)
         cum_next = Signal(26)
@@ -146,7 +152,7 @@ class SymbolTables(wiring.Component):
                          flush_to.eq(0), first.eq(0), mask.eq(0), flushing.eq(0)]
         with m.Elif(walk):
             m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
-            with m.If(f != 0):
+            with m.If(~f_zero):
                 # Ranks past 255 only come from tables that fail the sum check.
                 m.d.comb += rank_we.eq(rank < MAX_LEVELS)
                 m.d.sync += [rank.eq(rank + 1), span_rank.eq(rank)]
@@ -162,7 +168,7 @@ class SymbolTables(wiring.Component):
                 # makes buckets to write exactly when it reaches past that bucket's end: a
                 # short add on the low bits instead of two wide compares. The top bit of
                 # ``bucket`` says the table is already past its last bucket (bad sums only).
-                crosses = (f[s:] != 0) | ((cum[:s] + f[:s]) >> s != 0)
+                crosses = ~f_narrow | ((cum[:s] + f[:s]) >> s != 0)
                 m.d.sync += flushing.eq(crosses & ~bucket[-1])
         with m.Elif(flushing):
             # Buckets after the first one a symbol spans start inside that symbol.
