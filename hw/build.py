@@ -141,6 +141,31 @@ def _resources_ecp5(cells: dict, nextpnr: dict) -> dict:
     }
 
 
+def _design_name(cell: str) -> str:
+    """The design's own name in a cell name nextpnr reports (``decoder.before_SB_DFFE_Q_8_DFFLC``
+    -> ``decoder.before``): what comes before the first primitive or generated suffix."""
+    name = re.split(r"_(?:SB|TRELLIS|DP16KD|MULT18X18D|CCU2C|LUT4|PFUMX|L6MUX21)_|_(?:SB|TRELLIS)"
+                    r"[A-Z0-9_]*$|\$", cell)[0]
+    return name or cell
+
+
+def _critical_path(nextpnr: dict, clock: str) -> dict:
+    """The worst path from ``clock`` to itself in nextpnr's report: where it starts and ends,
+    and its delay split into logic and routing (on iCE40 the routing is usually the larger)."""
+    for path in nextpnr.get("critical_paths", []):
+        if path.get("from") == f"posedge {clock}" and path.get("to") == f"posedge {clock}":
+            steps = path.get("path", [])
+            if not steps:
+                break
+            logic = sum(step["delay"] for step in steps if step["type"] != "routing")
+            routing = sum(step["delay"] for step in steps if step["type"] == "routing")
+            return {"from": _design_name(steps[0]["from"]["cell"]),
+                    "to": _design_name(steps[-1]["to"]["cell"]),
+                    "ns": round(logic + routing, 2), "logic_ns": round(logic, 2),
+                    "routing_ns": round(routing, 2)}
+    return None
+
+
 #: The default build: the largest configuration that fits the UP5K and meets timing today (the
 #: 4-lane decoder alone takes 88 % of its logic cells and reaches ~31 MHz; docs/BOARD.md).
 DEFAULT_LANES = 2
@@ -244,7 +269,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     # nextpnr-ecp5 names a clock after its global net ("$glbnet$clk"); report the net's name.
     clocks = {name.removeprefix("$glbnet$"): {"fmax_mhz": round(entry["achieved"], 2),
                      "target_mhz": round(entry["constraint"], 2),
-                     "met": entry["achieved"] >= entry["constraint"]}
+                     "met": entry["achieved"] >= entry["constraint"],
+                     "critical_path": _critical_path(nextpnr, name)}
               for name, entry in nextpnr.get("fmax", {}).items()
               if not name.startswith("$PACKER_GND_NET")}
     timing_met = bool(clocks) and all(c["met"] for c in clocks.values())
@@ -303,6 +329,10 @@ def summary(report: dict) -> str:
     for clock, c in report["clocks"].items():
         lines.append(f"  clock {clock}: Fmax {c['fmax_mhz']:.2f} MHz, target "
                      f"{c['target_mhz']:.2f} MHz, {'met' if c['met'] else 'MISSED'}")
+        path = c.get("critical_path")
+        if path:
+            lines.append(f"    critical path {path['from']} -> {path['to']}: {path['ns']:.1f} ns "
+                         f"({path['logic_ns']:.1f} logic, {path['routing_ns']:.1f} routing)")
     lines.append(f"  build {report['build_seconds']:.0f} s"
                  + (f"; board must print: {report['expected_line']}" if model else ""))
     return "\n".join(lines)

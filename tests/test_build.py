@@ -41,6 +41,8 @@ def test_default_icebreaker_build(tmp_path, capsys):
     clock = report["clocks"]["clk"]
     assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ["icebreaker"], abs=0.01)
     assert clock["fmax_mhz"] > 0
+    assert clock["critical_path"]["ns"] == pytest.approx(1000 / clock["fmax_mhz"], rel=0.02)
+    assert "critical path" in captured.out
     assert report["timing_met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
     assert report["weights_per_second"] == round(DEFAULT_LANES * clock["fmax_mhz"] * 1e6)
     # The default configuration is chosen to build: it fits and meets timing.
@@ -144,6 +146,29 @@ def test_ecp5_resources_from_nextpnr_report():
                                                                        "available": 5280}}})
     assert ice40["luts"] == {"used": 5, "available": 5280} and "lutram" not in ice40
     assert set(res) == set(ice40) | {"lutram"}
+
+
+def test_critical_path_from_nextpnr_report():
+    """The report names the worst path of each clock by design names, delay split in two."""
+    from hw.build import _critical_path
+
+    def step(kind, delay, source, sink):
+        return {"type": kind, "delay": delay, "from": {"cell": source}, "to": {"cell": sink}}
+
+    path = [step("clk-to-q", 1.39, "decoder.before_SB_DFFE_Q_8_DFFLC", "x"),
+            step("routing", 4.04, "x", "y"),
+            step("logic", 0.87, "y", "z"),
+            step("routing", 2.5, "z", "decoder.slots1.0.0_WDATA_SB_DFF_Q_D_SB_LUT4_O_LC"),
+            step("setup", 0.82, "decoder.slots1.0.0_WDATA_SB_DFF_Q_D_SB_LUT4_O_LC",
+                 "decoder.slots1.0.0_WDATA_SB_DFF_Q_D_SB_LUT4_O_LC")]
+    nextpnr = {"critical_paths": [
+        {"from": "<async>", "to": "posedge clk", "path": [step("routing", 9.0, "a", "b")]},
+        {"from": "posedge $glbnet$clk", "to": "posedge $glbnet$clk", "path": path}]}
+    assert _critical_path(nextpnr, "$glbnet$clk") == {
+        "from": "decoder.before", "to": "decoder.slots1.0.0_WDATA",
+        "ns": 9.62, "logic_ns": 3.08, "routing_ns": 6.54}
+    assert _critical_path(nextpnr, "clk") is None
+    assert _critical_path({}, "clk") is None
 
 
 def _check_ecp5_report(report, lanes, design):
