@@ -279,8 +279,23 @@ class WeightDecoder(wiring.Component):
         lane_before = Signal(data.ArrayLayout(range(N + 1), N + 1), reset_less=True)
         m.d.comb += buf.before.eq(lane_before)
         need_count = lane_before[N]
+        # ``enough`` is buf.count >= need_count as a register, computed a cycle ahead from
+        # what the cycle does to both (words pushed; words taken if the step at Z commits;
+        # the next step's count if the ring advances): the commit, whose fanout is every
+        # write-back and output register, then starts from a flip-flop, not a compare.
+        enough = Signal(init=1)
         short = Signal()
-        m.d.comb += short.eq(need_count > buf.count)
+        m.d.comb += short.eq(~enough)
+        held = Signal(range(buf.depth + 2))          # words held after this cycle's push
+        next_need = Signal(range(N + 1))             # need_count of the step entering Z
+        m.d.comb += [held.eq(buf.count + (buf.push.valid & buf.push.ready)),
+                     next_need.eq(popcount(need_early))]
+        enough_if_taken = Signal()
+        enough_if_advanced = Signal()
+        enough_if_held = Signal()
+        m.d.comb += [enough_if_taken.eq(held >= need_count + next_need),
+                     enough_if_advanced.eq(held >= next_need),
+                     enough_if_held.eq(held >= need_count)]
         m.d.comb += adv.eq(row_full | (~in_header & ~(ctrl[Z].valid & skid_valid)))
         # The replay acts a cycle after the decision, from a register (``replaying``): the
         # decision then reaches one flip-flop, not the ~80 it restores. In that cycle the step
@@ -295,6 +310,8 @@ class WeightDecoder(wiring.Component):
         m.d.sync += [replaying.eq(replay), replay_first.eq(ctrl[Z].first)]
         commit = Signal()
         m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short & ~replaying)
+        m.d.sync += enough.eq(Mux(commit, enough_if_taken,
+                                  Mux(adv, enough_if_advanced, enough_if_held)))
         m.d.comb += buf.take.eq(commit)
         # State index of the step at Z: phase - Z mod R, as a register.
         back_phase = Signal(range(R), init=R - D)
