@@ -274,11 +274,11 @@ class WeightDecoder(wiring.Component):
         active_early = Signal(N, reset_less=True)
         lane_need = Signal(N, reset_less=True)      # at Z
         lane_active = Signal(N, reset_less=True)    # lanes with a symbol in the step at Z
-        # lane_before[n]: lanes below n that need a word (the word buffer's offsets), and
-        # lane_before[N] the words the step needs.
-        lane_before = Signal(data.ArrayLayout(range(N + 1), N + 1), reset_less=True)
-        m.d.comb += buf.before.eq(lane_before)
-        need_count = lane_before[N]
+        # The word buffer takes the offsets of the step at OFFSETS (lanes below n that need a
+        # word, and the words the step needs) as it moves to Z, and registers them.
+        m.d.comb += [buf.before_next[n].eq(popcount(need_early[:n])) for n in range(N + 1)]
+        m.d.comb += buf.load.eq(adv)
+        need_count = buf.needed
         # ``enough`` is buf.count >= need_count as a register, computed a cycle ahead from
         # what the cycle does to both (words pushed; words taken if the step at Z commits;
         # the next step's count if the ring advances): the commit, whose fanout is every
@@ -289,7 +289,7 @@ class WeightDecoder(wiring.Component):
         held = Signal(range(buf.depth + 2))          # words held after this cycle's push
         next_need = Signal(range(N + 1))             # need_count of the step entering Z
         m.d.comb += [held.eq(buf.count + (buf.push.valid & buf.push.ready)),
-                     next_need.eq(popcount(need_early))]
+                     next_need.eq(buf.before_next[N])]
         enough_if_taken = Signal()
         enough_if_advanced = Signal()
         enough_if_held = Signal()
@@ -456,7 +456,6 @@ class WeightDecoder(wiring.Component):
                                                Mux(written[n], renormed[n], x[Z][n])))
             m.d.sync += [need_early.eq(Cat(*needs)), active_early.eq(Cat(*actives)),
                          lane_need.eq(need_early), lane_active.eq(active_early)]
-            m.d.sync += [lane_before[n].eq(popcount(need_early[:n])) for n in range(N + 1)]
         m.d.sync += row_full.eq(0)
 
         # -- output: a register and a skid register behind it --

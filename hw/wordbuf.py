@@ -1,6 +1,6 @@
 """The payload word buffer: one word in per cycle, up to ``lanes`` words out per cycle."""
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,9 +11,11 @@ class WordBuffer(wiring.Component):
     """Circular buffer that hands the lanes needing a word the next words in lane order.
 
     This is the word-order contract of docs/FORMAT.md: lane ``n`` gets word
-    ``head + (number of lanes before n that need one)``. The user gives those counts
-    (``before``), from registers: the buffer then adds only a short add and a multiplexer
-    between them and ``words``.
+    ``head + (number of lanes before n that need one)``. The user gives those counts a cycle
+    ahead (``before_next``, taken on ``load``), and the buffer registers each lane's index
+    twice, as if the step now at the lanes takes its words and as if it does not: ``take``
+    then only picks one of the two, and between the registers and ``words`` there is a
+    two-way choice and the entry multiplexer, no adder.
 
     Parameters
     ----------
@@ -25,16 +27,20 @@ class WordBuffer(wiring.Component):
     ----------
     push : In(stream.Signature(16))
         Payload words in stream order; ``ready`` while not full.
-    before : In(ArrayLayout(range(lanes + 1), lanes + 1))
-        ``before[n]``: lanes below ``n`` that need a word; ``before[lanes]`` is the number
-        of words the lanes need in all.
+    before_next : In(ArrayLayout(range(lanes + 1), lanes + 1))
+        Of the step that comes to the lanes on the next ``load``: ``before_next[n]`` lanes
+        below ``n`` need a word, ``before_next[lanes]`` words in all.
+    load : In(1)
+        That step comes to the lanes at the end of this cycle; the one there leaves.
     take : In(1)
-        Remove ``before[lanes]`` words this cycle (only when they are held: ``<= count``).
+        The step at the lanes takes its ``needed`` words as it leaves (only with ``load``,
+        and only when they are held: ``needed <= count``).
+    needed : Out(range(lanes + 1))
+        Words the step at the lanes needs (0 before the first ``load``).
     count : Out(range(depth + 1))
         Words held (those pushed this cycle are not counted yet).
     words : Out(ArrayLayout(16, lanes))
-        ``words[n]`` is the word at ``head + before[n]``: the one lane ``n`` gets if it
-        needs one.
+        ``words[n]`` is the word lane ``n`` of the step at the lanes gets if it needs one.
 
     There is no clear: a section ends only with the buffer empty (``count == 0``, or the
     decoder stops with ``BAD_LENGTH``), and where an empty buffer's pointers stand does not
@@ -58,8 +64,10 @@ class WordBuffer(wiring.Component):
         self._depth = depth
         super().__init__({
             "push": In(stream.Signature(16)),
-            "before": In(data.ArrayLayout(range(lanes + 1), lanes + 1)),
+            "before_next": In(data.ArrayLayout(range(lanes + 1), lanes + 1)),
+            "load": In(1),
             "take": In(1),
+            "needed": Out(range(lanes + 1)),
             "count": Out(range(depth + 1)),
             "words": Out(data.ArrayLayout(unsigned(16), lanes)),
         })
@@ -75,21 +83,34 @@ class WordBuffer(wiring.Component):
         entries = [Signal(16, name=f"entry{i}", reset_less=True) for i in range(depth)]
         head = Signal(bits)
         tail = Signal(bits)
-        # The count is a register of its own, not tail - head: the decoder's stall decision
-        # compares it, and a subtractor in front of that compare costs a carry chain.
+        # The count is a register of its own, not tail - head: the decoder's commit decision
+        # compares it, and a subtractor in front of that compare costs a carry chain. Room for
+        # a word is a register too: push.ready reaches the decoder's input handshake.
         count = Signal(range(depth + 1))
+        room = Signal(init=1)
         m.d.comb += [
             self.count.eq(count),
-            self.push.ready.eq(count != depth),
+            self.push.ready.eq(room),
         ]
+        # Each lane's index, registered on load as if the leaving step takes its words
+        # (index_moved) and as if it does not (index_stayed); ``took`` says which.
+        needed = Signal(range(lanes + 1))
+        took = Signal()
+        m.d.comb += self.needed.eq(needed)
+        with m.If(self.load):
+            m.d.sync += [needed.eq(self.before_next[lanes]), took.eq(self.take)]
         for n in range(lanes):
+            index_stayed = Signal(bits, name=f"index_stayed{n}")
+            index_moved = Signal(bits, name=f"index_moved{n}")
+            with m.If(self.load):
+                m.d.sync += [index_stayed.eq(head + self.before_next[n]),
+                             index_moved.eq(head + needed + self.before_next[n])]
             index = Signal(bits, name=f"index{n}")
-            m.d.comb += index.eq(head + self.before[n])
+            m.d.comb += index.eq(Mux(took, index_moved, index_stayed))
             with m.Switch(index):
                 for i in range(depth):
                     with m.Case(i):
                         m.d.comb += self.words[n].eq(entries[i])
-        taken = self.before[lanes]
         pushed = Signal()
         m.d.comb += pushed.eq(self.push.valid & self.push.ready)
         with m.If(pushed):
@@ -98,8 +119,9 @@ class WordBuffer(wiring.Component):
                 for i in range(depth):
                     with m.Case(i):
                         m.d.sync += entries[i].eq(self.push.payload)
+        count_next = Signal(range(depth + 1))
+        m.d.comb += count_next.eq(count + pushed - Mux(self.take, needed, 0))
+        m.d.sync += [count.eq(count_next), room.eq(count_next != depth)]
         with m.If(self.take):
-            m.d.sync += [head.eq(head + taken), count.eq(count + pushed - taken)]
-        with m.Else():
-            m.d.sync += count.eq(count + pushed)
+            m.d.sync += head.eq(head + needed)
         return m

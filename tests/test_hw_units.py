@@ -170,20 +170,26 @@ def test_word_buffer_hands_words_in_lane_order(lanes):
 
     async def testbench(ctx):
         nonlocal pushed
+        needing = []            # lanes of the step at the lanes that need a word
+        takes = 0
         for _ in range(600):
             offer = rng.random() < 0.6
             ctx.set(dut.push.valid, offer)
             ctx.set(dut.push.payload, pushed & 0xFFFF)
             need = rng.getrandbits(lanes) if rng.random() < 0.7 else 0
-            needing = [n for n in range(lanes) if need >> n & 1]
+            needing_next = [n for n in range(lanes) if need >> n & 1]
             for n in range(lanes + 1):
-                ctx.set(dut.before[n], sum(1 for k in needing if k < n))
+                ctx.set(dut.before_next[n], sum(1 for k in needing_next if k < n))
+            load = rng.random() < 0.8
+            ctx.set(dut.load, load)
             count = ctx.get(dut.count)
             assert count == len(queue)
+            assert ctx.get(dut.needed) == len(needing)
             assert ctx.get(dut.push.ready) == (count < dut.depth)
-            take = len(needing) <= count
+            take = load and len(needing) <= count
             ctx.set(dut.take, take)
             if take:
+                takes += bool(needing)
                 for k, n in enumerate(needing):
                     assert ctx.get(dut.words[n]) == queue[k]
             fire = offer and ctx.get(dut.push.ready)
@@ -191,10 +197,12 @@ def test_word_buffer_hands_words_in_lane_order(lanes):
             if take:
                 for _ in needing:
                     queue.popleft()
+            if load:
+                needing = needing_next
             if fire:
                 queue.append(pushed & 0xFFFF)
                 pushed += 1
-        assert pushed > 100
+        assert pushed > 100 and takes > 100
 
     simulate(dut, testbench)
 
