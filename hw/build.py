@@ -166,12 +166,14 @@ def _critical_path(nextpnr: dict, clock: str) -> dict:
     return None
 
 
-#: The default build: the largest configuration that fits the UP5K and meets timing today (the
-#: 4-lane decoder alone takes 88 % of its logic cells and reaches ~31 MHz; docs/BOARD.md).
+#: The default build: 2 lanes, which leave the UP5K room and timing margin (the 4-lane system
+#: takes 97 % of its logic cells; docs/BOARD.md), and on the board the flash and the CRC, not
+#: the decoder, bound the rate.
 DEFAULT_LANES = 2
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
-#: meets with some margin (12 MHz x 85 / 32; Fmax 34.65 MHz; an earlier netlist reached exactly
-#: 33.00 MHz at a 33 MHz target); the ECP5 system runs at twice that.
+#: meets with a wide margin (12 MHz x 85 / 32; Fmax 37.59 MHz on commit 7bec15d, but an
+#: intermediate netlist of the same system reached only 31.40 MHz); the ECP5 system runs at
+#: about three times that.
 DEFAULT_FREQUENCY_MHZ = {"icebreaker": 31.875, "ulx3s-85f": 24.0}
 
 

@@ -4,9 +4,9 @@ docs/HARDWARE.md describes the microarchitecture; docs/FORMAT.md is the specific
 implements. In short: a word-level parser walks the container and checks every field in the
 order of :func:`sw.container.parse`; a ring of ``R = max(K/N, D)`` slots per lane holds the
 ``K`` coder states (in block RAM when ``R > D``), so each lane's state recurrence (slot ->
-symbol lookup -> multiply -> add -> renormalise, ``D = 6`` stages) has ``K/N`` cycles to come
-round; a word buffer hands the lanes that renormalise the next payload words in lane order,
-and a step short of words is replayed rather than stalling the ring.
+symbol lookup -> multiply -> add -> word offsets -> renormalise, ``D = 7`` stages) has ``K/N``
+cycles to come round; a word buffer hands the lanes that renormalise the next payload words in
+lane order, and a step short of words is replayed rather than stalling the ring.
 """
 
 from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
