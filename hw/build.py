@@ -194,6 +194,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     from boards.icebreaker import DecoderHarness, ICEBreakerTop
     from boards.ulx3s import ECP5_BOARDS
 
+    from .tables import YOSYS_TABLE_RAMS
+
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
     family = "ecp5" if board in ECP5_BOARDS else "ice40"
@@ -251,6 +253,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         plan = platform.prepare(
             top, name="top",
             synth_opts=synth_opts,
+            script_after_read=YOSYS_TABLE_RAMS,
             script_after_synth="tee -q -o top.stat.json stat -json",
             nextpnr_opts="--report top.report.json --timing-allow-fail")
     except Exception as error:   # elaboration errors of the design itself

@@ -22,10 +22,19 @@ from amaranth.lib.wiring import In, Out
 from sw.format import MAX_LEVELS
 from sw.params import CodecParams
 
-__all__ = ["SymbolTables", "LOOKUP_LATENCY", "bucket_shift", "popcount"]
+__all__ = ["SymbolTables", "LOOKUP_LATENCY", "YOSYS_TABLE_RAMS", "bucket_shift", "popcount"]
 
 #: Cycles from a slot to its symbol, cumulative and frequency.
 LOOKUP_LATENCY = 3
+
+#: Yosys command, to run after reading the design: the table RAMs' read-during-write result is
+#: don't-care. The tables are written only between sections, when no lookup in flight is valid,
+#: and read for a valid step at least three cycles after the last write; without this Yosys
+#: emulates the read port's read-first semantics on iCE40 block RAM (write data delayed a cycle
+#: plus a bypass with an address compare on every read bit: ~280 logic cells at 4 lanes, and
+#: the bypass's compare was a critical path). Amaranth has no way to say it on the ports.
+YOSYS_TABLE_RAMS = ("setparam -set COLLISION_X_MASK 1 "
+                    "t:$memrd_v2 r:MEMID=*buckets* r:MEMID=*ranks* %u %i")
 
 
 def popcount(bits):

