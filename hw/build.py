@@ -171,7 +171,7 @@ def _critical_path(nextpnr: dict, clock: str) -> dict:
 #: the decoder, bound the rate.
 DEFAULT_LANES = 2
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
-#: meets with a wide margin (12 MHz x 85 / 32; Fmax 37.59 MHz on commit 7bec15d, but an
+#: meets with a wide margin (12 MHz x 85 / 32; Fmax 39.79 MHz on commit ef86d36, but an
 #: intermediate netlist of the same system reached only 31.40 MHz); the ECP5 system runs at
 #: about three times that.
 DEFAULT_FREQUENCY_MHZ = {"icebreaker": 31.875, "ulx3s-85f": 24.0}
