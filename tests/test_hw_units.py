@@ -428,6 +428,10 @@ def field_cases():
     yield "levels_0", patched(coded, 160, "H", 0), Status.BAD_SECTION
     yield "levels_257", patched(coded, 160, "H", 257), Status.BAD_SECTION
     yield "zero_point", patched(coded, 162, "h", -32768), Status.BAD_SECTION
+    # levels - 1 - zero_point must fit int16: -32765 is the last that does for 3 levels (the
+    # check passes and the patched section fails its CRC), -32766 the first that does not.
+    yield "zero_point_last_ok", patched(coded, 162, "h", -32765), Status.CRC_MISMATCH
+    yield "zero_point_first_bad", patched(coded, 162, "h", -32766), Status.BAD_SECTION
     yield "scale_count", patched(coded, 164, "H", 0), Status.BAD_SECTION
     yield "symbol_count", patched(coded, 170, "I", (1 << 28) + 1), Status.BAD_SECTION
     yield "table_sum", patched(coded, 174, "H", 1), Status.BAD_TABLE
