@@ -753,10 +753,9 @@ class WeightDecoder(wiring.Component):
 
         def got_zero_point():
             # Judged with the scale count, as the golden model does; computed here so the
-            # compare is not in front of the next state. levels - 1 - zero_point > 32767 is
-            # zero_point + 32768 < levels: the sign bit flipped, one 16-bit compare.
+            # subtract and compare are not in front of the next state.
             p.set(zero_point, w)
-            p.set(zero_point_bad, (w ^ 0x8000) < levels)
+            p.set(zero_point_bad, (levels - 1 - w.as_signed()) > 32767)
             go("SCALE_COUNT")
         field("ZERO_POINT", got_zero_point)
 
