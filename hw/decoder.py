@@ -533,7 +533,8 @@ class WeightDecoder(wiring.Component):
         not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "FINAL", "DONE"}
 
         # Every word the parser takes goes into the running CRC except the CRC fields
-        # themselves; a section's CRC starts at its KIND word. Both as flags of their own.
+        # themselves (a flag of its own); a section's CRC starts at its KIND word (that
+        # state's flip-flop).
         crc_on = Signal(init=1)
         crc_off = {"HCRC0", "HCRC1", "HCRC", "SCRC0", "SCRC1", "SCRC", "FREQ_END", "FINAL",
                    "DONE", "ERROR"}
