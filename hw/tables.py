@@ -4,18 +4,21 @@ Structure (docs/HARDWARE.md, "Symbol lookup"). The ``M = 2**P`` slots are cut in
 ``2**S`` slots (``S = min(4, P)``). Symbols of non-zero frequency are numbered by *rank* in
 symbol order (zero-frequency symbols own no slot and get no rank). Two block RAMs per lane:
 
-* bucket table, ``2**(P-S)`` entries: ``first`` = rank of the symbol owning the bucket's first
-  slot, ``mask`` = bit ``i`` set when a symbol starts at slot ``i`` of the bucket;
+* bucket table, ``2**(P-S)`` entries: ``first`` and ``middle`` = ranks of the symbols owning
+  the bucket's slots ``0`` and ``H = 2**(S-1)``, ``mask`` = bit ``i`` set when a symbol starts
+  at slot ``i > 0`` of the bucket;
 * rank table, up to 256 entries: ``symbol``, ``cumulative`` and ``frequency`` (``P`` bits each
   for the last two; a frequency of ``M`` only occurs in one-symbol tables, which the decoder
   handles without the table, so it is stored as 0).
 
-``rank = first + popcount(mask[1..j])`` with ``j`` the slot's offset in its bucket. Both
+With ``j`` the slot's offset in its bucket, ``rank = first + popcount(mask[1..j])`` for
+``j < H`` and ``middle + popcount(mask[H+1..j])`` otherwise: a popcount of ``H - 1`` bits
+instead of ``2*H - 1``, for the same two block RAMs (8 + 8 + 16 bits at S = 4). Both
 tables are built by one sequential walk while the frequencies arrive: one cycle per frequency
 word plus one cycle per bucket written, at most ``levels + 2**(P-S)`` cycles (512 for P = 12).
 """
 
-from amaranth import Module, Signal, unsigned, Cat, Const
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -102,7 +105,9 @@ class SymbolTables(wiring.Component):
         s = bucket_shift(p)
         buckets = 1 << (p - s)
         mask_width = 1 << s
-        bucket_layout = data.StructLayout({"first": unsigned(8), "mask": unsigned(mask_width)})
+        half = mask_width >> 1
+        bucket_layout = data.StructLayout({"first": unsigned(8), "middle": unsigned(8),
+                                           "mask": unsigned(mask_width)})
         rank_layout = data.StructLayout({"symbol": unsigned(8), "cumulative": unsigned(p),
                                          "frequency": unsigned(p)})
 
@@ -114,6 +119,7 @@ class SymbolTables(wiring.Component):
         bucket = Signal(p - s + 1)
         flush_to = Signal(p - s + 1)
         first = Signal(8)
+        middle = Signal(8)
         mask = Signal(mask_width)
 
         bucket_we = Signal()
@@ -139,6 +145,7 @@ class SymbolTables(wiring.Component):
             self.idle.eq(~f_valid & ~flushing),
             walk.eq(f_valid & ~flushing & ~restart),
             bucket_wdata.first.eq(first),
+            bucket_wdata.middle.eq(middle),
             bucket_wdata.mask.eq(mask),
             bucket_we.eq(flushing),
         ]
@@ -158,7 +165,8 @@ class SymbolTables(wiring.Component):
         ]
         with m.If(restart):
             m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), span_rank.eq(0), bucket.eq(0),
-                         flush_to.eq(0), first.eq(0), mask.eq(0), flushing.eq(0)]
+                         flush_to.eq(0), first.eq(0), middle.eq(0), mask.eq(0),
+                         flushing.eq(0)]
         with m.Elif(walk):
             m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
             with m.If(~f_zero):
@@ -166,9 +174,11 @@ class SymbolTables(wiring.Component):
                 m.d.comb += rank_we.eq(rank < MAX_LEVELS)
                 m.d.sync += [rank.eq(rank + 1), span_rank.eq(rank)]
                 with m.If(cum[:s] == 0):
-                    m.d.sync += [first.eq(rank), mask.eq(0)]
+                    m.d.sync += [first.eq(rank), middle.eq(rank), mask.eq(0)]
                 with m.Else():
                     m.d.sync += mask.eq(mask | (1 << cum[:s]))
+                    with m.If(cum[:s] <= half):
+                        m.d.sync += middle.eq(rank)
                 with m.If(end_bucket >= buckets):
                     m.d.sync += flush_to.eq(buckets)
                 with m.Else():
@@ -181,8 +191,8 @@ class SymbolTables(wiring.Component):
                 m.d.sync += flushing.eq(crosses & ~bucket[-1])
         with m.Elif(flushing):
             # Buckets after the first one a symbol spans start inside that symbol.
-            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), mask.eq(0),
-                         flushing.eq(bucket + 1 < flush_to)]
+            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), middle.eq(span_rank),
+                         mask.eq(0), flushing.eq(bucket + 1 < flush_to)]
 
         # -- one copy of both tables per lane --
         for n in range(self._lanes):
@@ -198,23 +208,26 @@ class SymbolTables(wiring.Component):
             ]
             br = bmem.read_port(domain="sync")
             rr = rmem.read_port(domain="sync")
-            # Cycle 0 reads the bucket and turns the slot's offset in it into a thermometer
-            # code; cycle 1 counts the symbols starting at offsets 1..j; cycle 2 adds the
-            # bucket's first rank and reads the rank table. Each step stays a few LUT levels
-            # deep (a compare, a mask, a popcount and an add in one cycle are ~17 levels).
-            reach = Signal(mask_width - 1, name=f"reach{n}")   # bit i - 1: offset >= i
-            count = Signal(range(mask_width), name=f"count{n}")
-            first_rank = Signal(8, name=f"first_rank{n}")
+            # Cycle 0 reads the bucket and turns the slot's offset in its half into a
+            # thermometer code; cycle 1 picks the half's base rank and counts the symbols
+            # starting in the half up to the slot; cycle 2 adds the two and reads the rank
+            # table. Each step stays a few LUT levels deep: the half select and the mask meet
+            # in one LUT per bit, in front of a 7-bit popcount at S = 4.
+            upper = Signal(name=f"upper{n}")                  # the slot is in the upper half
+            reach = Signal(half - 1, name=f"reach{n}")        # bit i - 1: offset in half >= i
+            count = Signal(range(half), name=f"count{n}")
+            base_rank = Signal(8, name=f"base_rank{n}")
+            offset = self.slot[n][:s - 1]
             m.d.comb += [br.addr.eq(self.slot[n][s:]), br.en.eq(self.en)]
             with m.If(self.en):
                 m.d.sync += [
-                    reach.eq(Cat(*[self.slot[n][:s] >= i for i in range(1, mask_width)])),
-                    # Bit 0 of the mask is the bucket's own first symbol.
-                    count.eq(popcount([br.data.mask[i] & reach[i - 1]
-                                       for i in range(1, mask_width)])),
-                    first_rank.eq(br.data.first),
+                    upper.eq(self.slot[n][s - 1]),
+                    reach.eq(Cat(*[offset >= i for i in range(1, half)])),
+                    count.eq(popcount([Mux(upper, br.data.mask[half + i], br.data.mask[i])
+                                       & reach[i - 1] for i in range(1, half)])),
+                    base_rank.eq(Mux(upper, br.data.middle, br.data.first)),
                 ]
-            m.d.comb += [rr.addr.eq(first_rank + count), rr.en.eq(self.en)]
+            m.d.comb += [rr.addr.eq(base_rank + count), rr.en.eq(self.en)]
             m.d.comb += [
                 self.symbol[n].eq(rr.data.symbol),
                 self.cumulative[n].eq(rr.data.cumulative),
