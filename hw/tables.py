@@ -112,15 +112,18 @@ class SymbolTables(wiring.Component):
                                          "frequency": unsigned(p)})
 
         # -- builder: a walk over the frequencies in symbol order --
-        cum = Signal(26)          # 256 words of 16 bits cannot overflow it
-        symbol = Signal(9)
-        rank = Signal(9)
-        span_rank = Signal(8)
-        bucket = Signal(p - s + 1)
-        flush_to = Signal(p - s + 1)
-        first = Signal(8)
-        middle = Signal(8)
-        mask = Signal(mask_width)
+        # The walk's registers have no reset: ``start`` sets them before a walk reads them,
+        # and on iCE40 a reset on a register with an enable is logic in front of it (the
+        # flip-flop's own reset acts only when enabled), on the reset net's long routes.
+        cum = Signal(26, reset_less=True)          # 256 words of 16 bits cannot overflow it
+        symbol = Signal(9, reset_less=True)
+        rank = Signal(9, reset_less=True)
+        span_rank = Signal(8, reset_less=True)
+        bucket = Signal(p - s + 1, reset_less=True)
+        flush_to = Signal(p - s + 1, reset_less=True)
+        first = Signal(8, reset_less=True)
+        middle = Signal(8, reset_less=True)
+        mask = Signal(mask_width, reset_less=True)
 
         bucket_we = Signal()
         rank_we = Signal()
@@ -131,12 +134,12 @@ class SymbolTables(wiring.Component):
         # in front of the walk's 26-bit add. A register, not bucket < flush_to: ``flushing``
         # drives freqs.ready, hence the parser's words.ready and every enable behind it.
         flushing = Signal()
-        f = Signal(16)
+        f = Signal(16, reset_less=True)
         f_valid = Signal()
         # Zero tests of the frequency, made as it is taken: the walk's decisions then start
         # from flip-flops, not from a 16-bit zero test.
-        f_zero = Signal()          # f == 0: the symbol owns no slot
-        f_narrow = Signal()        # f < 2**s: it may still end inside its first bucket
+        f_zero = Signal(reset_less=True)          # f == 0: the symbol owns no slot
+        f_narrow = Signal(reset_less=True)        # f < 2**s: it may still end in its first bucket
         restart = Signal()
         walk = Signal()
         m.d.sync += restart.eq(self.start)
@@ -179,7 +182,9 @@ class SymbolTables(wiring.Component):
                     m.d.sync += mask.eq(mask | (1 << cum[:s]))
                     with m.If(cum[:s] <= half):
                         m.d.sync += middle.eq(rank)
-                with m.If(end_bucket >= buckets):
+                # Past the table's end exactly when cum_next >= M: a zero test of its high
+                # bits, not a second carry chain behind the add.
+                with m.If(cum_next[p:].any()):
                     m.d.sync += flush_to.eq(buckets)
                 with m.Else():
                     m.d.sync += flush_to.eq(end_bucket)
@@ -192,7 +197,7 @@ class SymbolTables(wiring.Component):
         with m.Elif(flushing):
             # Buckets after the first one a symbol spans start inside that symbol.
             m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), middle.eq(span_rank),
-                         mask.eq(0), flushing.eq(bucket + 1 < flush_to)]
+                         mask.eq(0), flushing.eq(bucket + 1 != flush_to)]
 
         # -- one copy of both tables per lane --
         for n in range(self._lanes):
