@@ -136,6 +136,7 @@ class WeightDecoder(wiring.Component):
         constant_checks = {
             "zero": lambda v: v == 0,
             "one": lambda v: v == 1,
+            "one_or_two": lambda v: (v == 1) | (v == 2),
             "magic_low": lambda v: v == magic & 0xFFFF,
             "magic_high": lambda v: v == magic >> 16,
             "version": lambda v: v == VERSION,
@@ -161,11 +162,12 @@ class WeightDecoder(wiring.Component):
         m.d.comb += [acc.eq(w_valid & parser_ready),
                      self.words.ready.eq((~w_valid & ~stopped) | parser_ready)]
         with m.If(self.words.valid & self.words.ready):
-            m.d.sync += [w.eq(self.words.payload), w_valid.eq(1)]
+            m.d.sync += w.eq(self.words.payload)
             m.d.sync += [check[name].eq(f(self.words.payload))
                          for name, f in constant_checks.items()]
-        with m.Elif(acc):
-            m.d.sync += w_valid.eq(0)
+        # Written as one expression, not as an enable: the handshake is then three LUT levels
+        # from the parser's flags, not an enable chain behind the ready logic.
+        m.d.sync += w_valid.eq((w_valid & ~parser_ready) | (self.words.valid & self.words.ready))
         m.d.comb += crc.word.eq(w)
 
         code = Signal(4)
@@ -176,12 +178,13 @@ class WeightDecoder(wiring.Component):
         low_ok = Signal()                # the low half of a magic/CRC field matched (32-bit
                                          # compares split so each is 16 bits wide)
         low_zero = Signal()              # low word of a u32 field is 0
+        low_one_or_two = Signal()        # ... is 1 or 2
         high_ok = Signal()               # the high half of a CRC field matched
         levels_bad = Signal()            # levels == 0 or > MAX_LEVELS
         left_one = Signal()              # left == 1
         no_sections = Signal()           # section_count == 0
         param_bad = Signal()
-        section_count = Signal(16)
+        last_index = Signal(16)          # section_count - 1
         section = Signal(16)
         left = Signal(32)                # words left in the field being skipped or read
         state_lane = Signal(range(N))
@@ -278,24 +281,10 @@ class WeightDecoder(wiring.Component):
         # word, and the words the step needs) as it moves to Z, and registers them.
         m.d.comb += [buf.before_next[n].eq(popcount(need_early[:n])) for n in range(N + 1)]
         m.d.comb += buf.load.eq(adv)
-        need_count = buf.needed
-        # ``enough`` is buf.count >= need_count as a register, computed a cycle ahead from
-        # what the cycle does to both (words pushed; words taken if the step at Z commits;
-        # the next step's count if the ring advances): the commit, whose fanout is every
-        # write-back and output register, then starts from a flip-flop, not a compare.
-        enough = Signal(init=1)
+        # Whether the step at Z finds its words is a register of the buffer (``enough``): the
+        # commit, whose fanout is every write-back and output register, starts from it.
         short = Signal()
-        m.d.comb += short.eq(~enough)
-        held = Signal(range(buf.depth + 2))          # words held after this cycle's push
-        next_need = Signal(range(N + 1))             # need_count of the step entering Z
-        m.d.comb += [held.eq(buf.count + (buf.push.valid & buf.push.ready)),
-                     next_need.eq(buf.before_next[N])]
-        enough_if_taken = Signal()
-        enough_if_advanced = Signal()
-        enough_if_held = Signal()
-        m.d.comb += [enough_if_taken.eq(held >= need_count + next_need),
-                     enough_if_advanced.eq(held >= next_need),
-                     enough_if_held.eq(held >= need_count)]
+        m.d.comb += short.eq(~buf.enough)
         m.d.comb += adv.eq(row_full | (~in_header & ~(ctrl[Z].valid & skid_valid)))
         # The replay acts a cycle after the decision, from a register (``replaying``): the
         # decision then reaches one flip-flop, not the ~80 it restores. In that cycle the step
@@ -310,8 +299,6 @@ class WeightDecoder(wiring.Component):
         m.d.sync += [replaying.eq(replay), replay_first.eq(ctrl[Z].first)]
         commit = Signal()
         m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short & ~replaying)
-        m.d.sync += enough.eq(Mux(commit, enough_if_taken,
-                                  Mux(adv, enough_if_advanced, enough_if_held)))
         m.d.comb += buf.take.eq(commit)
         # State index of the step at Z: phase - Z mod R, as a register.
         back_phase = Signal(range(R), init=R - D)
@@ -487,11 +474,15 @@ class WeightDecoder(wiring.Component):
             m.d.sync += out_valid.eq(0)
 
         # -- final-state check: every state passes the multiply stage once in R cycles --
+        # Sampled on each of the first R advances in FINAL and registered (the compare is
+        # behind the state RAM's read port); the verdict waits a cycle for the last sample.
         final_count = Signal(range(R + 1))
         final_bad = Signal()
-        head_bad = Signal()
-        m.d.comb += head_bad.eq((mul_phase < G) & (Cat(*[mul_state[n] != L for n in range(N)])
-                                                   != 0))
+        sampled = Signal()               # the states at MULTIPLY are a sample to check
+        lanes_off = Signal(N)            # ... and these lanes' states are not L
+        counted = Signal()               # final_count reached R a cycle ago
+        m.d.sync += [counted.eq(final_count == R),
+                     lanes_off.eq(Cat(*[mul_state[n] != L for n in range(N)]))]
 
         # -- parser --
         # Verdicts on the payload and the frequency sum, registered: the parser's state
@@ -589,20 +580,21 @@ class WeightDecoder(wiring.Component):
             assert failing.setdefault(p.current, status) == status, p.current
             go("ERROR")
 
-        def skip(count, empty, state, after):
+        def skip(count, empty, one, state, after):
             """Go to ``state`` to pass over ``count`` words, then do ``after()``.
 
-            ``empty`` is ``count == 0`` taken from the field itself, ahead of any adder.
+            ``empty`` and ``one`` are ``count == 0`` and ``count == 1``, taken from the field
+            itself: no adder stands in front of them.
             """
             with p.If(empty):
                 after()
             with p.Else():
-                load_left(count)
+                load_left(count, one)
                 go(state)
 
-        def load_left(count):
+        def load_left(count, one):
             p.set(left, count)
-            p.set(left_one, count == 1)
+            p.set(left_one, one)
 
         def count_down():
             p.set(left, left - 1)
@@ -631,7 +623,7 @@ class WeightDecoder(wiring.Component):
 
         # Registered: the section index changes only on the CRC word it is consulted on.
         last_section = Signal()
-        m.d.sync += last_section.eq(section + 1 == section_count)
+        m.d.sync += last_section.eq(section == last_index)
 
         def after_section():
             with p.If(last_section):
@@ -677,9 +669,9 @@ class WeightDecoder(wiring.Component):
                             go("SECTIONS")
         with p.state("SECTIONS"):
             with p.If(taken()):
-                p.set(section_count, w)
+                p.set(last_index, w - 1)
                 p.set(no_sections, check["zero"])
-                load_left(2 * K)
+                load_left(2 * K, 2 * K == 1)
                 go("STATES")
         with p.state("STATES"):
             # A row (state index i of every lane) enters the ring head when complete.
@@ -730,7 +722,8 @@ class WeightDecoder(wiring.Component):
             with p.If(check["name_bad"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip((w + 1) >> 1, check["zero"], "NAME", lambda: go("NDIM"))
+                skip((w + 1) >> 1, check["zero"], check["one_or_two"], "NAME",
+                     lambda: go("NDIM"))
         field("NAME_BYTES", name_bytes)
         skipping("NAME", lambda: go("NDIM"))
 
@@ -738,7 +731,7 @@ class WeightDecoder(wiring.Component):
             with p.If(check["ndim_bad"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip(w << 1, check["zero"], "DIMS", after_dims)
+                skip(w << 1, check["zero"], 0, "DIMS", after_dims)
         field("NDIM", ndim)
         skipping("DIMS", after_dims)
 
@@ -750,13 +743,21 @@ class WeightDecoder(wiring.Component):
             go("ZERO_POINT")
         field("LEVELS", got_levels)
 
+        # The zero point's range check, levels - 1 - zero_point > 32767, is made as the word
+        # arrives, like the constant checks. It is zero_point < levels - 32768, and that bound
+        # is ``levels`` with its top bit flipped, read as signed: one compare, no subtract.
+        # The parser may be taking ``levels`` from ``w`` in that same cycle.
         zero_point_bad = Signal()
+        zero_point_over = Signal()
+        levels_now = Mux(p.ongoing("LEVELS"), w, levels)
+        with m.If(self.words.valid & self.words.ready):
+            m.d.sync += zero_point_over.eq(
+                self.words.payload.as_signed() < (levels_now ^ 0x8000).as_signed())
 
         def got_zero_point():
-            # Judged with the scale count, as the golden model does; computed here so the
-            # subtract and compare are not in front of the next state.
+            # Judged with the scale count, as the golden model does.
             p.set(zero_point, w)
-            p.set(zero_point_bad, (levels - 1 - w.as_signed()) > 32767)
+            p.set(zero_point_bad, zero_point_over)
             go("SCALE_COUNT")
         field("ZERO_POINT", got_zero_point)
 
@@ -764,7 +765,7 @@ class WeightDecoder(wiring.Component):
             with p.If(levels_bad | zero_point_bad | check["zero"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip(w << 1, check["zero"], "SCALES", lambda: go("COUNT0"))
+                skip(w << 1, check["zero"], 0, "SCALES", lambda: go("COUNT0"))
         field("SCALE_COUNT", scale_count)
         skipping("SCALES", lambda: go("COUNT0"))
 
@@ -779,7 +780,7 @@ class WeightDecoder(wiring.Component):
             p.set(freq_sum, 0)
             p.set(freq_index, 0)
             p.set(single_symbol, 0)
-            load_left(levels)
+            load_left(levels, single)     # single is still levels == 1 here
             p.pulse(tables.start)
             with p.If(check["count_over"] | (check["count_at"] & ~low_zero)):
                 fail(Status.BAD_SECTION)
@@ -855,11 +856,13 @@ class WeightDecoder(wiring.Component):
         def data_bytes0():
             p.set(low, w)
             p.set(low_zero, check["zero"])
+            p.set(low_one_or_two, check["one_or_two"])
             go("DATA_BYTES1")
         field("DATA_BYTES0", data_bytes0)
 
         def data_bytes1():
-            skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
+            skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"],
+                 low_one_or_two & check["zero"], "DATA", lambda: go("SCRC0"))
         field("DATA_BYTES1", data_bytes1)
         skipping("DATA", lambda: go("SCRC0"))
 
@@ -871,11 +874,12 @@ class WeightDecoder(wiring.Component):
             with p.Else():
                 after_section()
 
+        m.d.sync += sampled.eq(p.ongoing("FINAL") & adv & (final_count != R) & (mul_phase < G))
         with p.state("FINAL"):
-            with p.If(adv):
+            with p.If(adv & (final_count != R)):
                 p.set(final_count, final_count + 1)
-                p.set(final_bad, final_bad | head_bad)
-            with p.If(final_count == R):
+            p.set(final_bad, final_bad | (sampled & lanes_off.any()))
+            with p.If(counted):
                 with p.If(final_bad):
                     fail(Status.STATE_MISMATCH)
                 with p.Else():

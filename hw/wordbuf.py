@@ -1,6 +1,6 @@
 """The payload word buffer: one word in per cycle, up to ``lanes`` words out per cycle."""
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -12,10 +12,8 @@ class WordBuffer(wiring.Component):
 
     This is the word-order contract of docs/FORMAT.md: lane ``n`` gets word
     ``head + (number of lanes before n that need one)``. The user gives those counts a cycle
-    ahead (``before_next``, taken on ``load``), and the buffer registers each lane's index
-    twice, as if the step now at the lanes takes its words and as if it does not: ``take``
-    then only picks one of the two, and between the registers and ``words`` there is a
-    two-way choice and the entry multiplexer, no adder.
+    ahead (``before_next``, taken on ``load``), and the buffer registers each lane's index:
+    between the registers and ``words`` there is only the entry multiplexer.
 
     Parameters
     ----------
@@ -39,6 +37,9 @@ class WordBuffer(wiring.Component):
         Words the step at the lanes needs (0 before the first ``load``).
     count : Out(range(depth + 1))
         Words held (those pushed this cycle are not counted yet).
+    enough : Out(1)
+        ``count >= needed``: the step at the lanes finds its words. A register, computed a
+        cycle ahead for every way the cycle can go.
     words : Out(ArrayLayout(16, lanes))
         ``words[n]`` is the word lane ``n`` of the step at the lanes gets if it needs one.
 
@@ -69,6 +70,7 @@ class WordBuffer(wiring.Component):
             "take": In(1),
             "needed": Out(range(lanes + 1)),
             "count": Out(range(depth + 1)),
+            "enough": Out(1),
             "words": Out(data.ArrayLayout(unsigned(16), lanes)),
         })
 
@@ -92,21 +94,20 @@ class WordBuffer(wiring.Component):
             self.count.eq(count),
             self.push.ready.eq(room),
         ]
-        # Each lane's index, registered on load as if the leaving step takes its words
-        # (index_moved) and as if it does not (index_stayed); ``took`` says which.
+        # Each lane's index, registered on load: the leaving step's verdict (``take``) comes
+        # from the decoder's registers in a LUT level or two, so it picks the new head in
+        # front of the add, and between the register and ``words`` is only the entry
+        # multiplexer.
         needed = Signal(range(lanes + 1))
-        took = Signal()
         m.d.comb += self.needed.eq(needed)
         with m.If(self.load):
-            m.d.sync += [needed.eq(self.before_next[lanes]), took.eq(self.take)]
+            m.d.sync += needed.eq(self.before_next[lanes])
+        next_head = Signal(bits)
+        m.d.comb += next_head.eq(Mux(self.take, head + needed, head))
         for n in range(lanes):
-            index_stayed = Signal(bits, name=f"index_stayed{n}")
-            index_moved = Signal(bits, name=f"index_moved{n}")
-            with m.If(self.load):
-                m.d.sync += [index_stayed.eq(head + self.before_next[n]),
-                             index_moved.eq(head + needed + self.before_next[n])]
             index = Signal(bits, name=f"index{n}")
-            m.d.comb += index.eq(Mux(took, index_moved, index_stayed))
+            with m.If(self.load):
+                m.d.sync += index.eq(next_head + self.before_next[n])
             with m.Switch(index):
                 for i in range(depth):
                     with m.Case(i):
@@ -122,6 +123,16 @@ class WordBuffer(wiring.Component):
         count_next = Signal(range(depth + 1))
         m.d.comb += count_next.eq(count + pushed - Mux(self.take, needed, 0))
         m.d.sync += [count.eq(count_next), room.eq(count_next != depth)]
-        with m.If(self.take):
-            m.d.sync += head.eq(head + needed)
+        # ``enough`` feeds the decoder's commit decision, whose fanout is every write-back and
+        # output register. It is the sign of a register, ``spare = count - needed``, kept up
+        # to date by one subtract: no compare stands in front of it.
+        spare = Signal(signed(bits + 2))
+        m.d.comb += self.enough.eq(~spare[-1])
+        total = self.before_next[lanes]
+        # One subtract: the words the cycle adds (the push) and removes (the next step's
+        # total) meet on the narrow side, in parallel with the choice of what they act on.
+        acted_on = Mux(self.load & ~self.take, count, spare)
+        change = Mux(self.load, total, 0) - pushed
+        m.d.sync += spare.eq(acted_on - change)
+        m.d.sync += head.eq(next_head)
         return m

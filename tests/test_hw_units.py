@@ -186,6 +186,7 @@ def test_word_buffer_hands_words_in_lane_order(lanes):
             assert count == len(queue)
             assert ctx.get(dut.needed) == len(needing)
             assert ctx.get(dut.push.ready) == (count < dut.depth)
+            assert ctx.get(dut.enough) == (len(needing) <= count)
             take = load and len(needing) <= count
             ctx.set(dut.take, take)
             if take:
