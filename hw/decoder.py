@@ -580,19 +580,20 @@ class WeightDecoder(wiring.Component):
             assert failing.setdefault(p.current, status) == status, p.current
             go("ERROR")
 
-        def skip(count, empty, one, state, after):
-            """Go to ``state`` to pass over ``count`` words, then do ``after()``.
-
-            ``empty`` and ``one`` are ``count == 0`` and ``count == 1``, taken from the field
-            itself: no adder stands in front of them.
-            """
+        def skip(empty, state, after):
+            """Go to ``state`` to pass over the words :func:`load_left` loaded, then do
+            ``after()``; ``empty`` (no words) is taken from the field itself."""
             with p.If(empty):
                 after()
             with p.Else():
-                load_left(count, one)
                 go(state)
 
         def load_left(count, one):
+            """Load the skip counter with ``count`` words; ``one`` is ``count == 1``, taken
+            from the field itself, with no adder in front of it. A field's handler loads it
+            whatever its verdict: ``left`` is read only in the states a load enters, so a load
+            on the way to ERROR or past an empty field is harmless, and its enable is then the
+            state and the handshake alone, not the field checks."""
             p.set(left, count)
             p.set(left_one, one)
 
@@ -719,19 +720,20 @@ class WeightDecoder(wiring.Component):
                     go("NAME_BYTES")
 
         def name_bytes():
+            load_left((w + 1) >> 1, check["one_or_two"])
             with p.If(check["name_bad"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip((w + 1) >> 1, check["zero"], check["one_or_two"], "NAME",
-                     lambda: go("NDIM"))
+                skip(check["zero"], "NAME", lambda: go("NDIM"))
         field("NAME_BYTES", name_bytes)
         skipping("NAME", lambda: go("NDIM"))
 
         def ndim():
+            load_left(w << 1, 0)
             with p.If(check["ndim_bad"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip(w << 1, check["zero"], 0, "DIMS", after_dims)
+                skip(check["zero"], "DIMS", after_dims)
         field("NDIM", ndim)
         skipping("DIMS", after_dims)
 
@@ -762,10 +764,11 @@ class WeightDecoder(wiring.Component):
         field("ZERO_POINT", got_zero_point)
 
         def scale_count():
+            load_left(w << 1, 0)
             with p.If(levels_bad | zero_point_bad | check["zero"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip(w << 1, check["zero"], 0, "SCALES", lambda: go("COUNT0"))
+                skip(check["zero"], "SCALES", lambda: go("COUNT0"))
         field("SCALE_COUNT", scale_count)
         skipping("SCALES", lambda: go("COUNT0"))
 
@@ -861,8 +864,8 @@ class WeightDecoder(wiring.Component):
         field("DATA_BYTES0", data_bytes0)
 
         def data_bytes1():
-            skip((Cat(low, w) + 1) >> 1, low_zero & check["zero"],
-                 low_one_or_two & check["zero"], "DATA", lambda: go("SCRC0"))
+            load_left((Cat(low, w) + 1) >> 1, low_one_or_two & check["zero"])
+            skip(low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
         field("DATA_BYTES1", data_bytes1)
         skipping("DATA", lambda: go("SCRC0"))
 

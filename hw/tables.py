@@ -140,6 +140,7 @@ class SymbolTables(wiring.Component):
         # from flip-flops, not from a 16-bit zero test.
         f_zero = Signal(reset_less=True)          # f == 0: the symbol owns no slot
         f_narrow = Signal(reset_less=True)        # f < 2**s: it may still end in its first bucket
+        f_wide = Signal(reset_less=True)          # f >= 2**p: it alone reaches past the end
         restart = Signal()
         walk = Signal()
         m.d.sync += restart.eq(self.start)
@@ -155,12 +156,13 @@ class SymbolTables(wiring.Component):
         with m.If(self.freqs.valid & self.freqs.ready):
             m.d.sync += [f.eq(self.freqs.payload), f_valid.eq(1),
                          f_zero.eq(self.freqs.payload == 0),
-                         f_narrow.eq(self.freqs.payload[s:] == 0)]
+                         f_narrow.eq(self.freqs.payload[s:] == 0),
+                         f_wide.eq(self.freqs.payload[p:] != 0)]
         with m.Elif(walk):
             m.d.sync += f_valid.eq(0)
         cum_next = Signal(26)
-        end_bucket = Signal(26 - s)
-        m.d.comb += [cum_next.eq(cum + f), end_bucket.eq(cum_next >> s)]
+        low_sum = Signal(p + 1)            # the low P bits of cum + f, and their carry
+        m.d.comb += [cum_next.eq(cum + f), low_sum.eq(cum[:p] + f[:p])]
         m.d.comb += [
             rank_wdata.symbol.eq(symbol),
             rank_wdata.cumulative.eq(cum),
@@ -182,12 +184,12 @@ class SymbolTables(wiring.Component):
                     m.d.sync += mask.eq(mask | (1 << cum[:s]))
                     with m.If(cum[:s] <= half):
                         m.d.sync += middle.eq(rank)
-                # Past the table's end exactly when cum_next >= M: a zero test of its high
-                # bits, not a second carry chain behind the add.
-                with m.If(cum_next[p:].any()):
+                # Past the table's end exactly when cum + f >= M: when cum or f already is,
+                # or the low P bits carry. A P-bit add, not the 26-bit one and a compare.
+                with m.If(cum[p:].any() | f_wide | low_sum[p]):
                     m.d.sync += flush_to.eq(buckets)
                 with m.Else():
-                    m.d.sync += flush_to.eq(end_bucket)
+                    m.d.sync += flush_to.eq(low_sum[s:p])
                 # The walk's buckets are complete up to the one holding ``cum``, so the symbol
                 # makes buckets to write exactly when it reaches past that bucket's end: a
                 # short add on the low bits instead of two wide compares. The top bit of
