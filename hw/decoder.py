@@ -165,8 +165,8 @@ class WeightDecoder(wiring.Component):
             m.d.sync += w.eq(self.words.payload)
             m.d.sync += [check[name].eq(f(self.words.payload))
                          for name, f in constant_checks.items()]
-        # Written as one expression, not as an enable: the handshake is then three LUT levels
-        # from the parser's flags, not an enable chain behind the ready logic.
+        # Written as one expression, not as If/Elif: Yosys then builds no enable for it, and
+        # the ready logic meets the handshake once, not in both the enable and the data.
         m.d.sync += w_valid.eq((w_valid & ~parser_ready) | (self.words.valid & self.words.ready))
         m.d.comb += crc.word.eq(w)
 
