@@ -85,9 +85,9 @@ class WordBuffer(wiring.Component):
         entries = [Signal(16, name=f"entry{i}", reset_less=True) for i in range(depth)]
         head = Signal(bits)
         tail = Signal(bits)
-        # The count is a register of its own, not tail - head: the decoder's commit decision
-        # compares it, and a subtractor in front of that compare costs a carry chain. Room for
-        # a word is a register too: push.ready reaches the decoder's input handshake.
+        # The count is a register of its own, not tail - head: ``spare`` is computed from it,
+        # and a subtractor in front would add a carry chain there. Room for a word is a
+        # register too: push.ready reaches the decoder's input handshake.
         count = Signal(range(depth + 1))
         room = Signal(init=1)
         m.d.comb += [
