@@ -130,6 +130,11 @@ class WeightDecoder(wiring.Component):
         # comparison against a constant that the format asks for made as the word arrives
         # (``check``): a field's verdict is then a flip-flop, not a compare in front of the
         # parser's state logic.
+        # ``issue_last`` (to_issue <= N) is decided on the low ``issue_bits`` of to_issue;
+        # the rest is tested a cycle stale (``issue_narrow``), which is exact enough: one issue
+        # takes N, so a count that had high bits a cycle ago is still above 2N.
+        issue_bits = (3 * N).bit_length()
+
         magic = int.from_bytes(MAGIC, "little")
         limit = MAX_SECTION_SYMBOLS
         assert limit & 0xFFFF == 0
@@ -137,6 +142,8 @@ class WeightDecoder(wiring.Component):
             "zero": lambda v: v == 0,
             "one": lambda v: v == 1,
             "one_or_two": lambda v: (v == 1) | (v == 2),
+            "at_most_lanes": lambda v: v <= N,
+            "issue_narrow": lambda v: v >> issue_bits == 0,
             "magic_low": lambda v: v == magic & 0xFFFF,
             "magic_high": lambda v: v == magic >> 16,
             "version": lambda v: v == VERSION,
@@ -175,13 +182,17 @@ class WeightDecoder(wiring.Component):
 
         # -- parser registers --
         low = Signal(16)                 # low word of a u32 field
-        low_ok = Signal()                # the low half of a magic/CRC field matched (32-bit
-                                         # compares split so each is 16 bits wide)
+        low_ok = Signal()                # the magic's low half matched
         low_zero = Signal()              # low word of a u32 field is 0
         low_one_or_two = Signal()        # ... is 1 or 2
-        high_ok = Signal()               # the high half of a CRC field matched
+        low_at_most_lanes = Signal()     # ... is N or less
+        low_narrow = Signal()            # ... is below 2**issue_bits
+        # Bytes of a CRC field that matched, each compared as its word is taken: four shallow
+        # compares, and a verdict one LUT deep.
+        crc_ok = [Signal(name=f"crc_ok{i}") for i in range(4)]
         levels_bad = Signal()            # levels == 0 or > MAX_LEVELS
-        left_one = Signal()              # left == 1
+        left_one = Signal()              # one word left: left == 1, or left == 0 with left_odd
+        left_odd = Signal()              # a byte count was odd: one word more than left says
         no_sections = Signal()           # section_count == 0
         param_bad = Signal()
         last_index = Signal(16)          # section_count - 1
@@ -207,14 +218,25 @@ class WeightDecoder(wiring.Component):
         phase = Signal(range(R), init=R - 1)
         next_index = Signal(range(G))
         # Symbols of the section not yet issued, and not yet committed (a replay restarts
-        # issue from the latter). The decisions read only registered flags of them.
-        to_issue = Signal(29)
-        to_commit = Signal(29)
+        # issue from the latter). Both are down-counters cut in two: the low part steps by N,
+        # and a borrow out of it is taken from the high part a cycle later (``borrowed``), so
+        # no carry chain is longer than the high part's. The low part is always exact, the
+        # whole (high - borrowed, low) too. The decisions read only registered flags of them.
+        low_bits = max(8, issue_bits + 1)
+        count_layout = data.StructLayout({"low": low_bits, "high": 29 - low_bits,
+                                          "borrowed": 1})
+        to_issue = Signal(count_layout)
+        to_commit = Signal(count_layout)
         issue_more = Signal()            # to_issue != 0
         issue_last = Signal()            # to_issue <= N: the next step is the section's last
         drained = Signal()               # the section's last step has committed
         count_zero = Signal()            # symbol_count == 0
         count_small = Signal()           # symbol_count <= N
+        count_narrow = Signal()          # symbol_count < 2**issue_bits
+        # to_issue, to_commit < 2**issue_bits, as of the cycle before; issue_narrow is exact
+        # after a load or a replay, which set it (no commit precedes a replay directly).
+        issue_narrow = Signal()
+        commit_narrow = Signal()
         first_pending = Signal()
         in_payload = Signal()
         in_header = Signal()
@@ -289,14 +311,16 @@ class WeightDecoder(wiring.Component):
         # The replay acts a cycle after the decision, from a register (``replaying``): the
         # decision then reaches one flip-flop, not the ~80 it restores. In that cycle the step
         # that followed the replayed one to Z neither commits nor replays, and every step in
-        # flight is squashed; the replayed step's index and first flag are sampled on every
-        # cycle so that nothing but ``replaying`` waits on the decision.
+        # flight is squashed; the replayed step's index and first and last flags are sampled
+        # on every cycle so that nothing but ``replaying`` waits on the decision.
         replay = Signal()
         replaying = Signal()
         replay_index = Signal(range(R), reset_less=True)
         replay_first = Signal(reset_less=True)
+        replay_last = Signal(reset_less=True)
         m.d.comb += replay.eq(ctrl[Z].valid & adv & short & ~replaying)
-        m.d.sync += [replaying.eq(replay), replay_first.eq(ctrl[Z].first)]
+        m.d.sync += [replaying.eq(replay), replay_first.eq(ctrl[Z].first),
+                     replay_last.eq(ctrl[Z].last)]
         commit = Signal()
         m.d.comb += commit.eq(ctrl[Z].valid & adv & ~short & ~replaying)
         m.d.comb += buf.take.eq(commit)
@@ -321,9 +345,27 @@ class WeightDecoder(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index))
         issue_count = Signal(range(N + 1))
-        m.d.comb += issue_count.eq(Mux(issue_last, to_issue, N))
+        m.d.comb += issue_count.eq(Mux(issue_last, to_issue.low, N))
+
+        def count_down(count, name):
+            """Take N from the low part of a cut counter; its high part pays a cycle later.
+            The low part can borrow only once in ``2**low_bits / N`` steps."""
+            low = Signal(low_bits + 1, name=f"{name}_next_low")
+            m.d.comb += low.eq(count.low - N)
+            return [count.low.eq(low[:low_bits]), count.borrowed.eq(low[-1])]
+
+        def narrow(count):
+            """``count`` < 2**issue_bits."""
+            return ((count.low[issue_bits:] == 0)
+                    & Mux(count.borrowed, count.high == 1, count.high == 0))
+
+        for count in (to_issue, to_commit):
+            m.d.sync += [count.high.eq(count.high - count.borrowed), count.borrowed.eq(0)]
+        # Every step but the last has N symbols, and to_commit is read only by a replay,
+        # which never follows the last step's commit: a constant decrement, with no carry
+        # chain behind the step's count.
         with m.If(commit):
-            m.d.sync += to_commit.eq(to_commit - ctrl[Z].count)
+            m.d.sync += count_down(to_commit, "to_commit")
             with m.If(ctrl[Z].last):
                 m.d.sync += drained.eq(1)
 
@@ -355,8 +397,13 @@ class WeightDecoder(wiring.Component):
             # to date). Nothing is committed meanwhile.
             header_word = Signal()
             for n in range(N):
+                # Mux(in_header, Cat(low, w), renormed), arranged so that the buffer's word,
+                # the latest input (index register, entry multiplexer), meets one LUT.
                 state_data = Signal(32, name=f"state_data{n}")
-                m.d.comb += state_data.eq(Mux(in_header, Cat(low, w), renormed[n]))
+                use_word = lane_need[n] & ~in_header
+                m.d.comb += state_data.eq(Cat(
+                    Mux(use_word, buf.words[n], Mux(in_header, low, decoded[n][:16])),
+                    Mux(in_header, w, Mux(lane_need[n], decoded[n][:16], decoded[n][16:]))))
                 for ram_name, width, read_addr, read_data in (
                         ("slots", P, next_phase, slot_head[n]),
                         ("states", 32, next_mul_phase, mul_state[n])):
@@ -372,11 +419,13 @@ class WeightDecoder(wiring.Component):
                         wr.data.eq(state_data[:width]),
                         wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
                     ]
+        m.d.sync += [issue_narrow.eq(narrow(to_issue)), commit_narrow.eq(narrow(to_commit))]
         with m.If(replaying):
             m.d.sync += [
                 to_issue.eq(to_commit),
                 issue_more.eq(1),
-                issue_last.eq(to_commit <= N),
+                issue_last.eq(replay_last),
+                issue_narrow.eq(commit_narrow),
                 next_index.eq(replay_index),
                 first_pending.eq(replay_first),
             ]
@@ -385,9 +434,9 @@ class WeightDecoder(wiring.Component):
         with m.Elif(adv):
             with m.If(issue):
                 m.d.sync += [
-                    to_issue.eq(to_issue - N),
+                    *count_down(to_issue, "to_issue"),
                     issue_more.eq(~issue_last),
-                    issue_last.eq(to_issue <= 2 * N),
+                    issue_last.eq(issue_narrow & (to_issue.low[:issue_bits] <= 2 * N)),
                     next_index.eq(_successor(next_index, G)),
                     first_pending.eq(0),
                 ]
@@ -521,7 +570,7 @@ class WeightDecoder(wiring.Component):
 
         # States that take a word whenever one is there, as a flag of its own.
         takes_words = Signal(init=1)
-        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "FINAL", "DONE"}
+        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "FINAL", "DONE", "ERROR"}
 
         # Every word the parser takes goes into the running CRC except the CRC fields
         # themselves (a flag of its own); a section's CRC starts at its KIND word (that
@@ -541,6 +590,11 @@ class WeightDecoder(wiring.Component):
 
         def go(name):
             p.go(name)
+            if name == "ERROR":
+                # No flag is written on the way to ERROR, so the many failing conditions stay
+                # out of the flags' enables: ERROR's readiness is its own state flip-flop, and
+                # after an error neither the CRC nor the ring's header mode matters.
+                return
             for flag, is_set in state_flags:
                 if is_set(name) != is_set(p.current):
                     p.set(flag, is_set(name))
@@ -548,6 +602,7 @@ class WeightDecoder(wiring.Component):
         m.d.comb += stopped.eq(p.ongoing("FINAL") | p.ongoing("DONE"))
         m.d.comb += parser_ready.eq(
             takes_words
+            | p.ongoing("ERROR")
             | (p.ongoing("FREQ") & tables.freqs.ready)
             | (p.ongoing("PAYLOAD") & buf.push.ready & payload_more))
         m.d.comb += [
@@ -588,18 +643,21 @@ class WeightDecoder(wiring.Component):
             with p.Else():
                 go(state)
 
-        def load_left(count, one):
-            """Load the skip counter with ``count`` words; ``one`` is ``count == 1``, taken
-            from the field itself, with no adder in front of it. A field's handler loads it
-            whatever its verdict: ``left`` is read only in the states a load enters, so a load
-            on the way to ERROR or past an empty field is harmless, and its enable is then the
-            state and the handshake alone, not the field checks."""
+        def load_left(count, one, odd=0):
+            """Load the skip counter with ``count`` words, plus one if ``odd``: a byte count
+            ``b`` loads ``b >> 1`` and its low bit, not ``(b + 1) >> 1``, so no adder stands in
+            front of ``left``. ``one`` says the field is one word long, taken from the field
+            itself. A field's handler loads it whatever its verdict: ``left`` is read only in
+            the states a load enters, so a load on the way to ERROR or past an empty field is
+            harmless, and its enable is then the state and the handshake alone, not the field
+            checks."""
             p.set(left, count)
             p.set(left_one, one)
+            p.set(left_odd, odd)
 
         def count_down():
             p.set(left, left - 1)
-            p.set(left_one, left == 2)
+            p.set(left_one, Mux(left_odd, left == 1, left == 2))
 
         def skipping(state, after):
             with p.state(state):
@@ -618,8 +676,9 @@ class WeightDecoder(wiring.Component):
             """Half of a CRC field, compared as it is taken; the verdict comes a cycle later."""
             with p.state(state):
                 with p.If(taken()):
-                    p.set(low_ok if half == 0 else high_ok,
-                          w == (crc.crc[:16] if half == 0 else crc.crc[16:]))
+                    for byte in (0, 1):
+                        p.set(crc_ok[2 * half + byte],
+                              w.word_select(byte, 8) == crc.crc.word_select(2 * half + byte, 8))
                     go(after)
 
         # Registered: the section index changes only on the CRC word it is consulted on.
@@ -704,7 +763,7 @@ class WeightDecoder(wiring.Component):
         crc_half("HCRC0", 0, "HCRC1")
         crc_half("HCRC1", 1, "HCRC")
         with p.state("HCRC"):
-            with p.If(~low_ok | ~high_ok):
+            with p.If(~Cat(*crc_ok).all()):
                 fail(Status.CRC_MISMATCH)
             with p.Elif(no_sections):
                 go("FINAL")
@@ -720,7 +779,7 @@ class WeightDecoder(wiring.Component):
                     go("NAME_BYTES")
 
         def name_bytes():
-            load_left((w + 1) >> 1, check["one_or_two"])
+            load_left(w >> 1, check["one_or_two"], w[0])
             with p.If(check["name_bad"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
@@ -775,11 +834,16 @@ class WeightDecoder(wiring.Component):
         def count0():
             p.set(low, w)
             p.set(low_zero, check["zero"])
+            p.set(low_at_most_lanes, check["at_most_lanes"])
+            p.set(low_narrow, check["issue_narrow"])
             go("COUNT1")
         field("COUNT0", count0)
 
         def count1():
             p.set(symbol_count, Cat(low, w))
+            p.set(count_zero, low_zero & check["zero"])
+            p.set(count_small, low_at_most_lanes & check["zero"])
+            p.set(count_narrow, low_narrow & check["zero"])
             p.set(freq_sum, 0)
             p.set(freq_index, 0)
             p.set(single_symbol, 0)
@@ -814,8 +878,6 @@ class WeightDecoder(wiring.Component):
         def payload_words0():
             p.set(low, w)
             p.set(low_zero, check["zero"])
-            p.set(count_zero, symbol_count == 0)
-            p.set(count_small, symbol_count <= N)
             go("PAYLOAD_WORDS1")
         field("PAYLOAD_WORDS0", payload_words0)
 
@@ -823,10 +885,11 @@ class WeightDecoder(wiring.Component):
             for register, value in [
                     (payload_left, Cat(low, w)),
                     (payload_more, Cat(low, w) != 0),
-                    (to_issue, symbol_count),
-                    (to_commit, symbol_count),
+                    (to_issue, symbol_count[:29]),
+                    (to_commit, symbol_count[:29]),
                     (issue_more, ~count_zero),
                     (issue_last, count_small),
+                    (issue_narrow, count_narrow),
                     (drained, count_zero),
                     (drained_seen, 0),
                     (past_end, 0),
@@ -864,7 +927,7 @@ class WeightDecoder(wiring.Component):
         field("DATA_BYTES0", data_bytes0)
 
         def data_bytes1():
-            load_left((Cat(low, w) + 1) >> 1, low_one_or_two & check["zero"])
+            load_left(Cat(low, w) >> 1, low_one_or_two & check["zero"], low[0])
             skip(low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
         field("DATA_BYTES1", data_bytes1)
         skipping("DATA", lambda: go("SCRC0"))
@@ -872,7 +935,7 @@ class WeightDecoder(wiring.Component):
         crc_half("SCRC0", 0, "SCRC1")
         crc_half("SCRC1", 1, "SCRC")
         with p.state("SCRC"):
-            with p.If(~low_ok | ~high_ok):
+            with p.If(~Cat(*crc_ok).all()):
                 fail(Status.CRC_MISMATCH)
             with p.Else():
                 after_section()
