@@ -32,7 +32,7 @@ LOOKUP_LATENCY = 3
 
 #: Yosys command, to run after reading the design: the table RAMs' read-during-write result is
 #: don't-care. The tables are written only between sections, when no lookup in flight is valid,
-#: and read for a valid step at least three cycles after the last write; without this Yosys
+#: and read for a valid step at least two cycles after the last write; without this Yosys
 #: emulates the read port's read-first semantics on iCE40 block RAM (write data delayed a cycle
 #: plus a bypass with an address compare on every read bit: ~280 logic cells at 4 lanes, and
 #: the bypass's compare was a critical path). Amaranth has no way to say it on the ports.
@@ -75,7 +75,8 @@ class SymbolTables(wiring.Component):
         The frequency words of a table, in symbol order. ``ready`` drops while the walk writes
         buckets a symbol spans.
     idle : Out(1)
-        Every accepted frequency has been written out.
+        Every accepted frequency has been walked; its last table write lands by the end of
+        the next cycle.
     en : In(1)
         Advance the lookup pipeline (read enables: a stalled pipeline keeps its outputs).
     slot : In(ArrayLayout(P, lanes))
@@ -168,22 +169,12 @@ class SymbolTables(wiring.Component):
             rank_wdata.cumulative.eq(cum),
             rank_wdata.frequency.eq(f),
         ]
-        with m.If(restart):
-            m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), span_rank.eq(0), bucket.eq(0),
-                         flush_to.eq(0), first.eq(0), middle.eq(0), mask.eq(0),
-                         flushing.eq(0)]
-        with m.Elif(walk):
+        with m.If(walk):
             m.d.sync += [cum.eq(cum_next), symbol.eq(symbol + 1)]
             with m.If(~f_zero):
                 # Ranks past 255 only come from tables that fail the sum check.
                 m.d.comb += rank_we.eq(rank < MAX_LEVELS)
                 m.d.sync += [rank.eq(rank + 1), span_rank.eq(rank)]
-                with m.If(cum[:s] == 0):
-                    m.d.sync += [first.eq(rank), middle.eq(rank), mask.eq(0)]
-                with m.Else():
-                    m.d.sync += mask.eq(mask | (1 << cum[:s]))
-                    with m.If(cum[:s] <= half):
-                        m.d.sync += middle.eq(rank)
                 # Past the table's end exactly when cum + f >= M: when cum or f already is,
                 # or the low P bits carry. A P-bit add, not the 26-bit one and a compare.
                 with m.If(cum[p:].any() | f_wide | low_sum[p]):
@@ -197,9 +188,41 @@ class SymbolTables(wiring.Component):
                 crosses = ~f_narrow | ((cum[:s] + f[:s]) >> s != 0)
                 m.d.sync += flushing.eq(crosses & ~bucket[-1])
         with m.Elif(flushing):
-            # Buckets after the first one a symbol spans start inside that symbol.
-            m.d.sync += [bucket.eq(bucket + 1), first.eq(span_rank), middle.eq(span_rank),
-                         mask.eq(0), flushing.eq(bucket + 1 != flush_to)]
+            m.d.sync += [bucket.eq(bucket + 1), flushing.eq(bucket + 1 != flush_to)]
+
+        # The bucket entry, under one enable two LUT inputs deep (a flush, or a frequency
+        # that owns slots), its value chosen by multiplexers: written in the branches above,
+        # each bit's enable would also carry the slot tests. A symbol that starts a bucket
+        # (cum at its slot 0) owns that bucket's first and middle slots; one that starts in
+        # the lower half owns the middle slot; buckets after the first one a symbol spans
+        # start inside that symbol.
+        starts_bucket = Signal()
+        m.d.comb += starts_bucket.eq(cum[:s] == 0)
+        with m.If(flushing | (f_valid & ~f_zero)):
+            m.d.sync += [
+                first.eq(Mux(flushing, span_rank, Mux(starts_bucket, rank, first))),
+                middle.eq(Mux(flushing, span_rank, Mux(cum[:s] <= half, rank, middle))),
+                mask.eq(Mux(flushing | starts_bucket, 0, mask | (1 << cum[:s]))),
+            ]
+
+        # The bucket entry (first, middle, mask), span_rank and flush_to are not cleared, and
+        # may even take a stale frequency in the restart cycle: the first symbol that owns a
+        # slot starts at cum = 0 and sets them all before anything is flushed. Their enables
+        # then leave ``restart`` out; it comes last, so it wins over a walk or a flush for
+        # what it clears.
+        with m.If(restart):
+            m.d.sync += [cum.eq(0), symbol.eq(0), rank.eq(0), bucket.eq(0), flushing.eq(0)]
+
+        # The RAMs are written a cycle after the walk makes an entry, from registers of their
+        # own: the lanes' copies lie far apart on the chip, and the walk's registers, which
+        # feed back into the walk, then need not be placed near all of them.
+        bucket_write = Signal(data.StructLayout({"addr": p - s, "data": bucket_layout,
+                                                 "en": 1}))
+        rank_write = Signal(data.StructLayout({"addr": 8, "data": rank_layout, "en": 1}))
+        m.d.sync += [
+            bucket_write.eq(Cat(bucket[:p - s], bucket_wdata, bucket_we)),
+            rank_write.eq(Cat(rank[:8], rank_wdata, rank_we)),
+        ]
 
         # -- one copy of both tables per lane --
         for n in range(self._lanes):
@@ -210,8 +233,9 @@ class SymbolTables(wiring.Component):
             bw = bmem.write_port()
             rw = rmem.write_port()
             m.d.comb += [
-                bw.addr.eq(bucket), bw.data.eq(bucket_wdata), bw.en.eq(bucket_we),
-                rw.addr.eq(rank), rw.data.eq(rank_wdata), rw.en.eq(rank_we),
+                bw.addr.eq(bucket_write.addr), bw.data.eq(bucket_write.data),
+                bw.en.eq(bucket_write.en),
+                rw.addr.eq(rank_write.addr), rw.data.eq(rank_write.data), rw.en.eq(rank_write.en),
             ]
             br = bmem.read_port(domain="sync")
             rr = rmem.read_port(domain="sync")

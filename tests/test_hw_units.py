@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from amaranth import Module
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -19,7 +19,7 @@ from amaranth.sim import Simulator
 from hw.crc import Crc32Word, crc32_word
 from hw.decoder import WeightDecoder
 from hw.onehot import OneHotMachine
-from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift
+from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift, popcount
 from hw.wordbuf import WordBuffer
 from sim.cases import corner_tensors, corrupt, random_container, uniform
 from sim.pysim import run_pysim, words_of
@@ -123,6 +123,23 @@ def test_one_hot_machine_refuses_misuse():
 
 
 # -- CRC --
+
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 7, 8])
+def test_popcount_every_pattern(width):
+    """Table-counted groups of four and the adder tree behind them, over every input."""
+    bits, count = Signal(width), Signal(4)
+    m = Module()
+    m.d.comb += count.eq(popcount(list(bits)))
+
+    async def testbench(ctx):
+        for pattern in range(1 << width):
+            ctx.set(bits, pattern)
+            assert ctx.get(count) == bin(pattern).count("1"), pattern
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+
 
 def test_crc32_word_function_is_zlib():
     rng = random.Random(1)
