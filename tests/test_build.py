@@ -66,6 +66,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
     (["--board", "nosuchboard"], "unknown board"),
     (["--board", "icebreaker", "--container", "/nonexistent/model.sbit"], "no such file"),
     (["--board", "icebreaker", "--lanes", "3"], "must divide"),
+    (["--board", "icebreaker", "--seeds", "0"], "seeds must be"),
 ])
 def test_bad_arguments_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) != 0
@@ -240,3 +241,26 @@ def test_ecp5_board_system_build(tmp_path, capsys):
     assert image[FLASH_OFFSET + 4:] == model
     assert report["model"]["flash_offset"] == FLASH_OFFSET
     assert report["expected_line"] == format_line(expected_report(model))
+
+
+@pytest.mark.slow
+def test_seeds_keep_the_fastest_placement(tmp_path, capsys):
+    """A target the 1-lane decoder cannot meet: all three placements are tried, the fastest is
+    kept, and the report, the summary and the bitstream are that placement's."""
+    out = tmp_path / "out"
+    status = main(["--board", "icebreaker", "--decoder-only", "--lanes", "1", "--frequency",
+                   "70", "--seeds", "3", "--allow-timing-fail", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    tried = report["seeds_tried"]
+    assert list(tried) == ["default", "1", "2"]
+    kept = report["placement_seed"]
+    assert tried[kept] == max(tried.values())
+    assert report["clocks"]["clk"]["fmax_mhz"] == tried[kept]
+    assert not report["timing_met"]
+    assert f"placement kept: seed {kept}" in captured.out
+    build_dir = out / "build"
+    if kept != "default":
+        assert (build_dir / "top.asc").read_bytes() == (build_dir / f"seed{kept}.asc").read_bytes()
+    assert (out / "top.bin").read_bytes() == (build_dir / "top.bin").read_bytes()
