@@ -9,7 +9,7 @@ cycles to come round; a word buffer hands the lanes that renormalise the next pa
 lane order, and a step short of words is replayed rather than stalling the ring.
 """
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -175,7 +175,6 @@ class WeightDecoder(wiring.Component):
         # Written as one expression, not as If/Elif: Yosys then builds no enable for it, and
         # the ready logic meets the handshake once, not in both the enable and the data.
         m.d.sync += w_valid.eq((w_valid & ~parser_ready) | (self.words.valid & self.words.ready))
-        m.d.comb += crc.word.eq(w)
 
         code = Signal(4)
         m.d.comb += self.status.code.eq(Mux(self.status.error, code, Status.OK))
@@ -187,9 +186,10 @@ class WeightDecoder(wiring.Component):
         low_one_or_two = Signal()        # ... is 1 or 2
         low_at_most_lanes = Signal()     # ... is N or less
         low_narrow = Signal()            # ... is below 2**issue_bits
-        # Bytes of a CRC field that matched, each compared as its word is taken: four shallow
-        # compares, and a verdict one LUT deep.
-        crc_ok = [Signal(name=f"crc_ok{i}") for i in range(4)]
+        # A CRC field's verdict, made as its high word is taken (its low word waits in
+        # ``low``): the transitions out of HCRC/SCRC, which reach the parser's flags, then
+        # read one flip-flop.
+        crc_good = Signal()
         levels_bad = Signal()            # levels == 0 or > MAX_LEVELS
         left_one = Signal()              # one word left: left == 1, or left == 0 with left_odd
         left_odd = Signal()              # a byte count was odd: one word more than left says
@@ -197,7 +197,8 @@ class WeightDecoder(wiring.Component):
         param_bad = Signal()
         last_index = Signal(16)          # section_count - 1
         section = Signal(16)
-        left = Signal(32)                # words left in the field being skipped or read
+        # Words left in the field being skipped or read, and in the payload, cut at bit 16.
+        left = _CutCounter(m, "left", 32, 16)
         state_lane = Signal(range(N))
         state_high = Signal()
         state_bad = Signal()
@@ -211,22 +212,17 @@ class WeightDecoder(wiring.Component):
         freq_index = Signal(9)
         single = Signal()
         single_symbol = Signal(8)
-        payload_left = Signal(32)
+        payload_left = _CutCounter(m, "payload_left", 32, 16)
         payload_more = Signal()          # payload_left != 0, as a register (it gates ready)
 
         # -- core registers --
         phase = Signal(range(R), init=R - 1)
         next_index = Signal(range(G))
         # Symbols of the section not yet issued, and not yet committed (a replay restarts
-        # issue from the latter). Both are down-counters cut in two: the low part steps by N,
-        # and a borrow out of it is taken from the high part a cycle later (``borrowed``), so
-        # no carry chain is longer than the high part's. The low part is always exact, the
-        # whole (high - borrowed, low) too. The decisions read only registered flags of them.
-        low_bits = max(8, issue_bits + 1)
-        count_layout = data.StructLayout({"low": low_bits, "high": 29 - low_bits,
-                                          "borrowed": 1})
-        to_issue = Signal(count_layout)
-        to_commit = Signal(count_layout)
+        # issue from the latter), each cut at bit 15 (no chain longer than 15 bits). The
+        # decisions read only registered flags of them.
+        to_issue = _CutCounter(m, "to_issue", 29, 15, step=N)
+        to_commit = _CutCounter(m, "to_commit", 29, 15, step=N)
         issue_more = Signal()            # to_issue != 0
         issue_last = Signal()            # to_issue <= N: the next step is the section's last
         drained = Signal()               # the section's last step has committed
@@ -346,26 +342,11 @@ class WeightDecoder(wiring.Component):
         m.d.comb += issue.eq(in_payload & issue_more & (phase == next_index))
         issue_count = Signal(range(N + 1))
         m.d.comb += issue_count.eq(Mux(issue_last, to_issue.low, N))
-
-        def count_down(count, name):
-            """Take N from the low part of a cut counter; its high part pays a cycle later.
-            The low part can borrow only once in ``2**low_bits / N`` steps."""
-            low = Signal(low_bits + 1, name=f"{name}_next_low")
-            m.d.comb += low.eq(count.low - N)
-            return [count.low.eq(low[:low_bits]), count.borrowed.eq(low[-1])]
-
-        def narrow(count):
-            """``count`` < 2**issue_bits."""
-            return ((count.low[issue_bits:] == 0)
-                    & Mux(count.borrowed, count.high == 1, count.high == 0))
-
-        for count in (to_issue, to_commit):
-            m.d.sync += [count.high.eq(count.high - count.borrowed), count.borrowed.eq(0)]
         # Every step but the last has N symbols, and to_commit is read only by a replay,
         # which never follows the last step's commit: a constant decrement, with no carry
         # chain behind the step's count.
         with m.If(commit):
-            m.d.sync += count_down(to_commit, "to_commit")
+            m.d.sync += [register.eq(value) for register, value in to_commit.stepped()]
             with m.If(ctrl[Z].last):
                 m.d.sync += drained.eq(1)
 
@@ -419,10 +400,11 @@ class WeightDecoder(wiring.Component):
                         wr.data.eq(state_data[:width]),
                         wr.en.eq(Mux(in_header, header_word & (state_lane == n), written[n])),
                     ]
-        m.d.sync += [issue_narrow.eq(narrow(to_issue)), commit_narrow.eq(narrow(to_commit))]
+        m.d.sync += [issue_narrow.eq(to_issue.below(1 << issue_bits)),
+                     commit_narrow.eq(to_commit.below(1 << issue_bits))]
         with m.If(replaying):
             m.d.sync += [
-                to_issue.eq(to_commit),
+                *[register.eq(value) for register, value in to_issue.copied(to_commit)],
                 issue_more.eq(1),
                 issue_last.eq(replay_last),
                 issue_narrow.eq(commit_narrow),
@@ -434,7 +416,7 @@ class WeightDecoder(wiring.Component):
         with m.Elif(adv):
             with m.If(issue):
                 m.d.sync += [
-                    *count_down(to_issue, "to_issue"),
+                    *[register.eq(value) for register, value in to_issue.stepped()],
                     issue_more.eq(~issue_last),
                     issue_last.eq(issue_narrow & (to_issue.low[:issue_bits] <= 2 * N)),
                     next_index.eq(_successor(next_index, G)),
@@ -579,7 +561,14 @@ class WeightDecoder(wiring.Component):
         crc_off = {"HCRC0", "HCRC1", "HCRC", "SCRC0", "SCRC1", "SCRC", "FREQ_END", "FINAL",
                    "DONE", "ERROR"}
         in_kind = p.ongoing("KIND")
-        m.d.comb += [crc.en.eq(acc & crc_on), crc.restart.eq(in_kind)]
+        # The CRC takes each word a cycle after the parser does, from registers: its enable
+        # then reaches its 32 flip-flops from a flip-flop, not through the ready logic. Every
+        # word before a CRC field is in by the time the field's high word is taken.
+        crc_word = Signal(16, reset_less=True)
+        crc_take = Signal()
+        crc_restart = Signal(reset_less=True)
+        m.d.sync += [crc_word.eq(w), crc_take.eq(acc & crc_on), crc_restart.eq(in_kind)]
+        m.d.comb += [crc.word.eq(crc_word), crc.en.eq(crc_take), crc.restart.eq(crc_restart)]
 
         # Each flag, and which states it is set in.
         state_flags = [
@@ -651,13 +640,15 @@ class WeightDecoder(wiring.Component):
             the states a load enters, so a load on the way to ERROR or past an empty field is
             harmless, and its enable is then the state and the handshake alone, not the field
             checks."""
-            p.set(left, count)
+            for register, value in left.loaded(count):
+                p.set(register, value)
             p.set(left_one, one)
             p.set(left_odd, odd)
 
         def count_down():
-            p.set(left, left - 1)
-            p.set(left_one, Mux(left_odd, left == 1, left == 2))
+            for register, value in left.stepped():
+                p.set(register, value)
+            p.set(left_one, Mux(left_odd, left.equals(1), left.equals(2)))
 
         def skipping(state, after):
             with p.state(state):
@@ -673,12 +664,17 @@ class WeightDecoder(wiring.Component):
                     then()
 
         def crc_half(state, half, after):
-            """Half of a CRC field, compared as it is taken; the verdict comes a cycle later."""
+            """Half of a CRC field: the low one is kept, and with the high one compared a byte
+            at a time (8-bit compares, two LUTs deep); the verdict comes a cycle later."""
             with p.state(state):
                 with p.If(taken()):
-                    for byte in (0, 1):
-                        p.set(crc_ok[2 * half + byte],
-                              w.word_select(byte, 8) == crc.crc.word_select(2 * half + byte, 8))
+                    if half == 0:
+                        p.set(low, w)
+                    else:
+                        field = Cat(low, w)
+                        p.set(crc_good, Cat(*[field.word_select(byte, 8)
+                                              == crc.crc.word_select(byte, 8)
+                                              for byte in range(4)]).all())
                     go(after)
 
         # Registered: the section index changes only on the CRC word it is consulted on.
@@ -763,7 +759,7 @@ class WeightDecoder(wiring.Component):
         crc_half("HCRC0", 0, "HCRC1")
         crc_half("HCRC1", 1, "HCRC")
         with p.state("HCRC"):
-            with p.If(~Cat(*crc_ok).all()):
+            with p.If(~crc_good):
                 fail(Status.CRC_MISMATCH)
             with p.Elif(no_sections):
                 go("FINAL")
@@ -883,10 +879,10 @@ class WeightDecoder(wiring.Component):
 
         def payload_words1():
             for register, value in [
-                    (payload_left, Cat(low, w)),
+                    *payload_left.loaded(Cat(low, w)),
                     (payload_more, Cat(low, w) != 0),
-                    (to_issue, symbol_count[:29]),
-                    (to_commit, symbol_count[:29]),
+                    *to_issue.loaded(symbol_count),
+                    *to_commit.loaded(symbol_count),
                     (issue_more, ~count_zero),
                     (issue_last, count_small),
                     (issue_narrow, count_narrow),
@@ -901,8 +897,9 @@ class WeightDecoder(wiring.Component):
 
         with p.state("PAYLOAD"):
             with p.If(taken()):
-                p.set(payload_left, payload_left - 1)
-                p.set(payload_more, payload_left != 1)
+                for register, value in payload_left.stepped():
+                    p.set(register, value)
+                p.set(payload_more, ~payload_left.equals(1))
             with p.If(past_end):
                 fail(Status.BAD_LENGTH)   # a symbol needs a word past payload_words
             with p.Elif(drained_seen):
@@ -935,7 +932,7 @@ class WeightDecoder(wiring.Component):
         crc_half("SCRC0", 0, "SCRC1")
         crc_half("SCRC1", 1, "SCRC")
         with p.state("SCRC"):
-            with p.If(~Cat(*crc_ok).all()):
+            with p.If(~crc_good):
                 fail(Status.CRC_MISMATCH)
             with p.Else():
                 after_section()
@@ -956,6 +953,51 @@ class WeightDecoder(wiring.Component):
                 Cat(*[Cat(*[p.ongoing(name) for name, status in failing.items()
                             if status >> bit & 1]).any() for bit in range(len(code))]))
         return m
+
+
+class _CutCounter:
+    """A down-counter cut in two, so that no carry chain spans it: the low ``cut`` bits step,
+    and a borrow out of them is taken from the high part a cycle later (``borrowed``). The
+    low part is always exact, and so is the whole, ``(high - borrowed) << cut | low``; a
+    borrow comes at most once in ``2**cut / step`` steps, so one is never still pending at
+    the next. The writes are returned as ``(register, value)`` pairs, for the caller's
+    conditions (the parser's :meth:`OneHotMachine.set` or the core's ``sync``); the high
+    part's catch-up is added to ``m`` now, below everything written later.
+    """
+
+    def __init__(self, m: Module, name: str, width: int, cut: int, step: int = 1):
+        assert 2 * step <= 1 << cut < 1 << width
+        self.width, self.cut, self.step = width, cut, step
+        self.low = Signal(cut, name=f"{name}_low")
+        self.high = Signal(width - cut, name=f"{name}_high")
+        self.borrowed = Signal(name=f"{name}_borrowed")
+        self._stepped = Signal(cut + 1, name=f"{name}_stepped")    # low - step; top bit: borrow
+        m.d.comb += self._stepped.eq(self.low - step)
+        m.d.sync += [self.high.eq(self.high - self.borrowed), self.borrowed.eq(0)]
+
+    def loaded(self, value):
+        value = Value.cast(value)
+        value = Cat(value, Const(0, max(0, self.width - len(value))))
+        return [(self.low, value[:self.cut]), (self.high, value[self.cut:self.width]),
+                (self.borrowed, 0)]
+
+    def copied(self, other: "_CutCounter"):
+        return [(self.low, other.low), (self.high, other.high), (self.borrowed, other.borrowed)]
+
+    def stepped(self):
+        """The counter less ``step``."""
+        return [(self.low, self._stepped[:self.cut]), (self.borrowed, self._stepped[-1])]
+
+    def high_zero(self) -> Value:
+        return Mux(self.borrowed, self.high == 1, self.high == 0)
+
+    def below(self, bound: int) -> Value:
+        """The counter < ``bound``, a power of two of at most ``2**cut``."""
+        return (self.low >> (bound.bit_length() - 1) == 0) & self.high_zero()
+
+    def equals(self, value: int) -> Value:
+        """The counter == ``value``, below ``2**cut``."""
+        return (self.low == value) & self.high_zero()
 
 
 def _successor(value, modulus):

@@ -83,6 +83,21 @@ def test_ice40_netlist_matches_golden():
     assert results[2].golden_status != Status.OK
 
 
+def test_counts_past_sixteen_bits():
+    """Fields and payloads over 65,535 words, past the 16 bits of one field word: a raw
+    section of 140,001 bytes (an odd count: one word more than half, ``left_odd``) and a
+    coded one of about 75,000 payload words and 150,000 symbols."""
+    params = CodecParams()
+    rng = np.random.default_rng(16)
+    container = write_container([
+        RawTensor("long_raw", rng.integers(-128, 128, 140_001).astype(np.int8)),
+        uniform(rng, "long_payload", 150_000, 256),
+    ], params)
+    golden = golden_decode(container, params)
+    assert golden.status == Status.OK
+    assert_all_agree(run_cases(params, 4, [Case("long", container, 0.1, 0.1, seed=3)]))
+
+
 @pytest.mark.parametrize("precision, states, lanes", [(12, 16, 4), (8, 1, 1), (15, 8, 2),
                                                        (11, 24, 3), (12, 8, 8)])
 def test_rtl_parameter_variants(precision, states, lanes):
