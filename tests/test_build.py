@@ -34,9 +34,9 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert 0 <= entry["used"] <= entry["available"], name
     assert resources["logic_cells"]["used"] > 0 and resources["ebr"]["used"] > 0
     assert resources["pll"]["used"] == 1
-    # The PLL's output is the one clock: 12 MHz * 85 / 32 = 31.875 MHz (icepll's dividers).
-    assert DEFAULT_FREQUENCY_MHZ["icebreaker"] == 31.875
-    assert report["pll"] == {"DIVR": 0, "DIVF": 84, "DIVQ": 5, "FILTER_RANGE": 1}
+    # The PLL's output is the one clock: 12 MHz * 48 / 16 = 36 MHz (icepll's dividers).
+    assert DEFAULT_FREQUENCY_MHZ["icebreaker"] == 36.0
+    assert report["pll"] == {"DIVR": 0, "DIVF": 47, "DIVQ": 4, "FILTER_RANGE": 1}
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
     assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ["icebreaker"], abs=0.01)
