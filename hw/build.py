@@ -173,8 +173,8 @@ DEFAULT_LANES = 2
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:
-#: Fmax moves by a few MHz from one netlist to the next. The ECP5 system runs at about three
-#: times its 24 MHz.
+#: Fmax moves by a few MHz from one netlist to the next. On the ULX3S the 2-lane system reached
+#: 76.5 MHz (commit ef86d36, docs/BOARD.md), three times its default of 24 MHz.
 DEFAULT_FREQUENCY_MHZ = {"icebreaker": 36.0, "ulx3s-85f": 24.0}
 
 
@@ -196,13 +196,21 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
     random start lands moves Fmax by several MHz (docs/HARDWARE.md). Returns the worst-clock
     Fmax of each placement tried, by seed (``"default"`` for the first)."""
     lines = (build_dir / "build_top.sh").read_text().splitlines()
-    place = next(i for i, line in enumerate(lines) if line.startswith('"$NEXTPNR_'))
-    place_line, pack_line = lines[place], lines[place + 1]
+    place = [i for i, line in enumerate(lines[:-1]) if line.startswith('"$NEXTPNR_')]
+    if len(place) != 1 or not lines[place[0] + 1].startswith(('"$ICEPACK"', '"$ECPPACK"')):
+        raise BuildError(f"unexpected build script {build_dir / 'build_top.sh'}: "
+                         "cannot place with other seeds")
+    place_line, pack_line = lines[place[0]], lines[place[0] + 1]
     outputs = {"top.report.json": "report.json", "top.tim": "tim"}
     for option in ("--asc ", "--textcfg "):
         match = re.search(re.escape(option) + r"top\.(\w+)", place_line)
         if match:
             outputs[f"top.{match[1]}"] = match[1]
+
+    def for_seed(command, seed):
+        for name, suffix in outputs.items():
+            command = command.replace(f" {name}", f" seed{seed}.{suffix}")
+        return command
 
     best_margin, fmax = _clock_margin(build_dir / "top.report.json")
     tried = {"default": fmax}
@@ -214,14 +222,17 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
         while (pending or running) and best_margin < 1:
             while pending and len(running) < jobs:
                 seed = pending.pop(0)
-                command = place_line
-                for name, suffix in outputs.items():
-                    command = command.replace(f" {name}", f" seed{seed}.{suffix}")
+                # exec: the process to kill is nextpnr itself, not a shell around it.
                 running[seed] = subprocess.Popen(
-                    ["sh", "-c", f"{command} --seed {seed}"], cwd=build_dir, env=env,
+                    ["sh", "-c", f"exec {for_seed(place_line, seed)} --seed {seed}"],
+                    cwd=build_dir, env=env,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            seed = next(iter(running))
-            if running.pop(seed).wait() != 0:
+            done = [seed for seed, process in running.items() if process.poll() is not None]
+            if not done:
+                time.sleep(0.2)
+                continue
+            seed = done[0]
+            if running.pop(seed).returncode != 0:
                 raise BuildError(f"nextpnr failed with --seed {seed}; see {build_dir}")
             margin, tried[str(seed)] = _clock_margin(build_dir / f"seed{seed}.report.json")
             log(f"  placement with seed {seed}: Fmax {tried[str(seed)]:.2f} MHz")
@@ -232,14 +243,19 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
             process.kill()
             process.wait()
     if best is not None:
-        for name, suffix in outputs.items():
-            shutil.copy(build_dir / f"seed{best}.{suffix}", build_dir / name)
-        result = subprocess.run(["sh", "-c", pack_line], cwd=build_dir, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Packed under the seed's own names first, so that a failure leaves top.* whole.
+        result = subprocess.run(["sh", "-c", pack_line.replace(" top.", f" seed{best}.")],
+                                cwd=build_dir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
         if result.returncode != 0:
-            raise BuildError(f"packing the placement of seed {best} failed")
-    return {"kept": "default" if best is None else str(best), "fmax_mhz": {
-        seed: round(fmax, 2) for seed, fmax in tried.items()}}
+            raise BuildError(f"packing the placement of seed {best} failed; see {build_dir}")
+        for name in [*outputs, *re.findall(r" (top\.\w+)", pack_line)]:
+            source = build_dir / name.replace("top.", f"seed{best}.", 1)
+            if source.exists():
+                shutil.copy(source, build_dir / name)
+    order = sorted(tried, key=lambda seed: -1 if seed == "default" else int(seed))
+    return {"kept": "default" if best is None else str(best),
+            "fmax_mhz": {seed: round(tried[seed], 2) for seed in order}}
 
 
 def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: bytes = None,

@@ -143,7 +143,7 @@ class WeightDecoder(wiring.Component):
             "one": lambda v: v == 1,
             "one_or_two": lambda v: (v == 1) | (v == 2),
             "at_most_lanes": lambda v: v <= N,
-            "issue_narrow": lambda v: v >> issue_bits == 0,
+            "issue_narrow": lambda v: v >> issue_bits == 0,   # of a count's low word
             "magic_low": lambda v: v == magic & 0xFFFF,
             "magic_high": lambda v: v == magic >> 16,
             "version": lambda v: v == VERSION,
@@ -219,7 +219,7 @@ class WeightDecoder(wiring.Component):
         phase = Signal(range(R), init=R - 1)
         next_index = Signal(range(G))
         # Symbols of the section not yet issued, and not yet committed (a replay restarts
-        # issue from the latter), each cut at bit 15 (no chain longer than 15 bits). The
+        # issue from the latter), each cut at bit 15 (no carry chain longer than 16 bits). The
         # decisions read only registered flags of them.
         to_issue = _CutCounter(m, "to_issue", 29, 15, step=N)
         to_commit = _CutCounter(m, "to_commit", 29, 15, step=N)
@@ -582,7 +582,8 @@ class WeightDecoder(wiring.Component):
             if name == "ERROR":
                 # No flag is written on the way to ERROR, so the many failing conditions stay
                 # out of the flags' enables: ERROR's readiness is its own state flip-flop, and
-                # after an error neither the CRC nor the ring's header mode matters.
+                # after an error neither the CRC nor the ring's header mode matters. ERROR has
+                # no way out, so its entries in the flags' state sets are never read.
                 return
             for flag, is_set in state_flags:
                 if is_set(name) != is_set(p.current):
@@ -671,8 +672,8 @@ class WeightDecoder(wiring.Component):
                     if half == 0:
                         p.set(low, w)
                     else:
-                        field = Cat(low, w)
-                        p.set(crc_good, Cat(*[field.word_select(byte, 8)
+                        received = Cat(low, w)
+                        p.set(crc_good, Cat(*[received.word_select(byte, 8)
                                               == crc.crc.word_select(byte, 8)
                                               for byte in range(4)]).all())
                     go(after)
@@ -958,9 +959,9 @@ class WeightDecoder(wiring.Component):
 class _CutCounter:
     """A down-counter cut in two, so that no carry chain spans it: the low ``cut`` bits step,
     and a borrow out of them is taken from the high part a cycle later (``borrowed``). The
-    low part is always exact, and so is the whole, ``(high - borrowed) << cut | low``; a
-    borrow comes at most once in ``2**cut / step`` steps, so one is never still pending at
-    the next. The writes are returned as ``(register, value)`` pairs, for the caller's
+    low part is always exact, and so is the whole, ``(high - borrowed) << cut | low``: the
+    high part takes a pending borrow on the very next cycle whatever else happens, and a
+    borrow comes at most once in ``2**cut / step`` steps. The writes are returned as ``(register, value)`` pairs, for the caller's
     conditions (the parser's :meth:`OneHotMachine.set` or the core's ``sync``); the high
     part's catch-up is added to ``m`` now, below everything written later.
     """
