@@ -126,15 +126,15 @@ class WeightDecoder(wiring.Component):
         m.submodules.tables = tables = SymbolTables(params, N)
         m.submodules.buffer = buf = WordBuffer(N, self.buffer_depth)
 
-        # The parser works on a registered copy of each input word, ``w``, with every
-        # comparison against a constant that the format asks for made as the word arrives
-        # (``check``): a field's verdict is then a flip-flop, not a compare in front of the
-        # parser's state logic.
         # ``issue_last`` (to_issue <= N) is decided on the low ``issue_bits`` of to_issue;
         # the rest is tested a cycle stale (``issue_narrow``), which is exact enough: one issue
         # takes N, so a count that had high bits a cycle ago is still above 2N.
         issue_bits = (3 * N).bit_length()
 
+        # The parser works on a registered copy of each input word, ``w``, with every
+        # comparison against a constant that the format asks for made as the word arrives
+        # (``check``): a field's verdict is then a flip-flop, not a compare in front of the
+        # parser's state logic.
         magic = int.from_bytes(MAGIC, "little")
         limit = MAX_SECTION_SYMBOLS
         assert limit & 0xFFFF == 0
@@ -961,9 +961,10 @@ class _CutCounter:
     and a borrow out of them is taken from the high part a cycle later (``borrowed``). The
     low part is always exact, and so is the whole, ``(high - borrowed) << cut | low``: the
     high part takes a pending borrow on the very next cycle whatever else happens, and a
-    borrow comes at most once in ``2**cut / step`` steps. The writes are returned as ``(register, value)`` pairs, for the caller's
-    conditions (the parser's :meth:`OneHotMachine.set` or the core's ``sync``); the high
-    part's catch-up is added to ``m`` now, below everything written later.
+    borrow comes at most once in ``2**cut / step`` steps. The writes are returned as
+    ``(register, value)`` pairs, for the caller's conditions (the parser's
+    :meth:`OneHotMachine.set` or the core's ``sync``); the high part's catch-up is added to
+    ``m`` now, below everything written later.
     """
 
     def __init__(self, m: Module, name: str, width: int, cut: int, step: int = 1):
