@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
-                       VERSION, RawDtype, SectionKind, Status)
+                       READABLE_VERSIONS, RawDtype, SectionKind, Status)
 from sw.params import CodecParams
 
 from .crc import Crc32Word
@@ -146,14 +146,21 @@ class WeightDecoder(wiring.Component):
             "issue_narrow": lambda v: v >> issue_bits == 0,   # of a count's low word
             "magic_low": lambda v: v == magic & 0xFFFF,
             "magic_high": lambda v: v == magic >> 16,
-            "version": lambda v: v == VERSION,
+            "version": lambda v: Cat(*[v == x for x in READABLE_VERSIONS]).any(),
+            # PROGRAM sections exist from version 2 on
+            "version_programs": lambda v: v >= 2,
             "params": lambda v: Cat(v == params.state_bits, v == params.word_bits,
                                     v == P, v == K),
             "kind_bad": lambda v: v > max(SectionKind),
-            "kind_raw": lambda v: v == SectionKind.RAW,
+            # A PROGRAM section is laid out like a RAW one (docs/FORMAT.md); the decoder passes
+            # its words on its CRC, as it does a raw tensor's: checking the program is the
+            # engine's part.
+            "kind_raw": lambda v: (v == SectionKind.RAW) | (v == SectionKind.PROGRAM),
+            "kind_program": lambda v: v == SectionKind.PROGRAM,
             "name_bad": lambda v: v > MAX_NAME_BYTES,
             "ndim_bad": lambda v: v > MAX_NDIM,
             "dtype_bad": lambda v: v > max(RawDtype),
+            "dtype_not_u16": lambda v: v != RawDtype.UINT16,
             "levels_bad": lambda v: (v == 0) | (v > MAX_LEVELS),
             "count_over": lambda v: v > limit >> 16,
             "count_at": lambda v: v == limit >> 16,
@@ -204,7 +211,9 @@ class WeightDecoder(wiring.Component):
         state_bad = Signal()
         row = [Signal(32, name=f"row{n}", reset_less=True) for n in range(N)]
         row_full = Signal()
-        raw = Signal()
+        raw = Signal()                   # a RAW or PROGRAM section
+        program = Signal()               # a PROGRAM section: its dtype must be uint16
+        programs_allowed = Signal()      # the file's version has PROGRAM sections
         levels = Signal(16)
         zero_point = Signal(signed(16))
         symbol_count = Signal(32)
@@ -707,6 +716,7 @@ class WeightDecoder(wiring.Component):
                     go("VERSION")
         with p.state("VERSION"):
             with p.If(taken()):
+                p.set(programs_allowed, check["version_programs"])
                 with p.If(~check["version"]):
                     fail(Status.BAD_VERSION)
                 with p.Else():
@@ -770,7 +780,8 @@ class WeightDecoder(wiring.Component):
         with p.state("KIND"):
             with p.If(taken()):
                 p.set(raw, check["kind_raw"])
-                with p.If(check["kind_bad"]):
+                p.set(program, check["kind_program"])
+                with p.If(check["kind_bad"] | (check["kind_program"] & ~programs_allowed)):
                     fail(Status.BAD_SECTION)
                 with p.Else():
                     go("NAME_BYTES")
@@ -911,7 +922,7 @@ class WeightDecoder(wiring.Component):
 
         # RAW
         def dtype():
-            with p.If(check["dtype_bad"]):
+            with p.If(check["dtype_bad"] | (program & check["dtype_not_u16"])):
                 fail(Status.BAD_SECTION)
             with p.Else():
                 go("DATA_BYTES0")

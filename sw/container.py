@@ -15,13 +15,18 @@ import numpy as np
 from . import codec, fastcodec
 from .codec import FrequencyTable, PayloadExhausted
 from .format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
-                     MAX_SECTIONS, VERSION, RawDtype, SectionKind, Status)
+                     MAX_SECTIONS, READABLE_VERSIONS, VERSION, RawDtype, SectionKind, Status)
 from .params import CodecParams
+from .program import Program, ProgramError
 
 __all__ = [
     "CodedTensor", "RawTensor", "Tensor", "Container", "SectionInfo", "ContainerError",
-    "StreamSection", "write_container", "read_container", "parse",
+    "StreamSection", "ProgramCheck", "PROGRAM_NAME", "write_container", "read_container",
+    "parse",
 ]
+
+#: The name the writer gives the PROGRAM section (readers accept any).
+PROGRAM_NAME = "program"
 
 
 class ContainerError(ValueError):
@@ -144,10 +149,13 @@ class SectionInfo:
 @dataclass
 class Container:
     params: CodecParams
-    tensors: list
+    tensors: list       #: every CODED and RAW section's tensor, in file order
     sections: list      #: one :class:`SectionInfo` per tensor
     file_header_bytes: int
     size: int
+    version: int = VERSION
+    program: Program = None  #: the integer network (docs/INFERENCE.md), if the file has one
+    program_section: SectionInfo = None  #: where the PROGRAM section lies, if there is one
 
     @property
     def weight_count(self) -> int:
@@ -164,11 +172,12 @@ class Container:
 
         The whole-model figure divides every byte of the file (header, raw tensors, CRCs
         included) by the number of weights; ``weights_only`` counts the file header and the
-        coded sections but not the raw ones.
+        coded sections but not the raw ones nor the program.
         """
         size = self.size
         if weights_only:
             size -= sum(s.size for s in self.sections if s.kind == SectionKind.RAW)
+            size -= self.program_section.size if self.program_section else 0
         return 8 * size / self.weight_count if self.weight_count else float("nan")
 
     def __getitem__(self, name: str) -> Tensor:
@@ -195,10 +204,23 @@ def _section_head(kind: SectionKind, name: str, shape: tuple) -> bytes:
 
 
 def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams(), *,
-                    fast: bool = True) -> bytes:
-    """The container holding ``tensors`` in this order (docs/FORMAT.md)."""
-    if len(tensors) > MAX_SECTIONS:
-        raise ValueError(f"more than {MAX_SECTIONS} tensors")
+                    program: Program = None, fast: bool = True) -> bytes:
+    """The container holding ``tensors`` in this order (docs/FORMAT.md).
+
+    With a ``program`` it comes first, as the PROGRAM section, and the coded tensors must
+    follow it as it consumes them (docs/INFERENCE.md; :func:`sw.lower.order_tensors` puts them
+    so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every reader.
+    """
+    if len(tensors) + (program is not None) > MAX_SECTIONS:
+        raise ValueError(f"more than {MAX_SECTIONS} sections")
+    if program is not None:
+        program.check()
+        check = ProgramCheck(program)
+        for tensor in tensors:
+            if isinstance(tensor, CodedTensor):
+                check.coded_section(tensor.name, tensor.symbols.size, tensor.shape,
+                                    tensor.integers())
+        check.finish()
     coded = [t for t in tensors if isinstance(t, CodedTensor)]
     tables = [t.coding_table(params) for t in coded]
     sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
@@ -210,9 +232,15 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     tables = iter(tables)
 
     out = bytearray(MAGIC + struct.pack("<6H", VERSION, params.state_bits, params.word_bits,
-                                        params.precision_bits, params.state_count, len(tensors)))
+                                        params.precision_bits, params.state_count,
+                                        len(tensors) + (program is not None)))
     out += struct.pack(f"<{params.state_count}I", *(int(x) for x in states))
     out += struct.pack("<I", zlib.crc32(out))
+    if program is not None:
+        words = program.to_words()
+        body = _section_head(SectionKind.PROGRAM, PROGRAM_NAME, (len(words),))
+        body += struct.pack("<HI", RawDtype.UINT16, 2 * len(words)) + words.tobytes()
+        out += body + struct.pack("<I", zlib.crc32(body))
     for tensor in tensors:
         if isinstance(tensor, CodedTensor):
             table, payload = next(tables), np.asarray(next(payloads), dtype="<u2")
@@ -258,7 +286,8 @@ class _Stream:
 
 
 def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
-          software_checks: bool = True, on_section=None) -> Container:
+          software_checks: bool = True, check_program: bool = True,
+          on_section=None) -> Container:
     """Read a container in stream order; raise :class:`ContainerError` at the first problem.
 
     ``params``, when given, is the decoder's: a container with other parameters is refused.
@@ -266,14 +295,18 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     names, trailing bytes); a streaming decoder makes only the others, so the golden model turns
     them off, and then ``tensors`` of the result stays empty. Those checks come after the
     section's CRC, so both kinds of reader agree on every damaged container.
+    ``check_program`` makes the checks of docs/INFERENCE.md on a PROGRAM section and on the
+    coded sections after it (``BAD_PROGRAM``): those of whatever runs the program. Without
+    them the program is data like a RAW section's, as it is to the weight decoder alone.
     ``on_section(section)`` is called with each :class:`StreamSection` as it is read.
     """
     stream = _Stream(data)
     if bytes(stream.take(len(MAGIC))) != MAGIC:
         stream.fail(Status.BAD_MAGIC, "not a subbit container (bad magic)")
     version = stream.unpack("H")
-    if version != VERSION:
-        stream.fail(Status.BAD_VERSION, f"container version {version}, this reader knows {VERSION}")
+    if version not in READABLE_VERSIONS:
+        stream.fail(Status.BAD_VERSION, f"container version {version}, this reader knows "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}")
     state_bits, word_bits, precision_bits, state_count = stream.unpack("4H")
     try:
         found = CodecParams(precision_bits=precision_bits, state_count=state_count,
@@ -294,18 +327,86 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
 
     coder_states = states.copy() if fast else [int(x) for x in states]
     tensors, sections = [], []
+    check = program_section = None  # the program's check of the coded sections, and its place
     for index in range(section_count):
-        section, info = _parse_section(stream, index, params, coder_states, fast)
-        sections.append(info)
-        if software_checks:
+        section, info = _parse_section(stream, index, params, coder_states, fast, version)
+        if section.kind == SectionKind.PROGRAM:
+            program_section = info
+        else:
+            sections.append(info)
+        # Program checks follow the section's CRC, like the software checks below.
+        try:
+            if section.kind == SectionKind.PROGRAM and check_program:
+                check = ProgramCheck(_program_of(stream, section, software_checks))
+            elif section.kind == SectionKind.CODED and check is not None:
+                check.coded_section(f"section {index}", len(section.symbols),
+                                    section.shape if software_checks else None,
+                                    section.symbols.astype(np.int64) - section.zero_point)
+        except ProgramError as error:
+            stream.fail(Status.BAD_PROGRAM, str(error))
+        if software_checks and section.kind != SectionKind.PROGRAM:
             tensors.append(_tensor_of(stream, section))
         if on_section is not None:
             on_section(section)
     if any(int(x) != params.lower_bound for x in coder_states):
         stream.fail(Status.STATE_MISMATCH, "final coder states are not the initial state L")
+    if check is not None:
+        try:
+            check.finish()
+        except ProgramError as error:
+            stream.fail(Status.BAD_PROGRAM, str(error))
     if software_checks and stream.position != len(data):
         stream.fail(Status.TRAILING_DATA, f"{len(data) - stream.position} bytes after the last section")
-    return Container(params, tensors, sections, file_header_bytes, stream.position)
+    return Container(params, tensors, sections, file_header_bytes, stream.position, version,
+                     check.program if check is not None else None, program_section)
+
+
+class ProgramCheck:
+    """The program's rules on the coded sections that follow it (docs/INFERENCE.md, "Rules").
+
+    Each coded section must be the next tensor the program consumes: as many integers, none
+    beyond its bound (and, for software readers that know the shape, that shape); no coded
+    section may come after the last, and none may be missing at the end.
+    """
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.expected = program.expected_tensors()
+        self.position = 0
+
+    def coded_section(self, where: str, count: int, shape, integers) -> None:
+        if self.position == len(self.expected):
+            raise ProgramError(f"{where}: a coded section after the last one the program uses")
+        expected = self.expected[self.position]
+        self.position += 1
+        what = f"{where}: op {expected.op_index}'s {expected.role}"
+        if count != expected.count:
+            raise ProgramError(f"{what} has {expected.count} values, the section {count}")
+        if shape is not None and tuple(shape) != tuple(expected.shape):
+            raise ProgramError(f"{what} is shaped {expected.shape}, the section {tuple(shape)}")
+        if count and int(np.abs(np.asarray(integers)).max()) > expected.bound:
+            raise ProgramError(f"{what} has a value beyond its bound {expected.bound}")
+
+    def finish(self) -> None:
+        if self.position != len(self.expected):
+            missing = self.expected[self.position]
+            raise ProgramError(f"the file ends before op {missing.op_index}'s {missing.role}")
+
+
+def _program_of(stream: "_Stream", section: "StreamSection", software_checks: bool) -> Program:
+    """The program of a PROGRAM section (its CRC already checked)."""
+    where = f"section {section.index}"
+    if section.index != 0:
+        raise ProgramError(f"{where}: the program must be the first section")
+    if len(section.data) % 2:
+        raise ProgramError(f"{where}: a program of {len(section.data)} bytes is not whole words")
+    words = np.frombuffer(section.data, dtype="<u2")
+    if software_checks:
+        _checked_name(stream, section.raw_name, where)
+        if section.shape != (len(words),):
+            stream.fail(Status.BAD_SECTION, f"{where}: shape {section.shape} does not hold "
+                        f"{len(words)} program words")
+    return Program.from_words(words)
 
 
 @dataclass
@@ -321,16 +422,18 @@ class StreamSection:
     scale: np.ndarray = None
     symbols: np.ndarray = None  #: flat, in stream order (CODED)
     dtype: RawDtype = None
-    data: bytes = None          #: the tensor's bytes (RAW)
+    data: bytes = None          #: the tensor's bytes (RAW), or the program's (PROGRAM)
 
 
-def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool):
+def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool,
+                   version: int):
     """Read one section up to and including its CRC; returns it and its byte accounting."""
     start = stream.position
     where = f"section {index}"
     kind = stream.unpack("H")
-    if kind not in tuple(SectionKind):
-        stream.fail(Status.BAD_SECTION, f"{where}: unknown kind {kind}")
+    if kind not in tuple(SectionKind) or (kind == SectionKind.PROGRAM and version < 2):
+        stream.fail(Status.BAD_SECTION, f"{where}: unknown kind {kind} in a version {version} "
+                    f"file")
     kind = SectionKind(kind)
     name_length = stream.unpack("H")
     if name_length > MAX_NAME_BYTES:
@@ -389,9 +492,12 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         section.levels, section.zero_point, section.scale = levels, zero_point, scale
         section.symbols = symbols
     else:
+        # RAW and PROGRAM: a PROGRAM section's data are u16 words
         dtype = stream.unpack("H")
         if dtype not in tuple(RawDtype):
             stream.fail(Status.BAD_SECTION, f"{where}: unknown dtype {dtype}")
+        if kind == SectionKind.PROGRAM and dtype != RawDtype.UINT16:
+            stream.fail(Status.BAD_SECTION, f"{where}: a program of dtype {dtype}, not uint16")
         data_bytes = stream.unpack("I")
         section.dtype = RawDtype(dtype)
         section.data = bytes(stream.take(data_bytes + (data_bytes & 1)))[:data_bytes]

@@ -5,13 +5,15 @@ import enum
 import numpy as np
 
 __all__ = [
-    "MAGIC", "VERSION", "MAX_LEVELS", "MAX_NDIM", "MAX_NAME_BYTES", "MAX_SECTIONS",
+    "MAGIC", "VERSION", "READABLE_VERSIONS", "MAX_LEVELS", "MAX_NDIM", "MAX_NAME_BYTES", "MAX_SECTIONS",
     "MAX_SECTION_SYMBOLS",
     "SectionKind", "RawDtype", "Status",
 ]
 
 MAGIC = b"SBIT"
-VERSION = 1
+#: The version written. Version 2 added the PROGRAM section; version-1 files are still read.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_LEVELS = 256
 MAX_NDIM = 8
 MAX_NAME_BYTES = 1024
@@ -24,6 +26,7 @@ class SectionKind(enum.IntEnum):
     """The ``kind`` word that opens every section."""
     CODED = 0  #: integer symbols, rANS coded; the decoder expands them
     RAW = 1    #: any other tensor (bias, norm, ...), stored as plain little-endian bytes
+    PROGRAM = 2  #: the integer network an inference engine runs (docs/INFERENCE.md); version 2
 
 
 class RawDtype(enum.IntEnum):
@@ -69,7 +72,7 @@ class Status(enum.IntEnum):
     """
     OK = 0
     BAD_MAGIC = 1        #: the first four bytes are not ``MAGIC``
-    BAD_VERSION = 2      #: ``version`` is not ``VERSION``
+    BAD_VERSION = 2      #: ``version`` is not one of ``READABLE_VERSIONS``
     PARAM_MISMATCH = 3   #: state_bits/word_bits/precision_bits/state_count unusable or not the decoder's
     BAD_STATE = 4        #: an initial state outside ``[L, 2**state_bits)``
     BAD_SECTION = 5      #: unknown kind, dtype, name length, ndim, levels or scale count
@@ -79,3 +82,5 @@ class Status(enum.IntEnum):
     STATE_MISMATCH = 9   #: after the last section a state is not ``L``
     TRUNCATED = 10       #: the input ended early (reported by whatever feeds the decoder)
     TRAILING_DATA = 11   #: bytes after the last section
+    BAD_PROGRAM = 12     #: the program breaks a rule of docs/INFERENCE.md, or the coded sections
+                         #: do not follow it (made by whatever runs the program: the engine)

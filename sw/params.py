@@ -20,9 +20,9 @@ class CodecParams:
         divide ``K``; ``K = 32`` lets 1, 2, 4 and 8 lanes each keep a pipeline of 4 or more
         stages busy.
     state_bits : int
-        Width of a coder state. Format version 1 fixes it at 32.
+        Width of a coder state. Format versions 1 and 2 fix it at 32.
     word_bits : int
-        Width of a renormalisation word. Format version 1 fixes it at 16.
+        Width of a renormalisation word. Format versions 1 and 2 fix it at 16.
 
     Attributes
     ----------
@@ -46,7 +46,7 @@ class CodecParams:
                 raise TypeError(f"{name} must be an integer, not {value!r}")
         if (self.state_bits, self.word_bits) != (32, 16):
             raise ValueError(
-                f"state_bits/word_bits must be 32/16 in format version 1, "
+                f"state_bits/word_bits must be 32/16 in format versions 1 and 2, "
                 f"not {self.state_bits}/{self.word_bits}")
         # P <= log2(L) keeps one renormalisation word per symbol at most, and P < word_bits
         # lets a one-symbol table's frequency 2**P be stored in a u16.

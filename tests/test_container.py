@@ -208,7 +208,9 @@ def test_checks_behind_the_crc(single):
 def test_header_checks(single):
     data, _, _ = single
     assert read_status(b"XBIT" + data[4:]) == Status.BAD_MAGIC
-    assert read_status(rewrite(data, 4, "H", 2)) == Status.BAD_VERSION
+    assert read_status(rewrite(data, 4, "H", 3)) == Status.BAD_VERSION
+    assert read_status(rewrite(data, 4, "H", 0)) == Status.BAD_VERSION
+    assert read_status(rewrite(data, 4, "H", 1)) == Status.OK  # version 1 is still read
     assert read_status(rewrite(data, 6, "H", 64)) == Status.PARAM_MISMATCH
     assert read_status(rewrite(data, 10, "H", 0)) == Status.PARAM_MISMATCH
     assert read_status(rewrite(data, 12, "H", 0)) == Status.PARAM_MISMATCH

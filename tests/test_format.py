@@ -57,7 +57,7 @@ def test_header_layout_and_overhead():
     magic, version, state_bits, word_bits, precision, state_count, sections = \
         struct.unpack_from("<4s6H", data)
     assert (magic, version, state_bits, word_bits, precision, state_count, sections) == \
-        (b"SBIT", 1, 32, 16, 12, 32, 1)
+        (b"SBIT", 2, 32, 16, 12, 32, 1)
     header = 20 + 4 * params.state_count
     assert struct.unpack_from("<I", data, header - 4)[0] == zlib.crc32(data[:header - 4])
     # FORMAT.md "Overhead": 24 + name + 4 ndim + 4 scale_count + 2 levels around the payload.

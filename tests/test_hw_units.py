@@ -25,7 +25,7 @@ from sim.cases import corner_tensors, corrupt, random_container, uniform
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
-from sw.format import Status
+from sw.format import RawDtype, Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
 
@@ -302,7 +302,7 @@ def test_symbol_tables_lookup_every_slot(precision, frequencies):
 # -- the decoder --
 
 def check_against_golden(container, params, lanes, **kwargs):
-    golden = golden_decode(container, params)
+    golden = golden_decode(container, params, check_program=False)
     result = run_pysim(container, params, lanes, **kwargs)
     expected = golden.integers()
     if golden.status == Status.TRUNCATED:
@@ -433,14 +433,17 @@ def field_cases():
     raw = write_container([RawTensor("r", np.arange(4, dtype=np.int16))], params)
     # Offsets for K = 32: file header 148 bytes, then kind, name_bytes, "w\0", ndim, dims[0].
     yield "magic", patched(coded, 0, "B", ord("X")), Status.BAD_MAGIC
-    yield "version", patched(coded, 4, "H", 2), Status.BAD_VERSION
+    yield "version_0", with_header_crc(patched(coded, 4, "H", 0)), Status.BAD_VERSION
+    yield "version_3", with_header_crc(patched(coded, 4, "H", 3)), Status.BAD_VERSION
+    # version 1 has no PROGRAM sections, and is read as it always was
+    yield "version_1", with_header_crc(patched(coded, 4, "H", 1)), Status.OK
     yield "state_bits", patched(coded, 6, "H", 31), Status.PARAM_MISMATCH
     yield "word_bits", patched(coded, 8, "H", 8), Status.PARAM_MISMATCH
     yield "precision", patched(coded, 10, "H", 11), Status.PARAM_MISMATCH
     yield "state_count", patched(coded, 12, "H", 0), Status.PARAM_MISMATCH
     yield "state", patched(coded, 16 + 4 * 7, "I", 0xFFFF), Status.BAD_STATE
     yield "header_crc", patched(coded, 144, "B", coded[144] ^ 1), Status.CRC_MISMATCH
-    yield "kind", patched(coded, 148, "H", 2), Status.BAD_SECTION
+    yield "kind", patched(coded, 148, "H", 3), Status.BAD_SECTION
     yield "name_bytes", patched(coded, 150, "H", 1025), Status.BAD_SECTION
     yield "ndim", patched(coded, 154, "H", 9), Status.BAD_SECTION
     yield "levels_0", patched(coded, 160, "H", 0), Status.BAD_SECTION
@@ -460,6 +463,38 @@ def field_cases():
         Status.CRC_MISMATCH
     yield "dtype", patched(raw, 160, "H", 12), Status.BAD_SECTION
     yield "raw_crc", patched(raw, len(raw) - 4, "B", raw[-4] ^ 1), Status.CRC_MISMATCH
+    # A PROGRAM section is passed on its CRC (at 148: kind, name_bytes, "program\0", ndim,
+    # dims[0], then dtype at 166 and data_bytes, the words from 172); its rules are the
+    # engine's, not the decoder's.
+    programmed = programmed_container(params)
+    yield "program", programmed, Status.OK
+    yield "program_dtype", patched(programmed, 166, "H", RawDtype.INT16), Status.BAD_SECTION
+    yield "program_crc", patched(programmed, 175, "B", programmed[175] ^ 4), Status.CRC_MISMATCH
+    yield "program_in_version_1", with_header_crc(patched(programmed, 4, "H", 1)), \
+        Status.BAD_SECTION
+
+
+def with_header_crc(data: bytes, state_count: int = 32) -> bytes:
+    import struct
+    import zlib
+    data = bytearray(data)
+    end = 16 + 4 * state_count
+    struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
+    return bytes(data)
+
+
+def programmed_container(params):
+    """A container with a program: a convolution, a pool and a linear layer on 4x4 images."""
+    from sw.lower import Layer, lower, order_tensors
+    rng = np.random.default_rng(7)
+    tensors = [CodedTensor("conv.weight", rng.integers(0, 3, (4, 1, 3, 3)), 3, 1, np.float32(0.2)),
+               CodedTensor("conv.bias", rng.integers(0, 31, 4), 31, 15, np.float32(0.01)),
+               CodedTensor("fc.weight", rng.integers(0, 5, (3, 4)), 5, 2, np.float32(0.1))]
+    layers = [Layer("conv", "conv.weight", "conv.bias", 1, True),
+              Layer("pool", input=0), Layer("linear", "fc.weight", input=1)]
+    lowered = lower(layers, {t.name: t for t in tensors}, rng.random((8, 1, 4, 4)), 4)
+    return write_container(order_tensors(tensors, lowered.tensor_order), params,
+                           program=lowered.program)
 
 
 @pytest.mark.parametrize("name, data, status", list(field_cases()),
