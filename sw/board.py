@@ -129,32 +129,50 @@ def check_line(line: str, container: bytes, params: CodecParams = CodecParams())
             for name in fields if getattr(got, name) != getattr(expected, name)]
 
 
+#: Levels of the default MLP's coded biases (as sw.quant.BIAS_LEVELS for trained models).
+MLP_BIAS_LEVELS = 31
+
+
 def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), levels=3,
                       seed=0) -> tuple:
     """A small real model: an MLP trained on sklearn's bundled digits, ternary weights.
 
     Returns ``(name, container bytes)``. Training takes a few seconds; nothing is downloaded.
-    Weight matrices are zero-point quantized to ``levels`` levels (coded sections), biases are
-    stored raw.
+    Weight matrices are zero-point quantized to ``levels`` levels and biases to 31, all coded;
+    the container carries the MLP's integer program (docs/INFERENCE.md), its activation scales
+    calibrated on the training digits.
     """
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
 
     from .bench.codec import train_digits_mlp, zero_point_quantize
-    from .container import CodedTensor, RawTensor, write_container
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from .container import CodedTensor, write_container
+    from .lower import lower, mlp_layers, order_tensors
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp, accuracy = train_digits_mlp(hidden=hidden, seed=seed)
-    tensors = []
+    tensors, names = [], []
     for index, (weights, bias) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
         # sklearn stores (in, out); the container holds (out, in) like torch.
         symbols, zero_point, step = zero_point_quantize(np.ascontiguousarray(weights.T), levels)
         tensors.append(CodedTensor(f"fc{index}.weight", symbols, levels, zero_point, step))
-        tensors.append(RawTensor(f"fc{index}.bias", bias.astype(np.float32)))
+        tensors.append(CodedTensor.symmetric(f"fc{index}.bias", bias, MLP_BIAS_LEVELS))
+        names.append((f"fc{index}.weight", f"fc{index}.bias"))
+    # Calibrate on the MLP's own training images (train_digits_mlp's split, which is also
+    # sw.data.digits'). Not through sw.data: importing torch beside sklearn's training makes
+    # its BLAS calls contend for threads (4x slower here).
+    data = load_digits()
+    x_train = train_test_split(data.images[:, None] / 16.0, data.target, test_size=0.25,
+                               random_state=seed, stratify=data.target)[0]
+    lowered = lower(mlp_layers(names), {t.name: t for t in tensors}, x_train)
     shape = "-".join(str(n) for n in (64, *hidden, 10))
-    return f"digits-mlp-{shape}-{levels}level", write_container(tensors, params)
+    return f"digits-mlp-{shape}-{levels}level", write_container(
+        order_tensors(tensors, lowered.tensor_order), params, program=lowered.program)
 
 
 # -- command line ------------------------------------------------------------------------------

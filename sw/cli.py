@@ -24,6 +24,8 @@ COMMANDS = {
                 "and overhead; then totals"),
     "verify": ("sw.commands.verify", "decode a container completely and make every check; "
                "exit status 0 only if it is sound"),
+    "infer": ("sw.commands.infer", "run a container's integer program on images (default: the "
+              "450 held-out digits) and print its accuracy"),
     "train": ("sw.train", "train a model with zero-point quantization to a bits/weight target "
               "and export its container"),
     "compress": ("sw.compress", "post-training quantization of any model to a bits/weight "

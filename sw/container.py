@@ -21,7 +21,8 @@ from .program import Program, ProgramError
 
 __all__ = [
     "CodedTensor", "RawTensor", "Tensor", "Container", "SectionInfo", "ContainerError",
-    "StreamSection", "ProgramCheck", "PROGRAM_NAME", "write_container", "read_container",
+    "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
+    "read_container",
     "parse",
 ]
 
@@ -91,6 +92,20 @@ class CodedTensor:
             raise ValueError(f"{name}: range {low}..{high} spans more than {MAX_LEVELS} levels")
         symbols = (integers.astype(np.int64) - low).astype(np.uint8)
         return cls(name, symbols, levels=high - low + 1, zero_point=-low, scale=scale)
+
+    @classmethod
+    def symmetric(cls, name: str, values, levels: int) -> "CodedTensor":
+        """Float ``values`` rounded on ``levels`` (odd) levels around zero, one scale at the peak.
+
+        The biases' quantizer: ``q = clamp(round(v / s), -k, k)`` with ``k = levels // 2`` and
+        ``s = max|v| / k`` (1 for an all-zero tensor).
+        """
+        values = np.asarray(values, np.float32)
+        half = levels // 2
+        peak = float(np.abs(values).max()) if values.size else 0.0
+        scale = np.float32(peak / half if peak > 0 else 1.0)
+        q = np.clip(np.rint(values / scale), -half, half).astype(np.int64)
+        return cls(name, (q + half).astype(np.uint8), levels, half, np.array([scale]))
 
     @property
     def shape(self) -> tuple:
@@ -201,6 +216,12 @@ def _section_head(kind: SectionKind, name: str, shape: tuple) -> bytes:
         raise ValueError(f"{name}: more than {MAX_NDIM} dimensions")
     return (struct.pack("<HH", kind, len(name_bytes)) + _pad_even(name_bytes)
             + struct.pack(f"<H{len(shape)}I", len(shape), *shape))
+
+
+def program_section_size(word_count: int, name: str = PROGRAM_NAME) -> int:
+    """Bytes of a PROGRAM section of ``word_count`` words: head, dtype, length, words, CRC."""
+    name_bytes = len(name.encode())
+    return 2 + 2 + name_bytes + (name_bytes & 1) + 2 + 4 + 2 + 4 + 2 * word_count + 4
 
 
 def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams(), *,

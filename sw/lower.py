@@ -163,16 +163,23 @@ def _fixed_point(multipliers: np.ndarray, bias_step: float, bias_bound: int,
     raise ProgramError(f"no shift in 1..{MAX_SHIFT} represents multipliers up to {largest:.3g}")
 
 
-def lower(layers, tensors: dict, images, input_exponent: int) -> Lowered:
+def lower(layers, tensors: dict, images, input_exponent: int = None) -> Lowered:
     """The program of ``layers`` over the coded ``tensors`` (name -> CodedTensor).
 
-    ``images`` (float, ``(count, C, H, W)``) calibrate every activation's scale ``2**-f``: the
-    finest that holds the largest value seen on them. ``input_exponent`` is the images' own
-    (the digits, 0..16 over 16, are exact at 4).
+    ``images`` (float, ``(count, C, H, W)``, none negative: the input is ``U8``) calibrate
+    every activation's scale ``2**-f``: the finest that holds the largest value seen on them.
+    ``input_exponent`` is the images' own, by default likewise the finest that holds them.
     """
     from .container import CodedTensor
 
     images = np.asarray(images, np.float64)
+    if images.ndim != 4 or not len(images):
+        raise ValueError(f"calibration images must be (count, C, H, W), not {images.shape}")
+    if not np.isfinite(images).all() or images.min() < 0:
+        raise ValueError("calibration images must be finite and not negative (the engine's "
+                         "input is U8)")
+    if input_exponent is None:
+        input_exponent = _exponent(float(images.max()), ValueType.U8)
     input_shape = tuple(images.shape[1:])
     for layer in layers:
         for name in (layer.weight, layer.bias):
@@ -306,9 +313,10 @@ def order_tensors(tensors: list, order: list) -> list:
 def resnet_layers(model) -> list:
     """The layers of a :class:`sw.models.ResNet` (BatchNorm folded), named as its state dict.
 
-    Blocks run as ``a``, the projection ``sc`` (when there is one), then ``b`` (and ``c`` in a
-    bottleneck) with the shortcut added before the last ReLU; so the container holds ``sc``
-    before ``b``, the order the engine consumes them.
+    A block runs its projection ``sc`` first (when it has one: it reads the block's input,
+    which is then still live), then ``a``, ``b`` (and ``c`` in a bottleneck), the shortcut
+    added before the last ReLU; the container holds the sections in that order, the order the
+    engine consumes them.
     """
     stem = list(model.stem)
     if len(stem) != 2 or not hasattr(stem[0], "weight"):

@@ -23,13 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import quant
-from .container import CodedTensor, read_container, write_container
+from .container import CodedTensor, program_section_size, read_container, write_container
 from .data import digits, random_images, shift_augment
+from .lower import lower, order_tensors, program_word_count, resnet_layers
 from .models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
 from .params import CodecParams
 
@@ -346,20 +348,53 @@ def parameters_agree(model: nn.Module, dist: Dist) -> bool:
 
 
 def measured_overhead_bits(qmodel) -> float:
-    """File bits minus the weights' exact entropy: header, tables, scales, biases, coder slack."""
-    data = write_container(quant.export_tensors(qmodel))
-    return 8 * len(data) - quant.hard_bits(qmodel)
+    """File bits minus the weights' exact entropy: header, tables, scales, biases, program,
+    coder slack."""
+    tensors = quant.export_tensors(qmodel)
+    data = write_container(tensors)
+    layers = program_layers(qmodel)
+    program = 0 if layers is None else program_section_size(
+        program_word_count(layers, {t.name: t for t in tensors}))
+    return 8 * (len(data) + program) - quant.hard_bits(qmodel)
 
 
 # -- export and measurement ------------------------------------------------------------------------
 
-def export(qmodel, path, params: CodecParams = CodecParams()) -> bytes:
-    """Write the container of ``qmodel`` to ``path``; return its bytes."""
-    data = write_container(quant.export_tensors(qmodel.cpu()), params)
+def program_layers(model):
+    """The layers :func:`sw.lower.lower` takes for ``model`` (a ResNet of sw.models, quantized
+    or plain), or ``None`` when it has a part integer inference lacks (the ImageNet stem's
+    max pool)."""
+    try:
+        return resnet_layers(model)
+    except ValueError:
+        return None
+
+
+def export(qmodel, path, params: CodecParams = CodecParams(), images=None) -> bytes:
+    """Write the container of ``qmodel`` to ``path``; return its bytes.
+
+    With calibration ``images`` (float NCHW) the container carries the integer program
+    (docs/INFERENCE.md) when the network lowers to one, its coded sections in program order.
+    """
+    qmodel = qmodel.cpu()
+    tensors = quant.export_tensors(qmodel)
+    layers = program_layers(qmodel) if images is not None else None
+    program = None
+    if layers is not None:
+        lowered = lower(layers, {t.name: t for t in tensors}, np.asarray(images))
+        tensors, program = order_tensors(tensors, lowered.tensor_order), lowered.program
+    data = write_container(tensors, params, program=program)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return data
+
+
+def integer_accuracy(container, data) -> float:
+    """Top-1 percent of the container's integer program (sw.engine) on a labelled set."""
+    from .engine import BoundNetwork, infer
+    result = infer(BoundNetwork.from_container(container), data.x.numpy())
+    return 100.0 * float((result.predictions == data.y.numpy()).mean())
 
 
 def is_weight_section(info, tensor) -> bool:
@@ -465,13 +500,24 @@ def run(args) -> int:
         agree = parameters_agree(qmodel, dist)
         seconds = time.perf_counter() - started
         if dist.main:
-            data = export(qmodel.cpu(), out, params)
+            # calibrate the program's activation scales on the training images (in memory)
+            calibration = train_set.x.numpy() if isinstance(train_set, TensorData) and \
+                args.model.startswith("digits") else None
+            data = export(qmodel.cpu(), out, params, calibration)
             decoded, container = load_decoded(args.model, out.read_bytes())
             accuracy = evaluate(decoded.to(dist.device), test_set, dist)
+            accuracy_int = integer_accuracy(container, test_set) \
+                if container.program is not None else None
             rates = file_rates(container)
             print_layers(layer_table(qmodel))
             print(f"QAT model: {qat_accuracy:.2f} %; decoded from {out}: {accuracy:.2f} % top-1 "
                   f"(float {float_accuracy:.2f} %, drop {float_accuracy - accuracy:.2f} points)")
+            if accuracy_int is not None:
+                program = container.program
+                print(f"integer program ({len(program.ops)} operations, "
+                      f"{program.multiply_accumulates} multiply-accumulates per image, "
+                      f"{container.program_section.size} bytes): {accuracy_int:.2f} % top-1 "
+                      f"(float on the same weights {accuracy:.2f} %)")
             print(f"{out}: {len(data)} bytes, {rates['weights']} weights: "
                   f"{rates['bits_per_weight']:.4f} bits/weight whole model, "
                   f"{rates['bits_per_weight_weights_only']:.4f} weights only "
@@ -480,6 +526,9 @@ def run(args) -> int:
             if args.report:
                 report = {"model": args.model, "target_bpw": args.target_bpw,
                           "float_accuracy": float_accuracy, "accuracy": accuracy,
+                          "accuracy_float": accuracy, "accuracy_int": accuracy_int,
+                          "program_bytes": container.program_section.size
+                          if container.program_section else 0,
                           "qat_accuracy": qat_accuracy, **rates,
                           "seconds": seconds, "float_seconds": float_seconds,
                           "processes": dist.world, "ranks_agree": agree,

@@ -118,7 +118,7 @@ def random_networks(draw):
     coded("fc.weight", (classes, int(np.prod(shape))), int(rng.integers(2, 16)),
           np.float32(rng.uniform(0.01, 1)))
     layers.append(Layer("linear", "fc.weight", None, input=current))
-    images = rng.uniform(-0.2, 4, (3, channels, size, size))
+    images = rng.uniform(0, 4, (3, channels, size, size))
     return layers, tensors, images, int(rng.integers(0, 6))
 
 

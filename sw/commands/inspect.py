@@ -11,6 +11,26 @@ def add_arguments(parser):
     parser.add_argument("input", metavar="IN")
 
 
+def print_program(container) -> None:
+    """The program, one line per operation, and what it costs of the file."""
+    program = container.program
+    section = container.program_section
+    print(f"program: {len(program.ops)} operations, input {'x'.join(map(str, program.input_shape))}"
+          f" U8 at 2**-{program.input_exponent}, {program.memory_words} activation words, "
+          f"{program.multiply_accumulates} multiply-accumulates per image; {section.size} bytes = "
+          f"{100 * section.size / container.size:.2f} % of the file, "
+          f"{8 * section.size / max(container.weight_count, 1):.4f} bits/weight")
+    for index, op in enumerate(program.ops):
+        shape = "x".join(map(str, op.output_shape))
+        detail = f"k{op.kernel} s{op.stride} " if op.kernel else ""
+        extra = (f"{detail}A={op.multipliers[0] if len(op.multipliers) == 1 else 'per-channel'}"
+                 f" S={op.shift}" + (f" B={op.bias_multiplier}" if op.has_bias else "")
+                 + (f" skip@{op.skip_address}<<{op.skip_shift}" if op.has_skip else "")) \
+            if op.multipliers else ""
+        print(f"  op{index:<3} {op.opcode.name:<6} {op.output_type.name:<3} -> {shape:<10} "
+              f"@{op.output_address:<5} 2**-{op.output_exponent:<3} {extra}")
+
+
 def run(args) -> int:
     container = read_with_progress(read_file(args.input), "inspect")
     params = container.params
@@ -45,6 +65,8 @@ def run(args) -> int:
     print(f"weights {weights}, other parameters {container.parameter_count - weights}")
     print(f"bytes: payload {payload}, tables {tables}, headers {headers}, raw tensors {raw}, "
           f"total {container.size}; headers+tables {100 * (headers + tables) / container.size:.2f} %")
+    if container.program is not None:
+        print_program(container)
     if weights:
         print(f"entropy {entropy_total / weights:.4f} bits/weight, payload "
               f"{8 * payload / weights:.4f} ({100 * (8 * payload / max(entropy_total, 1e-12) - 1):+.3f} %), "
