@@ -88,7 +88,8 @@ def expected_report(container: bytes, params: CodecParams = CodecParams()) -> Bo
     error the decoder has already emitted part of the failing section, which the golden model
     does not keep.
     """
-    result = golden_decode(bytes(container), params)
+    # the CRC system has no engine: it checks what the decoder checks (FORMAT.md, BAD_PROGRAM)
+    result = golden_decode(bytes(container), params, check_program=False)
     integers = result.integers().astype("<i2")
     layers = sum(1 for section in result.coded if section.integers.size)
     return BoardReport(result.status, layers, int(integers.size),
