@@ -1,0 +1,537 @@
+"""The inference engine: runs a container's integer program on the weights as they are decoded.
+
+docs/INFERENCE.md is the specification and :mod:`sw.engine` its reference; this is the same
+arithmetic in gates. The engine takes the program's words, then one image's pixels, then the
+decoder's weight stream, and emits the predicted class. It keeps no decompressed weights: a
+convolution takes each weight once, as it arrives, and applies it to every output position of
+its channel before taking the next one (the loop over positions is the innermost), so the
+decoder's backpressure paces it; only the accumulators of one output channel, the biases of
+one layer and the activations are stored.
+
+This first engine computes one product per cycle (a digits-ResNet image is about 3.1 M
+cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
+several output positions of the same weight at once.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw.format import Status
+from sw.program import HEADER_WORDS, OP_WORDS, NO_SKIP, Opcode, ValueType
+
+from .decoder import WeightBatch
+
+__all__ = ["ProgramWord", "ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
+
+
+class ProgramWord(data.StructLayout):
+    """A word of the container's PROGRAM section, as the decoder forwards it.
+
+    Attributes
+    ----------
+    word : unsigned(16)
+    last : 1
+        The section's final word.
+    partial : 1
+        That final word holds one byte only (an odd ``data_bytes``): the program is refused.
+    """
+
+    def __init__(self):
+        super().__init__({"word": unsigned(16), "last": 1, "partial": 1})
+
+
+#: An activation the engine writes (pixels and every operation's outputs), for observers.
+ActivationWrite = data.StructLayout({"address": unsigned(16), "value": signed(16)})
+
+#: ``busy`` while an image is in flight; ``error`` and ``code`` (a :class:`sw.format.Status`)
+#: when the engine refused the program or the weights that follow it. Sticky until reset.
+EngineStatus = data.StructLayout({"busy": 1, "error": 1, "code": 4})
+
+#: The engine's answer for one image: the predicted class and the cycles it took.
+Prediction = data.StructLayout({"label": unsigned(16), "cycles": unsigned(32)})
+
+#: Words of an operation record the engine keeps in registers (the multipliers stay in RAM).
+_RECORD = {
+    "opcode": 0, "output_type": 1, "in_channels": 2, "in_height": 3, "in_width": 4,
+    "out_channels": 5, "kernel": 6, "stride": 7, "input_address": 8, "output_address": 9,
+    "skip_address": 10, "flags": 11, "weight_bound": 12, "bias_bound": 13, "shift": 14,
+    "skip_shift": 15, "bias_low": 16, "bias_high": 17, "multiplier_count": 19,
+}
+
+
+class InferenceEngine(wiring.Component):
+    """Runs the integer program of docs/INFERENCE.md, one product per cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Of the decoder whose ``weights`` stream this engine takes.
+    memory_words : int
+        Activation memory (values of 16 bits). A program whose tensors reach past it is
+        refused with ``BAD_PROGRAM``.
+    program_words : int
+        Program RAM; a longer program is refused likewise.
+    max_channels : int
+        Output channels of one operation (its biases are kept).
+    max_positions : int
+        Output positions of one channel (its accumulators are kept).
+
+    Attributes
+    ----------
+    program : In(stream.Signature(ProgramWord(), always_ready=True))
+        The PROGRAM section's words, once per image, before the image's weights.
+    pixels : In(stream.Signature(unsigned(8)))
+        The image, already ``U8`` (docs/INFERENCE.md, "Values"), in C order.
+    weights : In(stream.Signature(WeightBatch(lanes)))
+        The decoder's output: the coded sections the program consumes, in order.
+    prediction : Out(stream.Signature(Prediction))
+        One per image.
+    activations : Out(stream.Signature(ActivationWrite, always_ready=True))
+        Every activation written, for testbenches and debugging (unused in a build, it costs
+        nothing).
+    status : Out(EngineStatus)
+    """
+
+    def __init__(self, lanes: int = 1, *, memory_words: int = 8192, program_words: int = 1024,
+                 max_channels: int = 1024, max_positions: int = 1024):
+        self.lanes = lanes
+        self.memory_words = memory_words
+        self.program_words = program_words
+        self.max_channels = max_channels
+        self.max_positions = max_positions
+        super().__init__({
+            "program": In(stream.Signature(ProgramWord(), always_ready=True)),
+            "pixels": In(stream.Signature(unsigned(8))),
+            "weights": In(stream.Signature(WeightBatch(lanes))),
+            "prediction": Out(stream.Signature(Prediction)),
+            "activations": Out(stream.Signature(ActivationWrite, always_ready=True)),
+            "status": Out(EngineStatus),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.lanes
+
+        # -- memories ------------------------------------------------------------------------
+        m.submodules.program_ram = program_ram = Memory(
+            shape=unsigned(16), depth=self.program_words, init=[])
+        program_write = program_ram.write_port()
+        program_read = program_ram.read_port()
+        # Activations: one address for reads and writes, as a single-port SPRAM has.
+        m.submodules.activation_ram = activation_ram = Memory(
+            shape=signed(16), depth=self.memory_words, init=[])
+        activation_write = activation_ram.write_port()
+        activation_read = activation_ram.read_port()
+        m.submodules.bias_ram = bias_ram = Memory(
+            shape=signed(16), depth=self.max_channels, init=[])
+        bias_write = bias_ram.write_port()
+        bias_read = bias_ram.read_port()
+        m.submodules.accumulator_ram = accumulator_ram = Memory(
+            shape=signed(32), depth=self.max_positions, init=[])
+        accumulator_write = accumulator_ram.write_port()
+        # transparent: the MAC loop reads a position the cycle its last sum is written when a
+        # channel has a single output position
+        accumulator_read = accumulator_ram.read_port(transparent_for=(accumulator_write,))
+
+        address = Signal(16)             # the activation memory's one address
+        cursor = Signal(16)              # ... when a loop walks it; states override it
+        m.d.comb += [address.eq(cursor),
+                     activation_read.addr.eq(address), activation_write.addr.eq(address),
+                     self.activations.payload.address.eq(address),
+                     self.activations.payload.value.eq(activation_write.data),
+                     self.activations.valid.eq(activation_write.en)]
+
+        # -- status --------------------------------------------------------------------------
+        error = Signal()
+        code = Signal(4)
+        busy = Signal()
+        m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
+                     self.status.busy.eq(busy)]
+        cycles = Signal(32)
+        with m.If(busy):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # -- the weight stream, one value at a time ------------------------------------------
+        batch = Signal(WeightBatch(N))
+        batch_index = Signal(range(N + 1))
+        batch_full = Signal()
+        value = Signal(signed(16))
+        value_valid = Signal()
+        value_first = Signal()           # the first value of its section
+        value_last = Signal()            # the last value of its section
+        take_value = Signal()
+        m.d.comb += [
+            value.eq(batch.values[batch_index] if N > 1 else batch.values[0]),
+            value_valid.eq(batch_full),
+            value_first.eq(batch.first & (batch_index == 0)),
+            value_last.eq(batch.last & (batch_index == batch.count - 1)),
+            self.weights.ready.eq(~batch_full | error),
+        ]
+        with m.If(self.weights.valid & self.weights.ready):
+            m.d.sync += [batch.eq(self.weights.payload), batch_index.eq(0),
+                         batch_full.eq(~error & (self.weights.payload.count != 0))]
+        with m.Elif(take_value):
+            with m.If(batch_index == batch.count - 1):
+                m.d.sync += batch_full.eq(0)
+            with m.Else():
+                m.d.sync += batch_index.eq(batch_index + 1)
+
+        # Values left in the section being consumed and its bound: a section that ends early
+        # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
+        remaining = Signal(32)
+        bound = Signal(16)
+        magnitude = Signal(16)
+        m.d.comb += magnitude.eq(Mux(value < 0, -value, value))
+
+        # -- the program header and the current operation ------------------------------------
+        program_count = Signal(range(self.program_words + 1))
+        op_count = Signal(8)
+        input_size = Signal(17)
+        input_address = Signal(16)
+        op_index = Signal(8)
+        op_base = Signal(range(self.program_words + 1))   # first word of the current record
+        record = {name: Signal(16, name=f"op_{name}") for name in _RECORD}
+        fetch = Signal(range(OP_WORDS + 2))
+
+        opcode = record["opcode"]
+        is_conv = opcode == Opcode.CONV
+        is_linear = opcode == Opcode.LINEAR
+        has_bias = record["flags"][0]
+        has_skip = record["flags"][1]
+        bias_multiplier = Signal(signed(32))
+        m.d.comb += bias_multiplier.eq(Cat(record["bias_low"], record["bias_high"]))
+
+        # Loop bounds of the current operation, made ready in DECODE. A linear layer runs as a
+        # 1x1 convolution over C*H*W channels of one pixel each.
+        channels = Signal(16)            # inner-product channels: in_channels, or C*H*W
+        height = Signal(16)
+        width = Signal(16)
+        channel_stride = Signal(17)      # H*W: words from one input channel to the next
+        kernel = Signal(2)
+        stride2 = Signal()
+        out_height = Signal(16)
+        out_width = Signal(16)
+        positions = Signal(17)           # out_height * out_width
+        low = Signal(signed(17))         # the output type's range
+        high = Signal(signed(17))
+
+        # -- loop counters -------------------------------------------------------------------
+        out_channel = Signal(16)
+        in_channel = Signal(16)
+        ky = Signal(2)
+        kx = Signal(2)
+        oy = Signal(16)
+        ox = Signal(16)
+        position = Signal(17)
+        channel_base = Signal(signed(18))   # input address of in_channel's plane
+        row = Signal(signed(18))            # input row of (oy, ky)
+        column = Signal(signed(18))         # input column of (ox, kx)
+        row_address = Signal(signed(20))    # channel_base + row * width
+        output_address = Signal(17)         # output address of (out_channel, position 0)
+        first_weight = Signal()             # the weight being applied is the channel's first
+        weight = Signal(signed(16))
+
+        # MAC pipeline: stage 1 holds the position whose input and accumulator are being read.
+        # It is valid only the cycle after a MAC cycle issued it.
+        s1_valid = Signal()
+        s1_position = Signal(17)
+        s1_inside = Signal()
+        s1_first = Signal()
+        s1_weight = Signal(signed(16))
+        product = Signal(signed(32))
+        m.d.comb += product.eq(s1_weight * Mux(s1_inside, activation_read.data, 0))
+        with m.If(s1_valid):
+            m.d.comb += [accumulator_write.addr.eq(s1_position),
+                         accumulator_write.data.eq(
+                             Mux(s1_first, 0, accumulator_read.data) + product),
+                         accumulator_write.en.eq(1)]
+
+        # -- requantization datapath (one shared wide multiplier, several cycles a value) -----
+        multiply_a = Signal(signed(33))
+        multiply_b = Signal(signed(33))
+        multiplied = Signal(signed(66))
+        m.d.sync += multiplied.eq(multiply_a * multiply_b)
+        bias_term = Signal(signed(48))
+        multiplier = Signal(16)
+        accumulator = Signal(signed(32))
+        skip_value = Signal(signed(16))
+        total = Signal(signed(50))
+        shifted = Signal(signed(50))
+        clamped = Signal(signed(17))
+        m.d.comb += [
+            shifted.eq(total >> record["shift"][:6]),
+            clamped.eq(Mux(shifted < low, low, Mux(shifted > high, high, shifted))),
+        ]
+        pool_sum = Signal(signed(24))
+        best_value = Signal(signed(17))
+        best_label = Signal(16)
+        prediction = Signal(Prediction)
+        m.d.comb += self.prediction.payload.eq(prediction)
+
+        m.d.sync += s1_valid.eq(0)
+
+        def fail(status):
+            m.d.sync += [error.eq(1), code.eq(status)]
+            m.next = "ERROR"
+
+        with m.FSM():
+            # ---- the program ----
+            with m.State("PROGRAM"):
+                m.d.comb += program_write.addr.eq(program_count)
+                with m.If(self.program.valid):
+                    m.d.comb += [program_write.data.eq(self.program.payload.word),
+                                 program_write.en.eq(program_count < self.program_words)]
+                    m.d.sync += program_count.eq(program_count + 1)
+                    with m.If(program_count == self.program_words):
+                        fail(Status.BAD_PROGRAM)   # longer than this engine holds
+                    with m.Elif(self.program.payload.last):
+                        with m.If(self.program.payload.partial):
+                            fail(Status.BAD_PROGRAM)
+                        with m.Else():
+                            m.d.sync += [fetch.eq(0), busy.eq(1), cycles.eq(0)]
+                            m.next = "HEADER"
+            with m.State("HEADER"):
+                # words 0 (op_count), 1-3 (C, H, W) and 5 (input_address), a cycle after
+                # their address
+                m.d.comb += program_read.addr.eq(fetch)
+                m.d.sync += fetch.eq(fetch + 1)
+                word = program_read.data
+                with m.Switch(fetch):
+                    with m.Case(1):
+                        m.d.sync += op_count.eq(word)
+                    with m.Case(2):
+                        m.d.sync += input_size.eq(word)
+                    with m.Case(3):
+                        m.d.sync += input_size.eq(input_size * word)
+                    with m.Case(4):
+                        m.d.sync += input_size.eq(input_size * word)
+                    with m.Case(6):
+                        m.d.sync += [input_address.eq(word), position.eq(0), cursor.eq(word)]
+                        m.next = "PIXELS"
+            # ---- the image ----
+            with m.State("PIXELS"):
+                m.d.comb += self.pixels.ready.eq(1)
+                with m.If(self.pixels.valid):
+                    m.d.comb += [activation_write.data.eq(self.pixels.payload),
+                                 activation_write.en.eq(1)]
+                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
+                    with m.If(position == input_size - 1):
+                        m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0)]
+                        m.next = "FETCH"
+            # ---- the next operation's record ----
+            with m.State("FETCH"):
+                m.d.comb += program_read.addr.eq(op_base + fetch)
+                m.d.sync += fetch.eq(fetch + 1)
+                for name, offset in _RECORD.items():
+                    with m.If(fetch == offset + 1):
+                        m.d.sync += record[name].eq(program_read.data)
+                with m.If(fetch == OP_WORDS):
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [
+                    channels.eq(Mux(is_linear, record["in_channels"] * record["in_height"]
+                                    * record["in_width"], record["in_channels"])),
+                    height.eq(Mux(is_linear, 1, record["in_height"])),
+                    width.eq(Mux(is_linear, 1, record["in_width"])),
+                    channel_stride.eq(Mux(is_linear, 1,
+                                          record["in_height"] * record["in_width"])),
+                    kernel.eq(Mux(is_conv, record["kernel"], 1)),
+                    stride2.eq(is_conv & (record["stride"] == 2)),
+                    out_height.eq(Mux(is_conv, Mux(record["stride"] == 2,
+                                                   (record["in_height"] + 1) >> 1,
+                                                   record["in_height"]), 1)),
+                    out_width.eq(Mux(is_conv, Mux(record["stride"] == 2,
+                                                  (record["in_width"] + 1) >> 1,
+                                                  record["in_width"]), 1)),
+                ]
+                with m.Switch(record["output_type"]):
+                    with m.Case(ValueType.U8):
+                        m.d.sync += [low.eq(0), high.eq(255)]
+                    with m.Case(ValueType.S8):
+                        m.d.sync += [low.eq(-128), high.eq(127)]
+                    with m.Default():
+                        m.d.sync += [low.eq(-32768), high.eq(32767)]
+                m.next = "DECODE2"
+            with m.State("DECODE2"):
+                m.d.sync += [positions.eq(out_height * out_width), out_channel.eq(0),
+                             output_address.eq(record["output_address"]), position.eq(0)]
+                with m.If(opcode == Opcode.POOL):
+                    m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
+                    m.next = "POOL"
+                with m.Elif(has_bias):
+                    m.d.sync += [remaining.eq(record["out_channels"]),
+                                 bound.eq(record["bias_bound"])]
+                    m.next = "BIAS"
+                with m.Else():
+                    m.next = "CHANNEL"
+            # ---- a layer's biases, before its weights ----
+            with m.State("BIAS"):
+                m.d.comb += [bias_write.addr.eq(position), bias_write.data.eq(value)]
+                with m.If(value_valid):
+                    m.d.comb += take_value.eq(1)
+                    with m.If((value_first != (position == 0)) |
+                              (value_last != (remaining == 1)) | (magnitude > bound)):
+                        fail(Status.BAD_PROGRAM)
+                    with m.Else():
+                        m.d.comb += bias_write.en.eq(1)
+                        m.d.sync += [position.eq(position + 1), remaining.eq(remaining - 1)]
+                        with m.If(remaining == 1):
+                            m.next = "CHANNEL"
+            # ---- one output channel: its bias term, then every weight over every position ----
+            with m.State("CHANNEL"):
+                m.d.comb += [bias_read.addr.eq(out_channel),
+                             program_read.addr.eq(op_base + OP_WORDS + Mux(
+                                 record["multiplier_count"] == 1, 0, out_channel))]
+                m.d.sync += [in_channel.eq(0), ky.eq(0), kx.eq(0), first_weight.eq(1),
+                             channel_base.eq(record["input_address"])]
+                m.next = "CHANNEL2"
+            with m.State("CHANNEL2"):
+                m.d.sync += [multiply_a.eq(bias_read.data), multiply_b.eq(bias_multiplier),
+                             multiplier.eq(program_read.data), bound.eq(record["weight_bound"])]
+                m.next = "CHANNEL3"
+            with m.State("CHANNEL3"):
+                m.next = "CHANNEL4"   # the product is registered: one cycle
+            with m.State("CHANNEL4"):
+                m.d.sync += bias_term.eq(Mux(has_bias, multiplied, 0))
+                m.next = "WEIGHT"
+            with m.State("WEIGHT"):
+                # take the next weight; (ky, kx) and in_channel say where it applies
+                with m.If(value_valid):
+                    m.d.comb += take_value.eq(1)
+                    starts = (out_channel == 0) & (in_channel == 0) & (ky == 0) & (kx == 0)
+                    ends = (out_channel == record["out_channels"] - 1) & \
+                        (in_channel == channels - 1) & (ky == kernel - 1) & (kx == kernel - 1)
+                    with m.If((value_first != starts) | (value_last != ends) |
+                              (magnitude > bound)):
+                        fail(Status.BAD_PROGRAM)
+                    with m.Else():
+                        pad = kernel >> 1
+                        # ky - pad is -1, 0 or 1
+                        m.d.sync += [
+                            weight.eq(value), oy.eq(0), ox.eq(0), position.eq(0),
+                            row.eq(ky - pad), column.eq(kx - pad),
+                            row_address.eq(Mux(ky < pad, channel_base - width,
+                                               Mux(ky == pad, channel_base,
+                                                   channel_base + width))),
+                        ]
+                        m.next = "MAC"
+            with m.State("MAC"):
+                # issue the read of position (oy, ox) for this weight; stage 1 adds it
+                inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+                m.d.comb += address.eq(row_address + column)
+                m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_inside.eq(inside),
+                             s1_first.eq(first_weight), s1_weight.eq(weight)]
+                m.d.comb += accumulator_read.addr.eq(position)
+                step = Mux(stride2, 2, 1)
+                m.d.sync += position.eq(position + 1)
+                with m.If(ox == out_width - 1):
+                    m.d.sync += [ox.eq(0), column.eq(kx - (kernel >> 1)), oy.eq(oy + 1),
+                                 row.eq(row + step),
+                                 row_address.eq(row_address + Mux(stride2, width << 1, width))]
+                    with m.If(oy == out_height - 1):
+                        # this weight is done: the next one, or the channel's requantization
+                        m.d.sync += first_weight.eq(0)
+                        last_kx = kx == kernel - 1
+                        last_ky = ky == kernel - 1
+                        with m.If(~last_kx):
+                            m.d.sync += kx.eq(kx + 1)
+                            m.next = "WEIGHT"
+                        with m.Elif(~last_ky):
+                            m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                            m.next = "WEIGHT"
+                        with m.Elif(in_channel != channels - 1):
+                            m.d.sync += [kx.eq(0), ky.eq(0), in_channel.eq(in_channel + 1),
+                                         channel_base.eq(channel_base + channel_stride)]
+                            m.next = "WEIGHT"
+                        with m.Else():
+                            m.d.sync += position.eq(0)
+                            m.next = "DRAIN"
+                with m.Else():
+                    m.d.sync += [ox.eq(ox + 1), column.eq(column + step)]
+            with m.State("DRAIN"):
+                m.next = "RQ_READ"   # the channel's last sum is written this cycle
+            # ---- requantize the channel's accumulators, one position at a time ----
+            with m.State("RQ_READ"):
+                m.d.comb += [accumulator_read.addr.eq(position),
+                             address.eq(record["skip_address"] + output_address + position
+                                        - record["output_address"])]
+                m.next = "RQ_MULTIPLY"
+            with m.State("RQ_MULTIPLY"):
+                m.d.sync += [multiply_a.eq(accumulator_read.data), multiply_b.eq(multiplier),
+                             skip_value.eq(Mux(has_skip, activation_read.data, 0))]
+                m.next = "RQ_WAIT"
+            with m.State("RQ_WAIT"):
+                m.next = "RQ_SUM"
+            with m.State("RQ_SUM"):
+                m.d.sync += total.eq(multiplied + bias_term
+                                     + (skip_value << record["skip_shift"][:5])
+                                     + ((Const(1, 47) << record["shift"][:6]) >> 1))
+                m.next = "RQ_WRITE"
+            with m.State("RQ_WRITE"):
+                m.d.comb += [address.eq(output_address + position),
+                             activation_write.data.eq(clamped), activation_write.en.eq(1)]
+                m.d.sync += position.eq(position + 1)
+                with m.If(position == positions - 1):
+                    m.d.sync += [out_channel.eq(out_channel + 1),
+                                 output_address.eq(output_address + positions)]
+                    with m.If(out_channel == record["out_channels"] - 1):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.next = "CHANNEL"
+                with m.Else():
+                    m.next = "RQ_READ"
+            # ---- global sum pooling: channel by channel, one value a cycle ----
+            with m.State("POOL"):
+                # the cursor runs over the channel's plane; each value arrives a cycle later
+                m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
+                with m.If(position == channel_stride - 1):
+                    m.next = "POOL_LAST"
+                with m.If(position != 0):
+                    m.d.sync += pool_sum.eq(pool_sum + activation_read.data)
+            with m.State("POOL_LAST"):
+                m.d.sync += pool_sum.eq(pool_sum + activation_read.data)
+                m.next = "POOL_WRITE"
+            with m.State("POOL_WRITE"):
+                # the cursor already stands at the next channel's plane
+                m.d.comb += [address.eq(output_address), activation_write.data.eq(pool_sum),
+                             activation_write.en.eq(1)]
+                m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
+                             position.eq(0), out_channel.eq(out_channel + 1)]
+                with m.If(out_channel == record["out_channels"] - 1):
+                    m.next = "NEXT"
+                with m.Else():
+                    m.next = "POOL"
+            # ---- the next operation, or the answer ----
+            with m.State("NEXT"):
+                m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
+                             op_base.eq(op_base + OP_WORDS + record["multiplier_count"])]
+                with m.If(op_index == op_count - 1):
+                    m.d.sync += [position.eq(0), cursor.eq(record["output_address"]),
+                                 best_label.eq(0)]
+                    m.next = "ARGMAX"
+                with m.Else():
+                    m.next = "FETCH"
+            with m.State("ARGMAX"):
+                m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
+                with m.If(position != 0):
+                    with m.If((position == 1) | (activation_read.data > best_value)):
+                        m.d.sync += [best_value.eq(activation_read.data),
+                                     best_label.eq(position - 1)]
+                with m.If(position == record["out_channels"]):
+                    m.next = "ANSWER"
+            with m.State("ANSWER"):
+                m.d.sync += [prediction.label.eq(best_label), prediction.cycles.eq(cycles),
+                             busy.eq(0)]
+                m.next = "ANSWER2"
+            with m.State("ANSWER2"):
+                m.d.comb += self.prediction.valid.eq(1)
+                with m.If(self.prediction.ready):
+                    m.d.sync += program_count.eq(0)
+                    m.next = "PROGRAM"
+            with m.State("ERROR"):
+                # refuse quietly: take and drop every input, so nothing upstream waits forever
+                m.d.comb += self.pixels.ready.eq(1)
+                m.d.sync += busy.eq(0)
+        return m

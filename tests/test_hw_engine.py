@@ -1,0 +1,134 @@
+"""The inference engine's RTL against the reference engine (sw.engine), in the Amaranth simulator.
+
+Every activation the engine writes (the pixels, then each operation's outputs in address order)
+and every prediction must equal the reference's, with random stalls on all inputs and on the
+prediction's ready.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hw.engine import InferenceEngine
+from sw.container import read_container, write_container
+from sw.engine import BoundNetwork, infer, quantize_images
+from sw.format import SectionKind, Status
+from sw.golden import golden_decode
+from tests.test_program import small_network
+
+
+def stimulus(data: bytes, images):
+    """Program words, coded sections (values, in order) and expected results for ``images``."""
+    golden = golden_decode(data)
+    assert golden.status == Status.OK
+    program_words = [int(w) for w in golden.sections[0].words]
+    sections = [(s.index, [int(v) for v in s.integers]) for s in golden.sections
+                if s.kind == SectionKind.CODED and len(s.integers)]
+    network = BoundNetwork.from_container(read_container(data))
+    program = network.program
+    reference = infer(network, images, dump=True)
+    pixels = quantize_images(program, images).reshape(len(images), -1)
+    writes = []
+    for index in range(len(images)):
+        expected = [(program.input_address + i, int(v)) for i, v in enumerate(pixels[index])]
+        for op, layer in zip(program.ops, reference.layers):
+            expected += [(op.output_address + i, int(v))
+                         for i, v in enumerate(layer[index].reshape(-1))]
+        writes.append(expected)
+    return program_words, sections, pixels, reference.predictions.tolist(), writes
+
+
+def run_engine(data: bytes, images, *, lanes=2, stall=0.3, seed=0, max_cycles=400_000,
+               engine_options=None):
+    """Run the engine over ``images`` (the program and weights sent again for each, as the
+    decoder does); returns ``(predictions, writes per image, status, cycles per image)``."""
+    program_words, sections, pixels, _, _ = stimulus(data, images)
+    dut = InferenceEngine(lanes, **(engine_options or {}))
+    rng = random.Random(seed)
+    predictions, writes, cycles = [], [[] for _ in images], []
+    image_of_write = [0]
+
+    async def program_and_weights(ctx):
+        for image in range(len(images)):
+            for word_index, word in enumerate(program_words):
+                while rng.random() < stall:
+                    await ctx.tick()
+                ctx.set(dut.program.valid, 1)
+                ctx.set(dut.program.payload.word, word)
+                ctx.set(dut.program.payload.last, word_index == len(program_words) - 1)
+                await ctx.tick()
+                ctx.set(dut.program.valid, 0)
+            for section, values in sections:
+                for start in range(0, len(values), lanes):
+                    chunk = values[start:start + lanes]
+                    while rng.random() < stall:
+                        await ctx.tick()
+                    ctx.set(dut.weights.valid, 1)
+                    ctx.set(dut.weights.payload, {
+                        "values": chunk + [0] * (lanes - len(chunk)), "count": len(chunk),
+                        "section": section, "first": start == 0,
+                        "last": start + lanes >= len(values)})
+                    await ctx.tick().until(dut.weights.ready)
+                    ctx.set(dut.weights.valid, 0)
+            # the next image's program waits for this one's answer, as the system does
+            await ctx.tick().until(dut.prediction.valid & dut.prediction.ready)
+
+    async def pixel_source(ctx):
+        for image in range(len(images)):
+            for value in pixels[image]:
+                while rng.random() < stall:
+                    await ctx.tick()
+                ctx.set(dut.pixels.valid, 1)
+                ctx.set(dut.pixels.payload, int(value))
+                await ctx.tick().until(dut.pixels.ready)
+                ctx.set(dut.pixels.valid, 0)
+            await ctx.tick().until(dut.prediction.valid & dut.prediction.ready)
+
+    async def sink(ctx):
+        for _ in range(max_cycles):
+            ready = rng.random() >= stall
+            ctx.set(dut.prediction.ready, ready)
+            await ctx.delay(1e-9)   # let the engine's comb outputs settle before sampling
+            if ctx.get(dut.activations.valid):
+                writes[image_of_write[0]].append(
+                    (ctx.get(dut.activations.payload.address),
+                     ctx.get(dut.activations.payload.value)))
+            if ctx.get(dut.status.error):
+                break
+            if ready and ctx.get(dut.prediction.valid):
+                predictions.append(ctx.get(dut.prediction.payload.label))
+                cycles.append(ctx.get(dut.prediction.payload.cycles))
+                image_of_write[0] += 1
+                if len(predictions) == len(images):
+                    await ctx.tick()
+                    break
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(program_and_weights, background=True)
+    sim.add_testbench(pixel_source, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    return predictions, writes, cycles, dut
+
+
+# The Amaranth simulator runs this engine at a few hundred to a thousand cycles a second: the
+# small network (about 12,000 cycles an image) is what it can afford.
+@pytest.mark.parametrize("lanes, stall", [
+    (2, 0.3),
+    pytest.param(1, 0.0, marks=pytest.mark.slow),
+    pytest.param(4, 0.5, marks=pytest.mark.slow),
+])
+def test_small_network_equals_the_reference(lanes, stall):
+    lowered, tensors, images = small_network()
+    data = write_container(tensors, program=lowered.program)
+    _, _, _, expected_predictions, expected_writes = stimulus(data, images[:2])
+    predictions, writes, cycles, _ = run_engine(data, images[:2], lanes=lanes, stall=stall,
+                                                seed=lanes)
+    for got, expected in zip(writes, expected_writes):
+        assert got == expected
+    assert predictions == expected_predictions
+    assert len(cycles) == 2 and cycles[0] > 0
