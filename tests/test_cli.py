@@ -200,3 +200,9 @@ def test_verify_small_file_does_not_import_numba(tmp_path, model):
     run = subprocess.run([sys.executable, "-c", script, str(coded), str(flipped)],
                          capture_output=True, text=True, timeout=120)
     assert run.stdout.strip().splitlines()[-1] == "[0, 1] False False False", run
+
+
+def test_startup_measurement_of_bench():
+    from sw.bench.codec import startup_seconds
+    verify, numpy_import, size = startup_seconds(repeats=1)
+    assert 0 < numpy_import and 0 < verify < 30 and size == 222
