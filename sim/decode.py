@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["cycle_bound", "main"]
 
 
 def _header_params(data: bytes):
@@ -27,6 +27,48 @@ def _header_params(data: bytes):
         except (ValueError, TypeError):
             pass
     return CodecParams()
+
+
+def cycle_bound(data: bytes, params, lanes: int, stall: float = 0.0) -> int:
+    """Cycles after which the RTL has surely finished with ``data``, or never will.
+
+    The bound comes from what the file declares, not from what the golden model emitted: a
+    section whose error (a CRC, a payload word short) is found at its end is decoded whole by
+    the RTL first, but emits nothing in the golden model, so a bound from the golden output
+    gave up before the RTL reached the error. It is the testbench's default
+    (:func:`sim.testbench._default_max_cycles`: four cycles per file word, three per step of
+    ``lanes`` symbols, twice a table walk per section), with every symbol that the section
+    headers declare (:func:`sw.load.scan_headers`, up to where the scan stops), each step
+    stretched by the ring's bubbles when a lane serves fewer states than the pipeline has
+    stages, and the whole stretched by the stalls.
+
+    Parameters
+    ----------
+    data : bytes
+        The container, damaged or not.
+    params : CodecParams
+        The decoder's.
+    lanes : int
+    stall : float
+        Probability of a stall cycle on the input and on the output.
+
+    Returns
+    -------
+    int
+    """
+    from hw.decoder import PIPELINE_DEPTH
+    from hw.tables import bucket_shift
+    from sw.load import scan_headers
+    scan = scan_headers(data)
+    words = (len(data) + 1) // 2
+    per_lane = params.state_count // lanes
+    bubbles = -(-PIPELINE_DEPTH // per_lane) if per_lane < PIPELINE_DEPTH else 1
+    steps = sum(-(-section.symbol_count // lanes) for section in scan.sections)
+    walk = 256 + (1 << (params.precision_bits - bucket_shift(params.precision_bits)))
+    per_section = walk + 100 + params.state_count
+    stretch = 1 / max(0.05, 1 - stall)
+    return int(stretch * (4 * words + 3 * bubbles * steps
+                          + 2 * per_section * (len(scan.sections) + 2)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the stall generators")
     parser.add_argument("--precision-bits", type=int, help="build the decoder for this P")
     parser.add_argument("--state-count", type=int, help="build the decoder for this K")
-    parser.add_argument("--max-cycles", type=int, help="give up after this many cycles")
+    parser.add_argument("--max-cycles", type=int,
+                        help="give up after this many cycles (default: a bound from the "
+                             "section headers, see cycle_bound)")
     parser.add_argument("--buffer-depth", type=int, help="payload word buffer of the decoder")
     args = parser.parse_args(argv)
 
@@ -72,10 +116,11 @@ def main(argv=None) -> int:
 
     from sim.testbench import Case, run_cases
     from sw.format import Status
+    max_cycles = args.max_cycles or cycle_bound(data, params, args.lanes, args.stall)
     started = time.perf_counter()
     result, = run_cases(params, args.lanes, [Case(args.container.name, data, args.stall,
                                                   args.stall, seed=args.seed,
-                                                  max_cycles=args.max_cycles)],
+                                                  max_cycles=max_cycles)],
                         options=options)
     seconds = time.perf_counter() - started
     status = result.status.name if result.done else "waiting (no status)"

@@ -3,9 +3,15 @@
 Every function here returns exactly what its reference twin in :mod:`sw.codec` returns; the
 tests compare them on random and corner-case input. Tables are flattened into arrays so the
 compiled loops see nothing but integers.
+
+numba is imported and the loops compiled (or loaded from numba's cache) on the first call of
+:func:`encode` or :func:`decode_section`, not on import: importing numba pulls in scipy and
+costs about half a second, which ``python -m sw verify`` of a small file should not pay when
+it decodes with the reference coder (:mod:`sw.commands`).
 """
 
-import numba
+import functools
+
 import numpy as np
 
 from .codec import FrequencyTable, PayloadExhausted
@@ -19,7 +25,6 @@ def slot_symbols(table: FrequencyTable) -> np.ndarray:
     return np.repeat(np.arange(table.levels, dtype=np.uint8), table.frequencies)
 
 
-@numba.njit(cache=True, nogil=True)
 def _encode_section(states, symbols, frequencies, cumulative, precision, state_bits, words):
     """Encode one section backwards; returns how many words were appended to ``words``."""
     state_count = states.shape[0]
@@ -42,7 +47,6 @@ def _encode_section(states, symbols, frequencies, cumulative, precision, state_b
     return emitted
 
 
-@numba.njit(cache=True, nogil=True)
 def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, precision,
                     lower_bound, payload, symbols):
     """Decode one section; returns the words read, or -1 when the payload ran out."""
@@ -67,6 +71,18 @@ def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, 
     return position
 
 
+@functools.cache
+def _compiled():
+    """The two loops compiled with numba, built on first use: ``(encode, decode)``.
+
+    ``cache=True`` keeps numba's on-disk cache working as with a decorator: it is keyed by the
+    Python function's file and qualified name, which are the same here.
+    """
+    import numba
+    jit = numba.njit(cache=True, nogil=True)
+    return jit(_encode_section), jit(_decode_section)
+
+
 def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]:
     """Same as :func:`sw.codec.encode_reference`; states as ``uint64``, payloads as ``uint16``."""
     states = np.full(params.state_count, params.lower_bound, dtype=np.uint64)
@@ -77,8 +93,8 @@ def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]
             raise ValueError("a symbol of frequency 0 cannot be coded")
         # At most one word per symbol.
         words = np.empty(len(symbols), dtype=np.uint16)
-        emitted = _encode_section(states, symbols, table.frequencies, table.cumulative,
-                                  params.precision_bits, params.state_bits, words)
+        emitted = _compiled()[0](states, symbols, table.frequencies, table.cumulative,
+                                 params.precision_bits, params.state_bits, words)
         payloads.append(words[:emitted][::-1].copy())
     payloads.reverse()
     return states, payloads
@@ -88,9 +104,9 @@ def decode_section(states: np.ndarray, symbol_count: int, table: FrequencyTable,
                    params: CodecParams) -> tuple[np.ndarray, int]:
     """Same as :func:`sw.codec.decode_section_reference`; ``states`` is a ``uint64`` array."""
     symbols = np.empty(symbol_count, dtype=np.uint8)
-    used = _decode_section(states, symbol_count, slot_symbols(table), table.frequencies,
-                           table.cumulative, params.precision_bits, np.uint64(params.lower_bound),
-                           np.asarray(payload, dtype=np.uint16), symbols)
+    used = _compiled()[1](states, symbol_count, slot_symbols(table), table.frequencies,
+                          table.cumulative, params.precision_bits, np.uint64(params.lower_bound),
+                          np.asarray(payload, dtype=np.uint16), symbols)
     if used < 0:
         raise PayloadExhausted
     return symbols, used

@@ -87,3 +87,122 @@ def test_errors_are_one_line(tmp_path, model):
         assert result.returncode != 0, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr and expected in result.stderr, result.stderr
+
+
+def one_level_bomb(sections: int, symbols: int) -> bytes:
+    """A tiny container whose one-level coded sections declare ``symbols`` each: no payload,
+    so a few hundred bytes ask a decoder for ``sections * symbols`` values."""
+    import struct
+    import zlib
+
+    from sw.container import CodedTensor, write_container
+    from sw.params import CodecParams
+    params = CodecParams(state_count=4)
+    data = bytearray(write_container([CodedTensor(f"z{i}", np.zeros(1, np.int64), 1, 0)
+                                      for i in range(sections)], params))
+    position = 16 + 4 * params.state_count + 4
+    for _ in range(sections):
+        start = position
+        name_bytes = struct.unpack_from("<H", data, start + 2)[0]
+        dims_at = start + 4 + name_bytes + (name_bytes & 1) + 2
+        struct.pack_into("<I", data, dims_at, symbols)
+        count_at = dims_at + 4 + 6 + 4       # levels, zero point, scale count; one scale
+        struct.pack_into("<I", data, count_at, symbols)
+        end = count_at + 4 + 4                # symbol_count, payload_words (0)
+        struct.pack_into("<I", data, end, zlib.crc32(data[start:end]))
+        position = end + 4
+    return bytes(data)
+
+
+def test_decode_states_size_and_refuses_above_limit(tmp_path, capsys):
+    bomb = tmp_path / "bomb.sbit"
+    bomb.write_bytes(one_level_bomb(3, 1 << 28))
+    assert len(bomb.read_bytes()) < 300
+    out = tmp_path / "out.npz"
+    assert main(["decode", str(bomb), "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    # The size is stated from the headers, before any allocation, and the limit is named.
+    assert "3 tensors, 805,306,368 values, 1.5 GiB decoded" in captured.out
+    assert "declares 805,306,368 values" in captured.err and "--max-values" in captured.err
+    assert not out.exists()
+
+
+def test_decode_max_values_can_be_raised(tmp_path, capsys):
+    small = tmp_path / "small.sbit"
+    small.write_bytes(one_level_bomb(2, 1000))
+    out = tmp_path / "out.npz"
+    assert main(["decode", str(small), "-o", str(out), "--max-values", "1999"]) == 1
+    assert "above the limit of 1,999" in capsys.readouterr().err
+    assert main(["decode", str(small), "-o", str(out), "--max-values", "2000"]) == 0
+    with np.load(out) as decoded:
+        assert decoded["z0"].shape == (1000,) and not decoded["z1"].any()
+
+
+def test_decode_to_safetensors(tmp_path, model):
+    from safetensors.numpy import load_file
+    source, coded, out = tmp_path / "m.npz", tmp_path / "m.sbit", tmp_path / "m.safetensors"
+    np.savez(source, **model)
+    assert main(["encode", str(source), "-o", str(coded)]) == 0
+    assert main(["decode", str(coded), "-o", str(out)]) == 0
+    decoded = load_file(str(out))
+    assert sorted(decoded) == sorted(model)
+    for name, value in model.items():
+        np.testing.assert_array_equal(decoded[name], value)
+    assert decoded["conv.weight"].dtype == np.int16          # coded: integers as int16
+    assert decoded["conv.bias"].dtype == np.float32           # raw: as stored
+
+
+def test_load_state_dict(tmp_path, model):
+    import torch
+
+    from sw.container import CodedTensor, RawTensor, write_container
+    from sw.load import load_state_dict
+    scale = np.array([0.5, 0.25], np.float32)
+    symbols = np.array([[0, 1, 2], [2, 2, 0]])
+    path = tmp_path / "m.sbit"
+    path.write_bytes(write_container([
+        CodedTensor("fc.weight", symbols, 3, 1, scale),
+        RawTensor("fc.bias", np.array([1.5, -2], np.float16)),
+        RawTensor("steps", np.array(7, np.int64)),
+    ]))
+    state = load_state_dict(path)
+    assert list(state) == ["fc.weight", "fc.bias", "steps"]
+    assert all(isinstance(t, torch.Tensor) for t in state.values())
+    assert state["fc.weight"].dtype == torch.float32
+    torch.testing.assert_close(state["fc.weight"],
+                               torch.tensor([[-0.5, 0, 0.5], [0.25, 0.25, -0.25]]))
+    assert state["fc.bias"].dtype == torch.float16 and state["steps"].shape == ()
+    state["fc.bias"] += 1      # writable, no warning from torch about read-only numpy memory
+    module = torch.nn.Linear(3, 2).half()
+    module.load_state_dict({"weight": state["fc.weight"].half(), "bias": state["fc.bias"]})
+    with pytest.raises(ValueError, match="above the limit of 5"):
+        load_state_dict(path, max_values=5)
+
+
+def test_decode_output_suffix_checked_first(tmp_path, capsys):
+    assert main(["decode", str(tmp_path / "missing.sbit"), "-o", str(tmp_path / "x.h5")]) == 1
+    assert "output must end in .npz or .safetensors" in capsys.readouterr().err
+
+
+def test_verify_small_file_does_not_import_numba(tmp_path, model):
+    """Start-up: numba (and scipy under it) is most of the time of `verify` on a small file;
+    such a file is decoded with the reference coder, which gives the same verdict."""
+    source, coded = tmp_path / "m.npz", tmp_path / "m.sbit"
+    np.savez(source, **model)
+    assert main(["encode", str(source), "-o", str(coded)]) == 0
+    flipped = tmp_path / "flipped.sbit"
+    data = coded.read_bytes()
+    flipped.write_bytes(data[:400] + bytes([data[400] ^ 1]) + data[401:])
+    script = ("import sys; from sw.cli import main; "
+              "codes = [main(['verify', p]) for p in sys.argv[1:]]; "
+              "print(codes, 'numba' in sys.modules, 'scipy' in sys.modules, "
+              "'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script, str(coded), str(flipped)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "[0, 1] False False False", run
+
+
+def test_startup_measurement_of_bench():
+    from sw.bench.codec import startup_seconds
+    verify, numpy_import, size = startup_seconds(repeats=1)
+    assert 0 < numpy_import and 0 < verify < 30 and size == 222

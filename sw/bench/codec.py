@@ -136,6 +136,43 @@ def _constriction(constriction, symbols_by_layer, levels, repeats):
     return 32 * len(compressed) / count, count / encode_time / 1e6, count / decode_time / 1e6
 
 
+def startup_seconds(repeats: int = 5) -> tuple:
+    """Wall time of ``python -m sw verify`` on a small file and of ``python -c "import numpy"``.
+
+    Both run as fresh interpreters, alternately, ``repeats`` times each; the median of each is
+    returned, so a cold disk cache on the first run does not count. The file is a 2-section
+    container (a 6-weight coded tensor and a 3-value raw one), which ``verify`` decodes with
+    the reference coder (:data:`sw.commands.REFERENCE_CODER_SYMBOLS`) and so without numba.
+
+    Returns
+    -------
+    tuple of (float, float, int)
+        Seconds of ``verify`` and of ``import numpy``, and the file's size in bytes.
+    """
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    tensors = [CodedTensor.from_integers("w", np.array([0, 1, -1, 0, 0, 1], np.int8)),
+               RawTensor("b", np.ones(3, np.float32))]
+    verify, numpy_import = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tiny.sbit"
+        path.write_bytes(write_container(tensors))
+        for _ in range(repeats):
+            for command, times in (([sys.executable, "-m", "sw", "verify", str(path)], verify),
+                                   ([sys.executable, "-c", "import numpy"], numpy_import)):
+                start = time.perf_counter()
+                # From the folder holding this ``sw``, so the tree measured is this one.
+                subprocess.run(command, check=True, capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+                times.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    return statistics.median(verify), statistics.median(numpy_import), size
+
+
 def main(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m sw.bench codec", description=__doc__)
     parser.add_argument("--levels", type=int, nargs="+", default=[3, 7, 15, 63, 255])
@@ -163,4 +200,7 @@ def main(argv) -> int:
               f"{row['file']:7.4f} {overhead:8.3f} {row['encode']:9.1f} {row['decode']:9.1f}   {peers}")
     print("\nbits per weight; 'payload' excludes the 32 K-bit initial states, counted in 'headers'; "
           "peers code the same symbols (zstd and xz as one byte per weight).")
+    verify, numpy_import, size = startup_seconds()
+    print(f"start-up: python -m sw verify of a {size}-byte file {verify:.2f} s, "
+          f"python -c 'import numpy' {numpy_import:.2f} s (median of 5 fresh interpreters)")
     return 0

@@ -1,28 +1,51 @@
 """The codec commands of ``python -m sw`` (see :mod:`sw.cli`)."""
 
-import struct
-from pathlib import Path
-
-from tqdm import tqdm
-
 from ..container import Container, parse
-from ..format import MAGIC
+from ..load import HeaderScan, scan_headers
 from ..params import CodecParams
+from ..tensorio import checked_input
+
+#: Containers of at most this many coded symbols are decoded with the reference coder of
+#: :mod:`sw.codec` (about 2 Msym/s here, so at most ~70 ms) instead of the numba one, whose
+#: import and cache load alone cost 0.5-1 s: ``verify`` of a small file should not pay that.
+#: Both give the same symbols and the same verdict on every file (tests/test_codec.py).
+REFERENCE_CODER_SYMBOLS = 1 << 17
 
 
 def read_file(path) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such file", str(path))
-    return path.read_bytes()
+    """The bytes of ``path``; :class:`OSError` saying "no such file" or "is a directory"."""
+    return checked_input(path).read_bytes()
 
 
-def read_with_progress(data: bytes, description: str) -> Container:
-    """Read and check a container, with a progress bar over its sections on a terminal."""
-    total = struct.unpack_from("<H", data, 14)[0] \
-        if len(data) >= 16 and data[:4] == MAGIC else None
+def read_with_progress(data: bytes, description: str, scan: HeaderScan = None) -> Container:
+    """Read and check a container, with a progress bar over its sections on a terminal.
+
+    Parameters
+    ----------
+    data : bytes
+    description : str
+        The progress bar's label.
+    scan : HeaderScan, optional
+        :func:`sw.load.scan_headers` of ``data``, when the caller has it already.
+
+    Returns
+    -------
+    Container
+
+    Raises
+    ------
+    sw.container.ContainerError
+        At the first problem.
+    """
+    # tqdm is imported here: it is light, but only commands that read a container need it.
+    from tqdm import tqdm
+    scan = scan if scan is not None else scan_headers(data)
+    # The reference coder only for a file whose every header was read: a damaged one may hide
+    # a long section behind a field this scan gave up on.
+    fast = not (scan.complete and scan.symbols <= REFERENCE_CODER_SYMBOLS)
+    total = scan.section_count if scan.params is not None else None
     with tqdm(total=total, desc=description, unit="section", disable=None, leave=False) as bar:
-        return parse(data, on_section=lambda section: bar.update())
+        return parse(data, fast=fast, on_section=lambda section: bar.update())
 
 
 def add_params_arguments(parser) -> None:

@@ -1,3 +1,5 @@
+"""``python -m sw encode``: a model file to a container."""
+
 import numpy as np
 
 from ..container import CodedTensor, RawTensor, write_container
@@ -18,7 +20,10 @@ def tensor_for(name: str, array: np.ndarray):
             return CodedTensor.from_integers(name, array)
         except ValueError:
             pass
-    return RawTensor(name, array)
+    try:
+        return RawTensor(name, array)
+    except ValueError as error:   # a dtype with no RAW code: say which tensor
+        raise ValueError(f"tensor {name!r}: {error}") from None
 
 
 def run(args) -> int:
