@@ -196,8 +196,7 @@ def _header_comment(name: str, params: CodecParams, lanes: int, ports: list,
         lines += [f"  [{_bits(low, width_)}] {field_name}" for field_name, low, width_, _
                   in rows]
     lines += ["", "Status codes: " + ", ".join(f"{s.value} {s.name}" for s in Status
-                                                if s not in (Status.TRUNCATED,
-                                                             Status.TRAILING_DATA))]
+                                                if s not in _NOT_THE_DECODERS)]
     return "".join(f"// {line}".rstrip() + "\n" for line in lines) + "\n"
 
 
@@ -316,8 +315,8 @@ def _readme(name: str, params: CodecParams, lanes: int, buffer_depth: int, comma
         "|---|---|---|",
     ]
     for status in Status:
-        if status in (Status.TRUNCATED, Status.TRAILING_DATA):
-            continue    # raised by software readers only (FORMAT.md)
+        if status in _NOT_THE_DECODERS:
+            continue
         lines.append(f"| {status.value} | `{status.name}` | {_STATUS_MEANINGS[status]} |")
     lines += [
         "",
@@ -335,6 +334,10 @@ def _readme(name: str, params: CodecParams, lanes: int, buffer_depth: int, comma
     ]
     return "\n".join(lines) + "\n"
 
+
+#: Statuses the decoder never raises: software readers' (TRUNCATED, TRAILING_DATA) and the
+#: inference engine's (BAD_PROGRAM), docs/FORMAT.md.
+_NOT_THE_DECODERS = (Status.TRUNCATED, Status.TRAILING_DATA, Status.BAD_PROGRAM)
 
 _STATUS_MEANINGS = {
     Status.OK: "the whole container decoded and every check passed",
