@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["ConvBN", "BasicBlock", "Bottleneck", "ResNet", "MODELS", "build_model",
+__all__ = ["ConvBN", "ConvBN1d", "Mnist1dNet", "BasicBlock", "Bottleneck", "ResNet", "MODELS", "build_model",
            "fold_batchnorm", "weight_count", "input_shape"]
 
 
@@ -114,6 +114,41 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
+class ConvBN1d(ConvBN):
+    """A ``1 x k`` convolution along a sequence (a 2-D convolution of height 1) and BatchNorm.
+
+    Being a :class:`ConvBN` of ``nn.Conv2d``, it folds, quantizes and exports like every other
+    convolution of the project.
+    """
+
+    def __init__(self, cin, cout, kernel, stride=1):
+        nn.Module.__init__(self)
+        self.conv = nn.Conv2d(cin, cout, (1, kernel), (1, stride), (0, kernel // 2), bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+
+class Mnist1dNet(nn.Module):
+    """A 1-D CNN for MNIST-1D: five ``1 x k`` convolutions, global average pool, linear.
+
+    32, 64, 64, 128 and 128 channels (kernels 5, 5, 3, 3, 3; the second and fourth with stride
+    2, 40 -> 20 -> 10 positions), 97,920 weights: enough that per-layer costs (headers, tables,
+    biases) stay a few percent of a sub-bit file, and layers of very different sizes (160 to
+    49,152 weights) for the allocation to tell apart.
+    """
+
+    def __init__(self, classes=10):
+        super().__init__()
+        relu = nn.ReLU(inplace=True)
+        self.features = nn.Sequential(
+            ConvBN1d(1, 32, 5), relu, ConvBN1d(32, 64, 5, 2), relu, ConvBN1d(64, 64, 3), relu,
+            ConvBN1d(64, 128, 3, 2), relu, ConvBN1d(128, 128, 3), relu)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 #: name -> (constructor, input shape (C, H, W), classes)
 MODELS = {
     # ~306k weights in 13 tensors over 682 output channels: enough weights per channel that the
@@ -121,6 +156,8 @@ MODELS = {
     "digits": (lambda: ResNet(BasicBlock, (1, 1, 1), (32, 64, 128), 10, 1, False), (1, 8, 8), 10),
     # For tests: the same shape of network, a hundred times smaller.
     "digits-tiny": (lambda: ResNet(BasicBlock, (1, 1), (8, 16), 10, 1, False), (1, 8, 8), 10),
+    # MNIST-1D (sw.data.mnist1d): sequences of 40 as (1, 1, 40)
+    "mnist1d": (Mnist1dNet, (1, 1, 40), 10),
     "resnet18": (lambda: ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 1000),
                  (3, 224, 224), 1000),
     "resnet50": (lambda: ResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 1000),

@@ -9,13 +9,15 @@ Writes ``results.json``, ``table.md`` and ``curve.png`` to ``--out``.
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import compress, quant
-from ..container import write_container
+from ..container import CodedTensor, RawTensor, write_container
 from ..data import digits
 from ..models import build_model, fold_batchnorm, weight_count
 from ..train import (Dist, TensorData, evaluate, file_rates, load_decoded, train_float,
@@ -34,11 +36,30 @@ def parse(argv):
     parser.add_argument("--qat-epochs", type=int, default=40, help="QAT epochs per target")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-qat", action="store_true", help="PTQ only (seconds, not minutes)")
-    return parser.parse_args(argv)
+    parser.add_argument("--model", choices=("digits", "mnist1d", "transformer"),
+                        default="digits",
+                        help="digits ResNet (default), the MNIST-1D CNN with every method, or "
+                             "compress's time and memory on a 27 M-weight synthetic transformer")
+    parser.add_argument("--qat-targets", type=float, nargs="+", metavar="B",
+                        help="QAT budgets on MNIST-1D (default 0.5 1 2)")
+    args = parser.parse_args(argv)
+    if args.model == "mnist1d":
+        # MNIST-1D defaults: 40 float epochs, 20 QAT epochs
+        args.epochs = 40 if args.epochs == 30 else args.epochs
+        args.qat_epochs = 20 if args.qat_epochs == 40 else args.qat_epochs
+    return args
 
 
 def main(argv) -> int:
     args = parse(argv)
+    if args.model == "transformer":
+        if args.targets == list(TARGETS):
+            args.targets = [1.0, 2.0]
+        return main_transformer(args)
+    if args.model == "mnist1d":
+        if args.out == "build/bench/quant":
+            args.out = "build/bench/quant-mnist1d"
+        return main_mnist1d(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dist = Dist(False)
@@ -61,6 +82,8 @@ def main(argv) -> int:
     print(f"float digits ResNet: {float_accuracy:.2f} % top-1, {weights} weights, "
           f"{float_seconds:.0f} s")
 
+    from ..gptq import collect_statistics
+    statistics = collect_statistics(folded, x_train[:512])
     results = {"float_accuracy": float_accuracy, "weights": weights, "float_seconds":
                float_seconds, "ptq": [], "qat": []}
     for target in args.targets:
@@ -72,10 +95,18 @@ def main(argv) -> int:
             continue
         decoded, container = load_decoded("digits", ptq.data)
         row = {"target_bpw": target, "accuracy": evaluate(decoded, test_set),
-               **file_rates(container), "seconds": time.perf_counter() - started}
+               **file_rates(container), "seconds": time.perf_counter() - started,
+               "zero_tensors": ptq.zero_tensors}
+        started = time.perf_counter()
+        calibrated = compress.compress_tensors(state, target, statistics=statistics)
+        decoded, container = load_decoded("digits", calibrated.data)
+        row["calibrated"] = {"accuracy": evaluate(decoded, test_set), **file_rates(container),
+                             "seconds": time.perf_counter() - started}
         results["ptq"].append(row)
-        print(f"PTQ {target:>4}: {row['bits_per_weight']:.3f} bits/weight, "
-              f"{row['accuracy']:.2f} %")
+        print(f"PTQ {target:>4}: data-free {row['bits_per_weight']:.3f} bits/weight, "
+              f"{row['accuracy']:.2f} %; calibrated "
+              f"{row['calibrated']['bits_per_weight']:.3f} bits/weight, "
+              f"{row['calibrated']['accuracy']:.2f} %")
         if args.no_qat:
             continue
         started = time.perf_counter()
@@ -103,17 +134,21 @@ def main(argv) -> int:
 
 def markdown_table(results) -> str:
     qat = {row["target_bpw"]: row for row in results["qat"]}
-    lines = ["| target | PTQ bits/w (model / weights) | PTQ top-1 | QAT bits/w (model / weights) "
-             "| QAT top-1 | QAT time |", "|---|---|---|---|---|---|",
-             f"| float | 32 | {results['float_accuracy']:.2f} % | 32 | "
-             f"{results['float_accuracy']:.2f} % | {results['float_seconds']:.0f} s |"]
+    lines = ["| target | PTQ bits/w (model / weights) | PTQ data-free top-1 | PTQ calibrated "
+             "(bits/w, top-1) | QAT bits/w (model / weights) | QAT top-1 | QAT time |",
+             "|---|---|---|---|---|---|---|",
+             f"| float | 32 | {results['float_accuracy']:.2f} % | {results['float_accuracy']:.2f} %"
+             f" | 32 | {results['float_accuracy']:.2f} % | {results['float_seconds']:.0f} s |"]
     for row in results["ptq"]:
         q = qat.get(row["target_bpw"])
         qat_cells = (f"{q['bits_per_weight']:.3f} / {q['bits_per_weight_weights_only']:.3f} | "
                      f"{q['accuracy']:.2f} % | {q['seconds']:.0f} s") if q else "- | - | -"
+        calibrated = row.get("calibrated")
+        calibrated = f"{calibrated['bits_per_weight']:.3f}, {calibrated['accuracy']:.2f} %" \
+            if calibrated else "-"
         lines.append(f"| {row['target_bpw']:g} | {row['bits_per_weight']:.3f} / "
                      f"{row['bits_per_weight_weights_only']:.3f} | {row['accuracy']:.2f} % | "
-                     f"{qat_cells} |")
+                     f"{calibrated} | {qat_cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +157,11 @@ def plot(results, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(6, 4))
-    for key, label, marker in (("ptq", "PTQ (rate-distortion allocation)", "s"),
+    calibrated = [r["calibrated"] for r in results["ptq"] if "calibrated" in r]
+    if calibrated:
+        axes.plot([r["bits_per_weight"] for r in calibrated], [r["accuracy"] for r in calibrated],
+                  marker="D", label="PTQ calibrated (GPTQ)")
+    for key, label, marker in (("ptq", "PTQ data-free (rate-distortion allocation)", "s"),
                                ("qat", "QAT (entropy-constrained)", "o")):
         rows = results[key]
         if rows:
@@ -143,3 +182,290 @@ def plot(results, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# -- MNIST-1D: every method on data that can tell them apart -----------------------------------------
+
+#: budgets of PTQ (data-free and calibrated) on MNIST-1D
+MNIST1D_PTQ_TARGETS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: budgets of the two QATs
+MNIST1D_QAT_TARGETS = (0.5, 1.0, 2.0)
+#: round-to-nearest bit-widths: 2**b - 1 levels around zero (3, 7, 15, 255)
+RTN_BITS = (2, 3, 4, 8)
+#: the one level count of "QAT at uniform precision": every layer on 7 levels
+UNIFORM_BITS = math.log2(7)
+
+
+def rtn_tensors(state: dict, bits: int) -> list:
+    """Round-to-nearest: every weight tensor on ``2**bits - 1`` levels, step max|w| / k."""
+    half = 2 ** (bits - 1) - 1
+    tensors = []
+    for name, array in state.items():
+        if compress.is_weight(name, array):
+            peak = float(np.abs(array).max())
+            step = np.float32(peak / half if peak > 0 else 1.0)
+            q = np.clip(np.rint(array / step), -half, half).astype(np.int64)
+            tensors.append(CodedTensor(name, (q + half).astype(np.uint8), 2 * half + 1, half,
+                                       np.array([step])))
+        else:
+            tensors.append(RawTensor(name, array))
+    return tensors
+
+
+def fixed_length_bits(tensors: list, bits: int) -> int:
+    """Size of the same file with the weights stored as ``bits``-bit words, not entropy-coded:
+    every header, scale, CRC and raw tensor of the coded file plus ``bits`` per weight."""
+    placeholder = [CodedTensor(t.name, np.zeros(t.shape, np.uint8), 1, 0, t.scale)
+                   if isinstance(t, CodedTensor) else t for t in tensors]
+    weights = sum(t.symbols.size for t in tensors if isinstance(t, CodedTensor))
+    return 8 * len(write_container(placeholder)) + bits * weights
+
+
+def main_mnist1d(args) -> int:
+    from ..data import mnist1d
+    from ..gptq import collect_statistics
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dist = Dist(False)
+    torch.set_num_threads(1)
+    x_train, y_train, x_test, y_test = mnist1d()
+    train_set, test_set = TensorData(x_train, y_train), TensorData(x_test, y_test)
+    torch.manual_seed(args.seed)
+    model = build_model("mnist1d", args.seed)
+    started = time.perf_counter()
+    if args.baseline:
+        model.load_state_dict(torch.load(args.baseline, map_location="cpu", weights_only=True))
+    else:
+        train_float(model, train_set, args.epochs, 3e-3, 64, args.seed, dist)
+        torch.save(model.state_dict(), out / "mnist1d_float.pt")
+    float_seconds = time.perf_counter() - started
+    float_accuracy = evaluate(model, test_set)
+    folded = fold_batchnorm(model)
+    state = {k: v.detach().numpy() for k, v in folded.state_dict().items()}
+    weights = weight_count(folded)
+    print(f"float MNIST-1D CNN: {float_accuracy:.2f} % top-1 on {len(test_set)} test sequences "
+          f"(one point = {len(test_set) // 100} sequences), {weights} weights, "
+          f"{float_seconds:.0f} s", flush=True)
+    results = {"model": "mnist1d", "float_accuracy": float_accuracy, "weights": weights,
+               "test_count": len(test_set), "float_seconds": float_seconds, "rows": []}
+
+    def record(method, target, data, seconds, **extra):
+        decoded, container = load_decoded("mnist1d", data)
+        row = {"method": method, "target_bpw": target, "accuracy": evaluate(decoded, test_set),
+               **file_rates(container), "seconds": seconds, **extra}
+        results["rows"].append(row)
+        print(f"{method:<22} target {str(target):>5}: {row['bits_per_weight']:.3f} bits/weight, "
+              f"{row['accuracy']:.2f} %  ({seconds:.1f} s)", flush=True)
+        return row
+
+    for bits in RTN_BITS:
+        started = time.perf_counter()
+        tensors = rtn_tensors(state, bits)
+        data = write_container(tensors)
+        row = record("RTN + entropy coding", bits, data, time.perf_counter() - started,
+                     levels=2 ** bits - 1)
+        plain = dict(row, method="RTN, fixed-length", bits_per_weight=fixed_length_bits(
+            tensors, bits) / weights)
+        results["rows"].append(plain)
+
+    statistics = collect_statistics(folded, x_train[:512])
+    rtn_sizes = [r["bits_per_weight"] for r in results["rows"]
+                 if r["method"] == "RTN + entropy coding"]
+    for target in sorted(set(MNIST1D_PTQ_TARGETS) | {round(s, 4) for s in rtn_sizes}):
+        for method, stats in (("PTQ data-free", None), ("PTQ calibrated", statistics)):
+            started = time.perf_counter()
+            try:
+                ptq = compress.compress_tensors(state, target, statistics=stats)
+            except ValueError as error:
+                print(f"{method} {target}: {error}")
+                continue
+            record(method, target, ptq.data, time.perf_counter() - started,
+                   levels=[r["levels"] for r in ptq.rows], zero_tensors=ptq.zero_tensors)
+
+    if not args.no_qat:
+        for target in args.qat_targets or MNIST1D_QAT_TARGETS:
+            for method in ("QAT learned precision", "QAT uniform 7 levels"):
+                started = time.perf_counter()
+                torch.manual_seed(args.seed)
+                learned = method.startswith("QAT learned")
+                qmodel = quant.quantize_model(fold_batchnorm(model),
+                                              bits=4.0 if learned else UNIFORM_BITS)
+                if not learned:
+                    quant.freeze_levels(qmodel)     # one level count everywhere, never learned
+                log = []
+                train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1,
+                          dist, progress=False, log=log)
+                data = write_container(quant.export_tensors(qmodel))
+                (out / f"{'learned' if learned else 'uniform'}_{target:g}.sbit").write_bytes(data)
+                layers = [{"name": name, "weights": m.weight.numel(),
+                           "levels": m.quantizer.levels(),
+                           "bits": float(m.quantizer.bits.detach()),
+                           "entropy_bits_per_weight": m.quantizer.hard_bits(m.weight)
+                           / m.weight.numel()}
+                          for name, m in quant.quantized_modules(qmodel)]
+                record(method, target, data, time.perf_counter() - started,
+                       levels=[layer["levels"] for layer in layers], layers=layers)
+
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = mnist1d_table(results)
+    (out / "table.md").write_text(table)
+    print(table)
+    plot_mnist1d(results, out / "curve.png")
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'curve.png'}")
+    return 0
+
+
+def _rows(results, method):
+    return sorted((r for r in results["rows"] if r["method"] == method),
+                  key=lambda r: r["bits_per_weight"])
+
+
+def mnist1d_table(results) -> str:
+    """Every run, then the issue's targets side by side."""
+    float_accuracy = results["float_accuracy"]
+    lines = [f"MNIST-1D CNN, {results['weights']} weights, float {float_accuracy:.2f} % on "
+             f"{results['test_count']} test sequences", "",
+             "| method | target | bits/w (model / weights) | top-1 | vs float | levels per layer |",
+             "|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        levels = row.get("levels")
+        levels = ", ".join(map(str, levels)) if isinstance(levels, list) else str(levels)
+        lines.append(f"| {row['method']} | {row['target_bpw']:g} | {row['bits_per_weight']:.3f} "
+                     f"/ {row['bits_per_weight_weights_only']:.3f} | {row['accuracy']:.2f} % | "
+                     f"{row['accuracy'] - float_accuracy:+.2f} | {levels} |")
+    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
+
+    def at(method, target):
+        return next((r for r in results["rows"] if r["method"] == method
+                     and r["target_bpw"] == target), None)
+    calibrated = at("PTQ calibrated", 2.0)
+    if calibrated:
+        drop = float_accuracy - calibrated["accuracy"]
+        lines.append(f"| PTQ calibrated at 2 bits/weight within 1 point of float | "
+                     f"{calibrated['bits_per_weight']:.3f} bits/w, {calibrated['accuracy']:.2f} % "
+                     f"({-drop:+.2f}) | {'yes' if drop <= 1 else 'no'} |")
+    qat = [r for r in _rows(results, "QAT learned precision") if r["bits_per_weight"] <= 1.0]
+    if qat:
+        best = max(qat, key=lambda r: r["accuracy"])
+        drop = float_accuracy - best["accuracy"]
+        lines.append(f"| QAT at <= 1 bit/weight within 1 point of float | "
+                     f"{best['bits_per_weight']:.3f} bits/w, {best['accuracy']:.2f} % "
+                     f"({-drop:+.2f}) | {'yes' if drop <= 1 else 'no'} |")
+    for rtn in _rows(results, "RTN + entropy coding"):
+        same = at("PTQ data-free", round(rtn["bits_per_weight"], 4))
+        if same:
+            gain = same["accuracy"] - rtn["accuracy"]
+            lines.append(f"| data-free PTQ >= RTN + entropy coding at {rtn['bits_per_weight']:.3f}"
+                         f" bits/w ({rtn['target_bpw']}-bit RTN) | PTQ {same['accuracy']:.2f} % "
+                         f"vs RTN {rtn['accuracy']:.2f} % ({gain:+.2f}) | "
+                         f"{'yes' if gain >= 0 else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_mnist1d(results, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    styles = {"QAT learned precision": "o-", "QAT uniform 7 levels": "o--",
+              "PTQ calibrated": "s-", "PTQ data-free": "s--",
+              "RTN + entropy coding": "^-", "RTN, fixed-length": "v:"}
+    for method, style in styles.items():
+        rows = _rows(results, method)
+        if rows:
+            axes.plot([r["bits_per_weight"] for r in rows], [r["accuracy"] for r in rows],
+                      style, label=method)
+    axes.axhline(results["float_accuracy"], color="grey", linestyle="--",
+                 label=f"float32 ({results['float_accuracy']:.2f} %)")
+    axes.set_xscale("log")
+    axes.set_xticks([0.5, 1, 2, 4, 8])
+    axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_xlabel("bits per weight (whole container file)")
+    axes.set_ylabel(f"top-1 on {results['test_count']} MNIST-1D test sequences (%)")
+    axes.set_ylim(max(0, results["float_accuracy"] - 40), 100.5)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# -- a transformer-sized state dict: time, memory and budget of compress -----------------------------
+
+def synthetic_transformer(seed: int = 0, d: int = 512, ff: int = 2048, vocab: int = 16000,
+                          layers: int = 6) -> dict:
+    """A randomly initialised (untrained) transformer-like state dict of 27.3 M weights.
+
+    Token embedding 16,000 x 512 and position table 512 x 512 (N(0, 0.02)); six blocks of
+    q/k/v/o projections 512 x 512 and a 512 -> 2048 -> 512 feed-forward, each row with its own
+    log-normal scale and four columns eight times larger (the outlier features of trained
+    transformers); zero biases, unit LayerNorms. Random, not trained: it measures time,
+    memory and the budget, not accuracy.
+    """
+    rng = np.random.default_rng(seed)
+
+    def projection(rows, columns):
+        w = rng.standard_normal((rows, columns), dtype=np.float32)
+        w *= (np.exp(0.5 * rng.standard_normal((rows, 1))) / np.sqrt(columns)).astype(np.float32)
+        w[:, rng.choice(columns, 4, replace=False)] *= 8
+        return w
+    state = {"embed.weight": 0.02 * rng.standard_normal((vocab, d), dtype=np.float32),
+             "pos.weight": 0.02 * rng.standard_normal((512, d), dtype=np.float32)}
+    for index in range(layers):
+        prefix = f"layers.{index}."
+        for name in ("q", "k", "v", "o"):
+            state[f"{prefix}attn.{name}.weight"] = projection(d, d)
+            state[f"{prefix}attn.{name}.bias"] = np.zeros(d, np.float32)
+        state[prefix + "ff.up.weight"], state[prefix + "ff.up.bias"] = \
+            projection(ff, d), np.zeros(ff, np.float32)
+        state[prefix + "ff.down.weight"], state[prefix + "ff.down.bias"] = \
+            projection(d, ff), np.zeros(d, np.float32)
+        for norm in ("ln1", "ln2"):
+            state[f"{prefix}{norm}.weight"] = np.ones(d, np.float32)
+            state[f"{prefix}{norm}.bias"] = np.zeros(d, np.float32)
+    return state
+
+
+def main_transformer(args) -> int:
+    """``python -m sw compress`` on the synthetic transformer: seconds, peak memory, bits."""
+    import resource
+    import subprocess
+    import sys
+    from safetensors.numpy import save_file
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "transformer.safetensors"
+    state = synthetic_transformer(args.seed)
+    save_file(state, str(path))
+    weights = sum(v.size for v in state.values() if v.ndim >= 2)
+    print(f"synthetic transformer: {weights} weights, {path}")
+    rows = []
+    for target in args.targets:
+        report = out / f"transformer_{target:g}.json"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sw", "compress", str(path), "--target-bpw",
+                        str(target), "-o", str(out / f"transformer_{target:g}.sbit"),
+                        "--report", str(report)], check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        figures = json.loads(report.read_text())
+        rows.append({"target_bpw": target, "bits_per_weight": figures["bits_per_weight"],
+                     "seconds": seconds, "peak_mb": max(peak_mb, before.ru_maxrss / 1024),
+                     "zero_tensors": figures["zero_tensors"],
+                     "per_channel": sum(r["per_channel"] for r in figures["layers"]),
+                     "tensors": len(figures["layers"])})
+        print(f"target {target}: {figures['bits_per_weight']:.4f} bits/weight, {seconds:.0f} s, "
+              f"peak {peak_mb:.0f} MB (largest process so far)", flush=True)
+    lines = ["| target | file bits/w | under target | seconds | peak MB | per-channel tensors | "
+             "erased |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target_bpw']:g} | {r['bits_per_weight']:.4f} | "
+                     f"{100 * (1 - r['bits_per_weight'] / r['target_bpw']):.3f} % | "
+                     f"{r['seconds']:.0f} | {r['peak_mb']:.0f} | {r['per_channel']} of "
+                     f"{r['tensors']} | {', '.join(r['zero_tensors']) or 'none'} |")
+    table = "\n".join(lines) + "\n"
+    (out / "transformer.md").write_text(table)
+    print(table)
+    return 0

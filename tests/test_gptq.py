@@ -1,0 +1,69 @@
+"""GPTQ rounding, layer statistics and the calibration file."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sw import gptq
+from sw.quant import entropy_of_counts
+
+
+def correlated_layer(seed=0, rows=48, columns=96, samples=2000):
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((columns, columns)) / np.sqrt(columns)
+    x = rng.standard_normal((samples, columns)) @ (np.eye(columns) + 2 * mixing)
+    w = rng.standard_normal((rows, columns)) * 0.1
+    return w, x
+
+
+def output_error(w, w_hat, hessian):
+    e = w - w_hat
+    return float(np.einsum("ij,jk,ik->", e, hessian, e))
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs():
+    w, x = correlated_layer()
+    hessian = x.T @ x / len(x)
+    step = np.float32(0.08)
+    nearest = np.clip(np.rint(w / step), -3, 3)
+    rounded = gptq.gptq_quantize(w, hessian, np.array([step]), 3)
+    assert rounded.min() >= -3 and rounded.max() <= 3
+    assert output_error(w, rounded * step, hessian) < 0.6 * output_error(w, nearest * step,
+                                                                         hessian)
+    # block size and column order change the arithmetic, not the quality
+    other = gptq.gptq_quantize(w, hessian, np.array([step]), 3, block=16, act_order=False)
+    assert output_error(w, other * step, hessian) < 0.7 * output_error(w, nearest * step,
+                                                                       hessian)
+
+
+def test_bit_price_trades_error_for_entropy():
+    w, x = correlated_layer(1)
+    hessian = x.T @ x / len(x)
+    steps = np.full(w.shape[0], 0.05, np.float32)          # one step per row
+    entropies, errors = [], []
+    for price in [None, 1e-4, 1e-3]:
+        q = gptq.gptq_quantize(w, hessian, steps, 7, bit_price=price)
+        entropies.append(entropy_of_counts(np.bincount((q + 7).ravel())))
+        errors.append(output_error(w, q * steps[:, None], hessian))
+    assert entropies[0] > entropies[1] > entropies[2]
+    assert errors[0] < errors[1] < errors[2]
+
+
+def test_statistics_of_conv_and_linear_match_im2col():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 16, 5))
+    x = torch.randn(10, 2, 4, 4)
+    stats = gptq.collect_statistics(model, x, batch_size=4)
+    columns = nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 18).double()
+    assert stats["0.weight"].count == 160
+    assert np.allclose(stats["0.weight"].hessian, (columns.T @ columns / 160).numpy())
+    assert np.allclose(stats["0.weight"].mean, columns.mean(0).numpy())
+    hidden = model[1](model[0](x)).detach().double()
+    assert np.allclose(stats["2.weight"].hessian, (hidden.T @ hidden / 10).numpy(), atol=1e-10)
+    # the same inputs given as a calibration file's arrays
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    again = gptq.statistics_from_arrays({"2.weight": hidden.float().numpy()}, tensors)
+    assert np.allclose(again["2.weight"].hessian, stats["2.weight"].hessian, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        gptq.statistics_from_arrays({"2.weight": np.zeros((4, 7), np.float32)}, tensors)
