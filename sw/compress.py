@@ -444,7 +444,8 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
                      steps: int = 96, weighting: str = "channel", statistics: dict = None,
                      per_channel: bool = True, bias_correction: bool = True,
                      max_relative_error: float = MAX_RELATIVE_ERROR,
-                     progress: bool = False) -> PTQResult:
+                     progress: bool = False, program_layers: list = None,
+                     program_images=None) -> PTQResult:
     """Quantize and encode ``tensors`` (name -> array) to at most ``target_bpw`` bits per weight.
 
     Parameters
@@ -466,6 +467,11 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
     max_relative_error : float
         No tensor may be coded with a larger weighted error relative to its energy while the
         budget allows (:func:`cap_relative_error`); 1 allows zeroing a tensor.
+    program_layers, program_images : optional
+        The network as :class:`sw.lower.Layer` s and calibration images (float NCHW): the
+        file then carries its integer program (docs/INFERENCE.md), counted in the budget, with
+        the coded sections in the order it consumes them. Its biases must be coded
+        (``bias_levels``).
     """
     import time
     from .train import file_rates
@@ -501,6 +507,16 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
                                np.ones(1, np.float32)) if name in names else other[name]
                    for name in tensors]
     fixed_bits = 8 * len(write_container(placeholder, params))
+    if program_layers is not None:
+        if not bias_levels:
+            raise ValueError("an integer program needs coded biases (bias_levels)")
+        from .container import program_section_size
+        from .program import HEADER_WORDS, OP_WORDS
+        # at most one multiplier per output channel: the passes below measure the real file
+        words = HEADER_WORDS + sum(
+            OP_WORDS + (tensors[layer.weight].shape[0] if layer.weight else 0)
+            for layer in program_layers)
+        fixed_bits += 8 * program_section_size(words)
     if budget == "weights":
         fixed_bits -= 8 * sum(len(_section_bytes(t, params)) for t in other.values())
     budget_bits = target_bpw * weights - fixed_bits
@@ -566,8 +582,13 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
             coded[name], (bias_name, bias) = quantized(name, c, index)
             if bias is not None:
                 corrected[bias_name] = other_tensor(bias_name, bias)
-        data = write_container([coded[n] if n in coded else corrected[n] for n in tensors],
-                               params)
+        written = [coded[n] if n in coded else corrected[n] for n in tensors]
+        program = None
+        if program_layers is not None:
+            from .lower import lower, order_tensors
+            lowered = lower(program_layers, {t.name: t for t in written}, program_images)
+            written, program = order_tensors(written, lowered.tensor_order), lowered.program
+        data = write_container(written, params, program=program)
         timing["coding"] += time.perf_counter() - started
         measured_bits = file_rates(read_container(data))[rate_key] * weights
         if progress:
@@ -682,6 +703,27 @@ def _load_model(model_name, state):
 
 #: the models of sw.models whose data ship with the project: --eval-model and 'builtin'
 EVAL_MODELS = ("digits", "digits-tiny", "mnist1d")
+#: Levels of the biases coded for an integer program when --bias-levels does not say (as
+#: sw.quant.BIAS_LEVELS for QAT).
+BIAS_LEVELS = 31
+
+
+def program_of(model_name, tensors) -> tuple:
+    """``(layers, None)`` to lower ``tensors`` of ``model_name`` to an integer program, or
+    ``(None, why not)``: the network has a part the program lacks, or ``tensors`` still hold
+    BatchNorm (fold it with --fold)."""
+    from .lower import resnet_layers
+    from .models import build_model, fold_batchnorm
+    try:
+        layers = resnet_layers(fold_batchnorm(build_model(model_name)))
+    except (ValueError, AttributeError, TypeError) as error:
+        return None, f"{model_name} does not lower to docs/INFERENCE.md's operations ({error})"
+    names = {name for layer in layers for name in (layer.weight, layer.bias) if name}
+    missing = sorted(names - set(tensors))
+    if missing:
+        return None, (f"MODEL lacks {missing[0]} of the folded {model_name} (BatchNorm not "
+                      f"folded? use --fold)")
+    return layers, None
 
 
 def model_data(model_name):
@@ -757,10 +799,20 @@ def run(args) -> int:
         except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
             raise ValueError(f"{path}: not a JSON object of numbers ({error})") from None
     statistics = calibration_statistics(args, tensors) if args.calibration else None
+    layers, images, bias_levels = None, None, args.bias_levels
+    if args.eval_model:
+        layers, why_not = program_of(args.eval_model, tensors)
+        if layers is None:
+            print(f"no integer program: {why_not}", file=sys.stderr)
+        else:
+            images = model_data(args.eval_model)[0].numpy()
+            # the engine adds integer biases: code them as QAT does unless told otherwise
+            bias_levels = bias_levels or BIAS_LEVELS
     result = compress_tensors(tensors, args.target_bpw, params_from(args), args.budget,
-                              args.bias_levels, sensitivity, args.steps, args.weighting,
+                              bias_levels, sensitivity, args.steps, args.weighting,
                               statistics, not args.no_per_channel,
-                              max_relative_error=args.max_relative_error)
+                              max_relative_error=args.max_relative_error,
+                              program_layers=layers, program_images=images)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_bytes(result.data)
     print_table(result)
@@ -772,9 +824,20 @@ def run(args) -> int:
         decoded = {k: v.numpy() for k, v in
                    state_dict_from_container(read_container(result.data)).items()}
         report["float_accuracy"] = accuracy_of(args.eval_model, tensors)
-        report["accuracy"] = accuracy_of(args.eval_model, decoded)
+        report["accuracy"] = report["accuracy_float"] = accuracy_of(args.eval_model, decoded)
         print(f"top-1: float {report['float_accuracy']:.2f} %, decoded from {args.output} "
               f"{report['accuracy']:.2f} %")
+        container = read_container(result.data)
+        if container.program is not None:
+            from .engine import BoundNetwork, infer
+            _, _, x_test, y_test = model_data(args.eval_model)
+            predictions = infer(BoundNetwork.from_container(container), x_test.numpy())
+            report["accuracy_int"] = 100.0 * float(
+                (predictions.predictions == y_test.numpy()).mean())
+            report["program_bytes"] = container.program_section.size
+            print(f"integer program ({len(container.program.ops)} operations, "
+                  f"{container.program_section.size} bytes): {report['accuracy_int']:.2f} % "
+                  f"top-1")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1) + "\n")

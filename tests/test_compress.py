@@ -150,9 +150,31 @@ def test_cli_fold_and_evaluate(tmp_path):
     assert done.returncode == 0, done.stderr
     figures = json.loads(report.read_text())
     assert {"float_accuracy", "accuracy"} <= set(figures)
-    names = [t.name for t in read_container(out.read_bytes()).tensors]
+    container = read_container(out.read_bytes())
+    names = [t.name for t in container.tensors]
     assert names and not any(".bn." in n or "running" in n for n in names)
-    assert abs(figures["bits_per_weight"] - 6) <= 0.12
+    assert abs(figures["bits_per_weight"] - 6) <= 0.12 and figures["bits_per_weight"] <= 6
+    # the integer program travels with the weights and is counted in the budget
+    from sw.data import digits
+    from sw.engine import BoundNetwork, infer
+    assert container.program is not None and len(container.program.ops) == 8
+    assert figures["program_bytes"] == container.program_section.size
+    _, _, x_test, y_test = digits()
+    predictions = infer(BoundNetwork.from_container(container), x_test.numpy()).predictions
+    assert figures["accuracy_int"] == 100.0 * float((predictions == y_test.numpy()).mean())
+    assert figures["accuracy_float"] == figures["accuracy"]
+
+
+def test_cli_unfolded_model_gets_no_program(tmp_path):
+    """A state dict still holding BatchNorm cannot lower: the file is written without a
+    program and the reason is one line."""
+    from sw.models import build_model
+    path, out = tmp_path / "bn.pt", tmp_path / "m.sbit"
+    torch.save(build_model("digits-tiny").state_dict(), path)
+    done = run_cli(path, "--eval-model", "digits-tiny", "--target-bpw", 8, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "no integer program" in done.stderr and "--fold" in done.stderr
+    assert read_container(out.read_bytes()).program is None
 
 
 def test_non_finite_weights_named(mlp_state, tmp_path):
