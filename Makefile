@@ -23,13 +23,16 @@ $(VENV)/.installed: pyproject.toml
 iverilog:
 	@command -v iverilog >/dev/null || { apt-get update -qq && apt-get install -y -qq iverilog; }
 
-# Train and compress the digits ResNet, check the file, run the RTL on it against the golden
-# model, and build the iCEBreaker bitstream + flash image holding it.
+# Train and compress the digits ResNet, check the file, run its integer program, run the
+# decoder's RTL and the inference engine's RTL on it against the golden model and the
+# reference engine, and build the iCEBreaker bitstream + flash image holding it.
 demo: setup
 	$(PYTHON) -m sw train --out $(OUT)/digits.sbit --report $(OUT)/train.json
 	$(PYTHON) -m sw inspect $(OUT)/digits.sbit
 	$(PYTHON) -m sw verify $(OUT)/digits.sbit
+	$(PYTHON) -m sw infer $(OUT)/digits.sbit --quiet
 	$(PYTHON) -m sim.decode $(OUT)/digits.sbit --lanes 2
+	$(PYTHON) -m sim.engine $(OUT)/digits.sbit --images 1
 	$(PYTHON) -m hw.build --board icebreaker --container $(OUT)/digits.sbit --out $(OUT)/icebreaker
 	$(PYTHON) -m sw board expect $(OUT)/digits.sbit
 
