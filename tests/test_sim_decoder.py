@@ -17,6 +17,7 @@ from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
+from tests.test_program import small_network
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -42,6 +43,8 @@ def test_rtl_matches_golden(lanes):
     params = CodecParams()
     rng = np.random.default_rng(lanes)
     corner = write_container(corner_tensors(rng, params), params)
+    lowered, tensors, _ = small_network(rng)
+    programmed = write_container(tensors, params, program=lowered.program)
     cases = [
         Case("corner", corner),
         Case("corner_stalls", corner, 0.3, 0.5, seed=lanes),
@@ -51,6 +54,9 @@ def test_rtl_matches_golden(lanes):
         Case("levels_256", write_container([uniform(rng, "w", 3000, 256)], params), 0.2, 0.6),
         Case("empty", write_container([], params)),
         Case("raw_only", write_container([RawTensor("r", np.arange(9, dtype=np.int8))], params)),
+        # version 2 with a PROGRAM section first: passed on its CRC, then the weights
+        Case("program", programmed, 0.2, 0.3, seed=lanes),
+        Case("program_flip", programmed[:180] + bytes([programmed[180] ^ 8]) + programmed[181:]),
     ]
     for seed in range(6):
         container, _ = random_container(1000 * lanes + seed, params, sections=4)
@@ -63,6 +69,8 @@ def test_rtl_matches_golden(lanes):
     # The damaged ones must have exercised the error paths, not only OK.
     assert Status.CRC_MISMATCH in statuses and Status.TRUNCATED in statuses
     assert results[0].status == Status.OK and results[0].values > 4000
+    program, program_flip = (r for r in results if r.name.startswith("program"))
+    assert program.status == Status.OK and program_flip.status == Status.CRC_MISMATCH
 
 
 def test_ice40_netlist_matches_golden():
@@ -80,6 +88,8 @@ def test_ice40_netlist_matches_golden():
     results = run_cases(params, 4, cases, netlist=True)
     assert_all_agree(results)
     assert results[0].status == Status.OK and results[0].values > 4000
+    program, program_flip = (r for r in results if r.name.startswith("program"))
+    assert program.status == Status.OK and program_flip.status == Status.CRC_MISMATCH
     assert results[2].golden_status != Status.OK
 
 
