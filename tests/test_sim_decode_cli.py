@@ -47,8 +47,8 @@ def test_damaged_container_statuses_agree(container, tmp_path, capsys):
 def test_disagreement_exits_1(container, monkeypatch, capsys):
     from sw.golden import golden_decode
 
-    def wrong(data, params):
-        result = golden_decode(data, params)
+    def wrong(data, params, **options):
+        result = golden_decode(data, params, **options)
         result.status = Status.STATE_MISMATCH
         return result
     monkeypatch.setattr(testbench, "golden_decode", wrong)
