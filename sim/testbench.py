@@ -258,7 +258,9 @@ def _ice40_netlist(dut, scratch: Path) -> list:
 
     from hw.build import _tool_environment
     from hw.tables import YOSYS_TABLE_RAMS
+    from hw.decoder import port_signals
     (scratch / "weight_decoder.il").write_text(rtlil.convert(dut, name="weight_decoder",
+                                                             ports=port_signals(dut),
                                                              emit_src=False))
     env = _tool_environment()
     # YoWASP tools see files under their working directory only: relative names.
@@ -285,8 +287,9 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
-    from hw.decoder import WeightDecoder
-    dut = verilog.convert(WeightDecoder(params, lanes, **(options or {})), name="weight_decoder",
+    from hw.decoder import WeightDecoder, port_signals
+    decoder = WeightDecoder(params, lanes, **(options or {}))
+    dut = verilog.convert(decoder, name="weight_decoder", ports=port_signals(decoder),
                           emit_src=False)
     harness = harness_verilog(lanes, src_depth, exp_depth)
     digest = hashlib.sha256((dut + harness + ("netlist" if netlist else "")).encode())
