@@ -23,7 +23,8 @@ from .onehot import OneHotMachine
 from .tables import LOOKUP_LATENCY, SymbolTables, popcount
 from .wordbuf import WordBuffer
 
-__all__ = ["WeightBatch", "StatusLayout", "WeightDecoder", "PIPELINE_DEPTH"]
+__all__ = ["WeightBatch", "StatusLayout", "ProgramWord", "WeightDecoder", "PIPELINE_DEPTH",
+           "port_signals"]
 
 #: Stages of the state recurrence, each a few LUT levels deep (iCE40 at 48 MHz allows about
 #: seven): 0-2 the symbol lookup (:class:`hw.tables.SymbolTables`, three cycles), then
@@ -65,6 +66,12 @@ class WeightBatch(data.StructLayout):
 #: The ``status`` output: ``code`` is a :class:`sw.format.Status`, sticky until reset.
 StatusLayout = data.StructLayout({"done": 1, "error": 1, "code": 4})
 
+#: Payload of the ``program`` stream: one data word of a PROGRAM section. ``word`` is the
+#: little-endian u16 as the file holds it; ``last`` marks the section's final data word, and
+#: ``partial`` that this final word holds one byte only (``data_bytes`` odd: its high byte is
+#: the pad), which no valid program has (docs/INFERENCE.md).
+ProgramWord = data.StructLayout({"word": unsigned(16), "last": 1, "partial": 1})
+
 
 class WeightDecoder(wiring.Component):
     """Streaming decoder of a whole subbit container.
@@ -92,6 +99,13 @@ class WeightDecoder(wiring.Component):
     status : Out(StatusLayout)
         ``done`` when the container is finished (last CRC and final-state check made) or an
         error happened; ``error`` and ``code`` say which.
+    program : Out(stream.Signature(ProgramWord, always_ready=True))
+        The data words of every PROGRAM section, each valid for one cycle, the cycle after
+        the parser takes it; a section with ``data_bytes = 0`` gives none. There is no
+        ``ready``: the consumer must take every word (the engine writes them into a RAM).
+        They leave before the section's CRC is checked, so the consumer must not act on the
+        program until the decoder has passed that CRC: at the first ``weights`` transfer, or
+        at ``status.done`` without ``error``.
     """
 
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1,
@@ -109,6 +123,7 @@ class WeightDecoder(wiring.Component):
             "words": In(stream.Signature(16)),
             "weights": Out(stream.Signature(WeightBatch(lanes))),
             "status": Out(StatusLayout),
+            "program": Out(stream.Signature(ProgramWord, always_ready=True)),
         })
 
     def elaborate(self, platform):
@@ -212,7 +227,7 @@ class WeightDecoder(wiring.Component):
         row = [Signal(32, name=f"row{n}", reset_less=True) for n in range(N)]
         row_full = Signal()
         raw = Signal()                   # a RAW or PROGRAM section
-        program = Signal()               # a PROGRAM section: its dtype must be uint16
+        is_program = Signal()            # a PROGRAM section: uint16 only; its words leave
         programs_allowed = Signal()      # the file's version has PROGRAM sections
         levels = Signal(16)
         zero_point = Signal(signed(16))
@@ -780,7 +795,7 @@ class WeightDecoder(wiring.Component):
         with p.state("KIND"):
             with p.If(taken()):
                 p.set(raw, check["kind_raw"])
-                p.set(program, check["kind_program"])
+                p.set(is_program, check["kind_program"])
                 with p.If(check["kind_bad"] | (check["kind_program"] & ~programs_allowed)):
                     fail(Status.BAD_SECTION)
                 with p.Else():
@@ -922,7 +937,7 @@ class WeightDecoder(wiring.Component):
 
         # RAW
         def dtype():
-            with p.If(check["dtype_bad"] | (program & check["dtype_not_u16"])):
+            with p.If(check["dtype_bad"] | (is_program & check["dtype_not_u16"])):
                 fail(Status.BAD_SECTION)
             with p.Else():
                 go("DATA_BYTES0")
@@ -940,6 +955,23 @@ class WeightDecoder(wiring.Component):
             skip(low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
         field("DATA_BYTES1", data_bytes1)
         skipping("DATA", lambda: go("SCRC0"))
+
+        # The program's words leave from flip-flops that read flip-flops only, and nothing
+        # here reaches words.ready or the parser's next state: in DATA the parser takes every
+        # word there is (``taken()`` is ``w_valid`` there), so a word taken is ``w_valid`` and
+        # the state's own flip-flop, and the word is the input register ``w``. On the word
+        # taken, ``left_one`` says it is the section's last and ``left_odd`` (data_bytes odd,
+        # as loaded) that it holds one byte. The payload has neither enable nor reset (it
+        # matters only while valid, for one cycle): 18 flip-flops, one LUT for ``partial``
+        # and one for ``valid``.
+        program_word = Signal(ProgramWord, reset_less=True)
+        m.d.sync += [
+            self.program.valid.eq(p.ongoing("DATA") & w_valid & is_program),
+            program_word.word.eq(w),
+            program_word.last.eq(left_one),
+            program_word.partial.eq(left_one & left_odd),
+        ]
+        m.d.comb += self.program.payload.eq(program_word)
 
         crc_half("SCRC0", 0, "SCRC1")
         crc_half("SCRC1", 1, "SCRC")
@@ -965,6 +997,23 @@ class WeightDecoder(wiring.Component):
                 Cat(*[Cat(*[p.ongoing(name) for name, status in failing.items()
                             if status >> bit & 1]).any() for bit in range(len(code))]))
         return m
+
+
+def port_signals(component: wiring.Component) -> list:
+    """The signals of ``component``'s ports, to pass as ``ports=`` when it is converted as the
+    top of a design (``verilog.convert``, ``rtlil.convert``).
+
+    Amaranth 0.5 derives a top's ports from its signature itself, but stops at a member whose
+    value is a constant (amaranth-lang/amaranth#1574), as ``WeightDecoder.program.ready`` is
+    (``always_ready``). The constant is no wire of the design; every other member keeps its
+    name (``words__payload``, ``program__valid``, ...) and its direction is inferred.
+    """
+    signals = []
+    for _path, _member, value in component.signature.flatten(component):
+        value = Value.cast(value)
+        if not isinstance(value, Const):
+            signals.append(value)
+    return signals
 
 
 class _CutCounter:

@@ -352,7 +352,8 @@ def measured_decoder(m: Module, params: CodecParams, lanes: int, pins) -> tuple:
     m.d.comb += decoder.weights.ready.eq(inputs[2])
     folded = Signal()
     outputs = Cat(decoder.weights.valid, decoder.weights.payload.as_value(),
-                  decoder.words.ready, decoder.status.as_value())
+                  decoder.words.ready, decoder.status.as_value(),
+                  decoder.program.valid, decoder.program.payload.as_value())
     # Folded in two registered stages, four bits to a LUT first: an output's own logic
     # (words.ready is a few LUTs deep) then meets one LUT before a flip-flop, as in a real
     # consumer, and the harness's XOR tree is not what the measurement times.

@@ -9,7 +9,8 @@ from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.params import CodecParams
 
-__all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container", "corrupt"]
+__all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container",
+           "program_container", "corrupt"]
 
 
 def quantized(rng, name, shape, levels, sigma=0.6):
@@ -69,6 +70,28 @@ def random_container(seed: int, params: CodecParams, sections: int = 4, max_size
             tensors.append(quantized(rng, f"q{i}", (size // 8 + 1, 8), max(levels, 2),
                                      sigma=float(rng.uniform(0.2, 20))))
     return write_container(tensors, params), tensors
+
+
+def program_container(seed: int, params: CodecParams) -> bytes:
+    """A container with a program (docs/INFERENCE.md): three linear layers of random weights
+    with per-channel multipliers, lowered by :mod:`sw.lower` (116 program words), and a RAW
+    section between the program and the coded sections it consumes."""
+    from sw.lower import lower, mlp_layers, order_tensors
+    rng = np.random.default_rng(seed)
+
+    def coded(name, shape, levels, per_channel):
+        scale = rng.uniform(0.01, 0.2, shape[0] if per_channel else 1).astype(np.float32)
+        return CodedTensor(name, rng.integers(0, levels, shape), levels, levels // 2, scale)
+
+    tensors = [coded("fc1.weight", (24, 16), 5, True), coded("fc1.bias", (24,), 31, False),
+               coded("fc2.weight", (16, 24), 3, True), coded("fc2.bias", (16,), 31, False),
+               coded("fc3.weight", (10, 16), 7, True)]
+    layers = mlp_layers([("fc1.weight", "fc1.bias"), ("fc2.weight", "fc2.bias"),
+                         ("fc3.weight", None)])
+    lowered = lower(layers, {t.name: t for t in tensors}, rng.random((8, 16, 1, 1)))
+    raw = RawTensor("norm", rng.normal(size=5).astype(np.float32))
+    return write_container([raw] + order_tensors(tensors, lowered.tensor_order), params,
+                           program=lowered.program)
 
 
 def corrupt(data: bytes, rng, mode: str) -> bytes:

@@ -48,6 +48,8 @@ async def run_plan(dut):
             "words_in": dut.words_in.value.to_unsigned(),
             "fed_all": bool(dut.fed_all.value),
             "section_cycles": dut.section_cycles.value.to_unsigned(),
+            "program_words": dut.program_words.value.to_unsigned(),
+            "program_mismatches": dut.program_mismatches.value.to_unsigned(),
             "seconds": time.perf_counter() - started,
         })
         await RisingEdge(dut.clk)

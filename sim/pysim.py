@@ -24,10 +24,23 @@ class SimResult:
     error: bool
     cycles: int
     transfers: list = field(default_factory=list)  #: (section, first, last, values)
+    #: (word, last, partial) of each word on ``program``, one per cycle its valid was high
+    program: list = field(default_factory=list)
 
     def integers(self) -> np.ndarray:
         parts = [np.asarray(v, dtype=np.int16) for _, _, _, v in self.transfers]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+    def programs(self) -> list:
+        """The words of each PROGRAM section, as cut by ``last``: lists of ``(word, partial)``;
+        words after the last ``last`` (a section cut short) form a final list of their own."""
+        sections, current = [], []
+        for word, last, partial in self.program:
+            current.append((word, partial))
+            if last:
+                sections.append(current)
+                current = []
+        return sections + ([current] if current else [])
 
 
 async def stream_put(ctx, stream, payload):
@@ -78,6 +91,10 @@ def run_pysim(container: bytes, params: CodecParams, lanes: int, *, stall_in: fl
                 count = payload.count
                 result.transfers.append((payload.section, payload.first, payload.last,
                                          [payload.values[n] for n in range(count)]))
+            # No ready: a word is a transfer in every cycle its valid is high.
+            if ctx.get(dut.program.valid):
+                word = ctx.get(dut.program.payload)
+                result.program.append((word.word, word.last, word.partial))
             status = ctx.get(dut.status)
             if status.done:
                 result.done = True

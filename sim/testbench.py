@@ -1,8 +1,9 @@
 """Icarus testbench of the generated decoder Verilog, steered by cocotb.
 
 The stream source (container words, preloaded with ``$readmemh``), the random valid/ready
-stalls and the checker (every output value, section index and first/last flag against the
-golden model's expectation, also preloaded) are Verilog, in a harness generated here around the
+stalls and the checker (every output value, section index and first/last flag, and every
+program word with its last flag, against the golden model's expectation, also preloaded) are
+Verilog, in a harness generated here around the
 decoder. cocotb only resets, loads a case, and waits for ``done`` with a single timer, so one
 simulation runs at Icarus speed and many cases share one ``vvp`` process.
 """
@@ -22,8 +23,8 @@ from sw.format import SectionKind, Status
 from sw.golden import GoldenResult, golden_decode
 from sw.params import CodecParams
 
-__all__ = ["Case", "CaseResult", "expected_entries", "harness_verilog", "build", "run_cases",
-           "BUILD_ROOT"]
+__all__ = ["Case", "CaseResult", "expected_entries", "expected_program", "harness_verilog",
+           "build", "run_cases", "BUILD_ROOT"]
 
 BUILD_ROOT = Path(os.environ.get("SUBBIT_SIM_BUILD",
                                  Path(tempfile.gettempdir()) / "subbit-sim-build"))
@@ -60,6 +61,9 @@ class CaseResult:
     golden_status: Status
     golden_values: int
     seconds: float = 0.0
+    program_words: int = 0        #: whole words out on ``program`` (a partial one not counted)
+    program_mismatches: int = 0   #: program words or last flags that differ, partial misplaced
+    golden_program_words: int = 0
 
     @property
     def status(self):
@@ -70,6 +74,14 @@ class CaseResult:
         found = []
         if self.mismatches:
             found.append(f"{self.mismatches} outputs differ, first at value {self.first_mismatch}")
+        if self.program_mismatches:
+            found.append(f"{self.program_mismatches} program words differ")
+        if self.golden_status == Status.OK and self.program_words != self.golden_program_words:
+            found.append(f"{self.program_words} program words out, golden "
+                         f"{self.golden_program_words}")
+        if self.program_words < self.golden_program_words and self.golden_status != Status.OK:
+            found.append(f"only {self.program_words} of the {self.golden_program_words} program "
+                         f"words of the sections before the error came out")
         if self.golden_status == Status.TRUNCATED:
             if self.done or self.error:
                 found.append(f"truncated input: RTL finished with status {self.code} "
@@ -102,13 +114,27 @@ def expected_entries(golden: GoldenResult) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def expected_program(golden: GoldenResult) -> np.ndarray:
+    """One 17-bit word per program word: ``last << 16 | word``, the PROGRAM sections' words in
+    order. (The golden model keeps whole words: the harness sets aside a final word flagged
+    ``partial``, data_bytes odd, and checks only that it is a last one.)"""
+    parts = []
+    for section in golden.sections:
+        if section.kind == SectionKind.PROGRAM and len(section.words):
+            entry = section.words.astype(np.int64)
+            entry[-1] |= 1 << 16
+            parts.append(entry)
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def _fields(layout):
     return {name: (f.offset, f.width) for name, f in layout}
 
 
-def harness_verilog(lanes: int, src_depth: int, exp_depth: int) -> str:
+def harness_verilog(lanes: int, src_depth: int, exp_depth: int, prog_depth: int = 1 << 12) -> str:
     """The Verilog harness around ``weight_decoder``."""
-    from hw.decoder import StatusLayout, WeightBatch
+    from hw.decoder import ProgramWord, StatusLayout, WeightBatch
+    program = _fields(ProgramWord)
     batch = _fields(WeightBatch(lanes))
     status = _fields(StatusLayout)
     width = WeightBatch(lanes).size
@@ -125,11 +151,13 @@ module {TOPLEVEL} (
     output reg [31:0] cycles, output reg [31:0] received, output reg [31:0] mismatches,
     output reg [31:0] first_mismatch, output reg [31:0] words_in, output fed_all,
     output reg [31:0] section_cycles,
+    output reg [31:0] program_words, output reg [31:0] program_mismatches,
     output done, output error, output [3:0] code
 );
     reg [15:0] src [0:{src_depth - 1}];
     reg [33:0] expect [0:{exp_depth - 1}];
-    reg [31:0] meta [0:1];
+    reg [16:0] pexpect [0:{prog_depth - 1}];
+    reg [31:0] meta [0:2];
     reg [8*1024-1:0] dir;
     reg [8*1100-1:0] name;
     initial begin
@@ -142,10 +170,13 @@ module {TOPLEVEL} (
         $readmemh(name, src);
         $sformat(name, "%0s/case%0d.exp.hex", dir, case_index);
         $readmemh(name, expect);
+        $sformat(name, "%0s/case%0d.prog.hex", dir, case_index);
+        $readmemh(name, pexpect);
     end
 
     wire [31:0] src_len = meta[0];
     wire [31:0] exp_len = meta[1];
+    wire [31:0] prog_len = meta[2];
 
     // xorshift32 generators decide the stalls, one per side.
     reg [31:0] rin, rout;
@@ -165,6 +196,8 @@ module {TOPLEVEL} (
     wire weights_valid;
     wire [{width - 1}:0] weights_payload;
     wire [{StatusLayout.size - 1}:0] status;
+    wire program_valid;
+    wire [{ProgramWord.size - 1}:0] program_payload;
     assign done = status[{status["done"][0]}];
     assign error = status[{status["error"][0]}];
     assign code = status[{status["code"][0] + 3}:{status["code"][0]}];
@@ -174,8 +207,34 @@ module {TOPLEVEL} (
         .clk(clk), .rst(rst),
         .words__valid(words_valid), .words__ready(words_ready), .words__payload(words_payload),
         .weights__valid(weights_valid), .weights__ready(weights_ready),
-        .weights__payload(weights_payload), .status(status)
+        .weights__payload(weights_payload), .status(status),
+        .program__valid(program_valid), .program__payload(program_payload)
     );
+
+    // The program stream has no ready: a word is a transfer in every cycle valid is high.
+    wire [15:0] pword = program_payload[{program["word"][0] + 15}:{program["word"][0]}];
+    wire plast = program_payload[{program["last"][0]}];
+    wire ppartial = program_payload[{program["partial"][0]}];
+    reg [31:0] pbad;
+    always @(posedge clk) begin
+        if (rst) begin
+            program_words <= 0; program_mismatches <= 0;
+        end else if (program_valid !== 1'b0) begin
+            pbad = 0;
+            if ((^{{program_valid, program_payload}}) === 1'bx) pbad = pbad + 1;
+            if (ppartial) begin
+                // data_bytes odd: the golden model has no entry for this word; it must end
+                // its section.
+                if (!plast) pbad = pbad + 1;
+            end else begin
+                // Past the golden words only a section the error cut short can be.
+                if (program_words < prog_len && pexpect[program_words] !== {{plast, pword}})
+                    pbad = pbad + 1;
+                program_words <= program_words + 1;
+            end
+            program_mismatches <= program_mismatches + pbad;
+        end
+    end
 
     wire [{count_w - 1}:0] count = weights_payload[{count_off + count_w - 1}:{count_off}];
     wire [15:0] section = weights_payload[{sec_off + 15}:{sec_off}];
@@ -258,7 +317,9 @@ def _ice40_netlist(dut, scratch: Path) -> list:
 
     from hw.build import _tool_environment
     from hw.tables import YOSYS_TABLE_RAMS
+    from hw.decoder import port_signals
     (scratch / "weight_decoder.il").write_text(rtlil.convert(dut, name="weight_decoder",
+                                                             ports=port_signals(dut),
                                                              emit_src=False))
     env = _tool_environment()
     # YoWASP tools see files under their working directory only: relative names.
@@ -274,7 +335,8 @@ def _ice40_netlist(dut, scratch: Path) -> list:
 
 
 def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
-          exp_depth: int = 1 << 16, options: dict = None, netlist: bool = False) -> Path:
+          exp_depth: int = 1 << 16, prog_depth: int = 1 << 12, options: dict = None,
+          netlist: bool = False) -> Path:
     """Generate the decoder Verilog and the harness, compile them; cached by content.
 
     ``options`` go to :class:`hw.decoder.WeightDecoder` (``buffer_depth``). With ``netlist``
@@ -285,10 +347,11 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
-    from hw.decoder import WeightDecoder
-    dut = verilog.convert(WeightDecoder(params, lanes, **(options or {})), name="weight_decoder",
+    from hw.decoder import WeightDecoder, port_signals
+    decoder = WeightDecoder(params, lanes, **(options or {}))
+    dut = verilog.convert(decoder, name="weight_decoder", ports=port_signals(decoder),
                           emit_src=False)
-    harness = harness_verilog(lanes, src_depth, exp_depth)
+    harness = harness_verilog(lanes, src_depth, exp_depth, prog_depth)
     digest = hashlib.sha256((dut + harness + ("netlist" if netlist else "")).encode())
     build_dir = (BUILD_ROOT / f"P{params.precision_bits}K{params.state_count}N{lanes}"
                  f"{'-ice40' if netlist else ''}-{digest.hexdigest()[:16]}")
@@ -331,22 +394,27 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
     goldens = [case.golden or golden_decode(case.container, params, check_program=False)
                for case in cases]
     expects = [expected_entries(g) for g in goldens]
+    programs = [expected_program(g) for g in goldens]
     need_src = max((len(c.container) + 1) // 2 for c in cases)
     need_exp = max(len(e) for e in expects)
+    need_prog = max(len(p) for p in programs)
     src_depth = src_depth or max(1 << 16, 1 << max(0, need_src - 1).bit_length())
     exp_depth = exp_depth or max(1 << 16, 1 << max(0, need_exp - 1).bit_length())
-    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth, options=options,
-                      netlist=netlist)
+    prog_depth = max(1 << 12, 1 << max(0, need_prog - 1).bit_length())
+    build_dir = build(params, lanes, src_depth=src_depth, exp_depth=exp_depth,
+                      prog_depth=prog_depth, options=options, netlist=netlist)
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="subbit-cases-"))
     work.mkdir(parents=True, exist_ok=True)
     plan = []
-    for i, (case, golden, expect) in enumerate(zip(cases, goldens, expects)):
+    for i, (case, golden, expect, program) in enumerate(zip(cases, goldens, expects, programs)):
         data = case.container + b"\0" * (len(case.container) & 1)
         words = np.frombuffer(data, dtype="<u2")
         (work / f"case{i}.src.hex").write_text(_hex_lines(words, 4))
         (work / f"case{i}.exp.hex").write_text(_hex_lines(expect, 9))
-        (work / f"case{i}.meta.hex").write_text(_hex_lines([len(words), len(expect)], 8))
+        (work / f"case{i}.prog.hex").write_text(_hex_lines(program, 5))
+        (work / f"case{i}.meta.hex").write_text(_hex_lines([len(words), len(expect),
+                                                            len(program)], 8))
         plan.append({
             "index": i, "name": case.name, "seed": case.seed,
             "in_stall": min(0xFFFF, int(case.stall_in * 65536)),
@@ -368,7 +436,7 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
         raise RuntimeError(f"cocotb test failed, see {work / 'sim.log'}")
     raw = json.loads((work / "results.json").read_text())
     results = []
-    for entry, golden, expect in zip(raw, goldens, expects):
+    for entry, golden, expect, program in zip(raw, goldens, expects, programs):
         results.append(CaseResult(golden_status=golden.status, golden_values=len(expect),
-                                  **entry))
+                                  golden_program_words=len(program), **entry))
     return results

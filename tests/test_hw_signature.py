@@ -6,7 +6,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.crc import Crc32Word
-from hw.decoder import PIPELINE_DEPTH, StatusLayout, WeightBatch, WeightDecoder
+from hw.decoder import (PIPELINE_DEPTH, ProgramWord, StatusLayout, WeightBatch, WeightDecoder,
+                        port_signals)
 from hw.tables import SymbolTables
 from hw.wordbuf import WordBuffer
 from sw.params import CodecParams
@@ -16,10 +17,16 @@ from sw.params import CodecParams
 def test_decoder_ports(lanes):
     dut = WeightDecoder(CodecParams(), lanes)
     sig = dut.signature
-    assert set(sig.members) == {"words", "weights", "status"}
+    assert set(sig.members) == {"words", "weights", "status", "program"}
     assert sig.members["words"] == In(stream.Signature(16))
     assert sig.members["weights"] == Out(stream.Signature(WeightBatch(lanes)))
     assert sig.members["status"] == Out(StatusLayout)
+    # No ready: the consumer takes every program word (a documented contract).
+    assert sig.members["program"] == Out(stream.Signature(ProgramWord, always_ready=True))
+    # ... so its ready is the constant 1, and wiring.connect refuses a consumer that could
+    # say no.
+    assert sig.members["program"].signature.always_ready
+    assert repr(dut.program.ready) == "(const 1'd1)"
 
 
 def test_weight_batch_layout():
@@ -29,6 +36,8 @@ def test_weight_batch_layout():
         "section": unsigned(16), "first": 1, "last": 1})
     assert layout.size == 64 + 3 + 16 + 2
     assert StatusLayout == data.StructLayout({"done": 1, "error": 1, "code": 4})
+    assert ProgramWord == data.StructLayout({"word": unsigned(16), "last": 1, "partial": 1})
+    assert ProgramWord.size == 18
 
 
 @pytest.mark.parametrize("lanes", [0, 3, 5, 64, -1, 2.0])
@@ -63,9 +72,13 @@ def test_component_signatures():
 
 def test_decoder_converts_to_verilog():
     from amaranth.back import verilog
-    text = verilog.convert(WeightDecoder(CodecParams(), 2), name="weight_decoder")
+    dut = WeightDecoder(CodecParams(), 2)
+    # ports= because of the constant program.ready (hw.decoder.port_signals)
+    text = verilog.convert(dut, name="weight_decoder", ports=port_signals(dut))
     assert "module weight_decoder" in text
     for port in ("words__payload", "words__valid", "words__ready", "weights__payload",
-                 "weights__valid", "weights__ready", "status"):
+                 "weights__valid", "weights__ready", "status", "program__valid",
+                 "program__payload"):
         assert port in text
+    assert "program__ready" not in text
     assert isinstance(WeightDecoder(CodecParams(), 2), wiring.Component)

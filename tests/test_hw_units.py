@@ -21,11 +21,12 @@ from hw.decoder import WeightDecoder
 from hw.onehot import OneHotMachine
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift, popcount
 from hw.wordbuf import WordBuffer
-from sim.cases import corner_tensors, corrupt, random_container, uniform
+from sim.cases import (corner_tensors, corrupt, program_container, random_container,
+                       uniform)
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
-from sw.format import RawDtype, Status
+from sw.format import RawDtype, SectionKind, Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
 
@@ -325,7 +326,28 @@ def check_against_golden(container, params, lanes, **kwargs):
             position += len(values)
             assert last == (position == len(current.integers))
             assert last or len(values) == lanes
+    check_program_words(golden, result)
     return result
+
+
+def check_program_words(golden, result):
+    """The words on ``program`` against the golden model's PROGRAM sections: the same words,
+    ``last`` on each section's final one, none for any other kind of section. A final word
+    with ``partial`` (data_bytes odd) has no counterpart there (the golden model keeps whole
+    words only), so it is set aside here, and its flags are checked."""
+    assert all(last for _, last, partial in result.program if partial)
+    got = []
+    for section in result.programs():
+        words = [word for word, partial in section if not partial]
+        if words:
+            got.append(words)
+    expected = [[int(word) for word in s.words] for s in golden.sections
+                if s.kind == SectionKind.PROGRAM and len(s.words)]
+    if golden.status == Status.OK:
+        assert got == expected
+    else:
+        # Words of a section that the error cut short, or whose CRC failed, may follow.
+        assert got[:len(expected)] == expected
 
 
 def worked_example():
@@ -530,3 +552,152 @@ def test_stream_helpers_on_the_worked_example():
     sim.add_testbench(consumer)
     sim.run()
     assert got == list(golden)
+
+
+# -- the program's words --
+
+def program_section(data: bytes, data_bytes: int = None, name: bytes = b"program") -> bytes:
+    """A PROGRAM section made by hand, so that ``data_bytes`` may be anything (odd, 0)."""
+    import struct
+    data_bytes = len(data) if data_bytes is None else data_bytes
+    body = struct.pack("<HH", SectionKind.PROGRAM, len(name)) + name + b"\0" * (len(name) & 1)
+    body += struct.pack("<HIHI", 1, (data_bytes + 1) // 2, RawDtype.UINT16, data_bytes)
+    body += data + b"\0" * (len(data) & 1)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def with_section(container: bytes, section: bytes, index: int, params=CodecParams()) -> bytes:
+    """``container`` with ``section`` inserted as section ``index``: section_count and the
+    header CRC follow."""
+    import struct
+    from sw.container import parse
+    start = 20 + 4 * params.state_count
+    start += sum(info.size for info in parse(container, params).sections[:index])
+    count = struct.unpack_from("<H", container, 14)[0]
+    data = patched(container[:start] + section + container[start:], 14, "H", count + 1)
+    return with_header_crc(data, params.state_count)
+
+
+def golden_program(container, params):
+    golden = golden_decode(container, params, check_program=False)
+    assert golden.status == Status.OK
+    return [int(word) for word in golden.sections[0].words]
+
+
+@pytest.mark.parametrize("which, lanes, stall", [("small", 2, 0.0), ("small", 4, 0.4),
+                                                 ("mlp", 4, 0.3), ("mlp", 1, 0.6)])
+def test_program_words(which, lanes, stall):
+    """Every data word of the PROGRAM section leaves on ``program``, once, in order, with
+    ``last`` on the final one only, under stalls of the input and of ``weights.ready``; the
+    RAW section's data (mlp) give none."""
+    params = CodecParams()
+    container = programmed_container(params) if which == "small" else \
+        program_container(11, params)
+    expected = golden_program(container, params)
+    result = check_against_golden(container, params, lanes, stall_in=stall, stall_out=stall,
+                                  seed=lanes)
+    assert result.status == Status.OK
+    assert [word for word, _, _ in result.program] == expected
+    assert [last for _, last, _ in result.program] == [0] * (len(expected) - 1) + [1]
+    assert not any(partial for _, _, partial in result.program)
+    assert len(expected) == {"small": 6 + 3 * 20 + 1 + 1, "mlp": 116}[which]
+
+
+def test_program_word_latency():
+    """A program word leaves two cycles after its input handshake (it is taken from the input
+    register a cycle later, and registered), valid for that one cycle, and its payload is the
+    file's word; no word of any other section comes out."""
+    params = CodecParams()
+    container = program_container(11, params)
+    words = words_of(container)
+    expected = golden_program(container, params)
+    first = (20 + 4 * params.state_count + 2 + 2 + 8 + 2 + 4 + 2 + 4) // 2  # data of "program"
+    assert words[first:first + len(expected)] == expected
+    dut = WeightDecoder(params, 4)
+    rng = random.Random(5)
+    fired, emitted = {}, []
+
+    async def testbench(ctx):
+        position = 0
+        ctx.set(dut.weights.ready, 1)
+        for cycle in range(6000):
+            offer = position < len(words) and rng.random() < 0.6
+            ctx.set(dut.words.valid, offer)
+            ctx.set(dut.words.payload, words[position] if offer else 0)
+            if ctx.get(dut.program.valid):
+                emitted.append((cycle, ctx.get(dut.program.payload.word)))
+            if ctx.get(dut.status.done):
+                break
+            fire = offer and ctx.get(dut.words.ready)
+            if fire:
+                fired[position] = cycle
+            await ctx.tick()
+            position += fire
+        assert ctx.get(dut.status.done) and not ctx.get(dut.status.error)
+
+    simulate(dut, testbench)
+    assert [word for _, word in emitted] == expected
+    assert [cycle for cycle, _ in emitted] == \
+        [fired[first + j] + 2 for j in range(len(expected))]
+
+
+@pytest.mark.parametrize("data_bytes", [1, 5, 2 * 57 - 1])
+def test_program_odd_length_is_partial(data_bytes):
+    """data_bytes odd: the last word holds one byte (its high byte is the pad) and says so
+    with ``partial``; the decoder passes the section on its CRC as the golden model does."""
+    params = CodecParams()
+    data = bytes(np.random.default_rng(data_bytes).integers(0, 256, data_bytes, np.uint8))
+    container = with_section(write_container([CodedTensor("w", np.arange(60) % 3, 3, 1)],
+                                             params), program_section(data), 0)
+    result = check_against_golden(container, params, 2, stall_in=0.3, stall_out=0.3)
+    assert result.status == Status.OK
+    padded = data + b"\0"
+    words = [padded[i] | padded[i + 1] << 8 for i in range(0, data_bytes, 2)]
+    assert result.program == [(word, j == len(words) - 1, j == len(words) - 1)
+                              for j, word in enumerate(words)]
+
+
+def test_program_odd_length_patched():
+    """The same on a lowered program, its data_bytes made odd by hand (field and CRC): the
+    last word's high byte becomes the pad."""
+    params = CodecParams()
+    container = programmed_container(params)
+    words = golden_program(container, params)
+    end = 172 + 2 * len(words)          # the section CRC (docs/FORMAT.md; see field_cases)
+    damaged = patched(patched(container, 168, "I", 2 * len(words) - 1), end - 1, "B", 0)
+    damaged = patched(damaged, end, "I", zlib.crc32(damaged[148:end]))
+    result = check_against_golden(damaged, params, 4, stall_in=0.2, stall_out=0.5)
+    assert result.status == Status.OK
+    assert result.program[:-1] == [(word, 0, 0) for word in words[:-1]]
+    assert result.program[-1] == (words[-1] & 0xFF, 1, 1)
+
+
+def test_empty_program_and_program_elsewhere():
+    """A PROGRAM section with data_bytes = 0 gives no word; one that is not the first section
+    (a rule of the engine, docs/INFERENCE.md, not of the decoder) gives its words all the
+    same, and a RAW section of uint16 data with the same bytes gives none."""
+    params = CodecParams()
+    base = write_container([CodedTensor("w", np.arange(60) % 3, 3, 1),
+                            RawTensor("r", np.arange(7, dtype=np.uint16))], params)
+    empty = with_section(base, program_section(b""), 0)
+    result = check_against_golden(empty, params, 2)
+    assert result.status == Status.OK and result.program == []
+    later = with_section(base, program_section(bytes(range(6))), 2)
+    assert golden_decode(later, params, check_program=False).sections[2].kind == \
+        SectionKind.PROGRAM
+    result = check_against_golden(later, params, 2, stall_in=0.2)
+    assert result.status == Status.OK
+    assert result.program == [(0x0100, 0, 0), (0x0302, 0, 0), (0x0504, 1, 0)]
+
+
+def test_program_words_leave_before_the_crc_verdict():
+    """The words of a PROGRAM section whose CRC is wrong have left by the time the decoder
+    reports CRC_MISMATCH: the consumer must wait for the section's CRC (docs/HARDWARE.md)."""
+    params = CodecParams()
+    container = programmed_container(params)
+    words = golden_program(container, params)
+    damaged = patched(container, 175, "B", container[175] ^ 4)
+    result = check_against_golden(damaged, params, 2)
+    assert result.status == Status.CRC_MISMATCH
+    assert len(result.program) == len(words) and result.program[-1][1] == 1
+    assert result.transfers == []

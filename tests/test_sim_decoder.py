@@ -1,8 +1,9 @@
 """cocotb/Icarus tests of the generated decoder Verilog against the golden model.
 
 Each test runs a batch of containers in one simulation (sim/testbench.py): the harness feeds
-the words with random stalls, checks every output value, section index and first/last flag
-against ``golden_decode`` and counts cycles; the test compares the status.
+the words with random stalls, checks every output value, section index and first/last flag,
+and every program word, against ``golden_decode`` and counts cycles; the test compares the
+status.
 """
 
 import time
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 
 from hw.decoder import PIPELINE_DEPTH
-from sim.cases import corner_tensors, corrupt, quantized, random_container, skewed, uniform
+from sim.cases import (corner_tensors, corrupt, program_container, quantized, random_container,
+                       skewed, uniform)
 from sim.testbench import Case, run_cases
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
-from tests.test_program import small_network
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -43,8 +44,9 @@ def test_rtl_matches_golden(lanes):
     params = CodecParams()
     rng = np.random.default_rng(lanes)
     corner = write_container(corner_tensors(rng, params), params)
-    lowered, tensors, _ = small_network(rng)
-    programmed = write_container(tensors, params, program=lowered.program)
+    programmed = program_container(lanes, params)
+    damaged_program = bytearray(programmed)
+    damaged_program[180] ^= 0x10     # in the program's data (from byte 172)
     cases = [
         Case("corner", corner),
         Case("corner_stalls", corner, 0.3, 0.5, seed=lanes),
@@ -54,9 +56,9 @@ def test_rtl_matches_golden(lanes):
         Case("levels_256", write_container([uniform(rng, "w", 3000, 256)], params), 0.2, 0.6),
         Case("empty", write_container([], params)),
         Case("raw_only", write_container([RawTensor("r", np.arange(9, dtype=np.int8))], params)),
-        # version 2 with a PROGRAM section first: passed on its CRC, then the weights
         Case("program", programmed, 0.2, 0.3, seed=lanes),
-        Case("program_flip", programmed[:180] + bytes([programmed[180] ^ 8]) + programmed[181:]),
+        # a bit of the program's data flipped: its words leave, then its CRC fails
+        Case("program_crc", bytes(damaged_program)),
     ]
     for seed in range(6):
         container, _ = random_container(1000 * lanes + seed, params, sections=4)
@@ -69,8 +71,11 @@ def test_rtl_matches_golden(lanes):
     # The damaged ones must have exercised the error paths, not only OK.
     assert Status.CRC_MISMATCH in statuses and Status.TRUNCATED in statuses
     assert results[0].status == Status.OK and results[0].values > 4000
-    program, program_flip = (r for r in results if r.name.startswith("program"))
-    assert program.status == Status.OK and program_flip.status == Status.CRC_MISMATCH
+    program, program_crc = (next(r for r in results if r.name == name)
+                            for name in ("program", "program_crc"))
+    assert program.status == Status.OK and program.program_words == 116
+    assert program_crc.status == Status.CRC_MISMATCH and program_crc.program_words == 116
+    assert program_crc.golden_program_words == 0
 
 
 def test_ice40_netlist_matches_golden():
@@ -84,13 +89,15 @@ def test_ice40_netlist_matches_golden():
     container, _ = random_container(7, params, sections=3, max_size=300)
     cases = [Case("corner_stalls", corner, 0.2, 0.3, seed=1),
              Case("random", container),
-             Case("flip", corrupt(container, rng, "flip"), 0.1, 0.1, seed=2)]
+             Case("flip", corrupt(container, rng, "flip"), 0.1, 0.1, seed=2),
+             Case("program", program_container(40, params), 0.2, 0.2, seed=3)]
     results = run_cases(params, 4, cases, netlist=True)
     assert_all_agree(results)
     assert results[0].status == Status.OK and results[0].values > 4000
     program, program_flip = (r for r in results if r.name.startswith("program"))
     assert program.status == Status.OK and program_flip.status == Status.CRC_MISMATCH
     assert results[2].golden_status != Status.OK
+    assert results[3].status == Status.OK and results[3].program_words == 116
 
 
 def test_counts_past_sixteen_bits():
