@@ -3,14 +3,18 @@
 Everything is generated from a seed with :mod:`sw.container`; nothing is stored.
 """
 
+import struct
+import zlib
+from dataclasses import dataclass
+
 import numpy as np
 
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.params import CodecParams
 
-__all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container",
-           "program_container", "corrupt"]
+__all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container", "corrupt",
+           "program_container", "programmed_container", "Field", "header_fields", "set_field"]
 
 
 def quantized(rng, name, shape, levels, sigma=0.6):
@@ -94,6 +98,22 @@ def program_container(seed: int, params: CodecParams) -> bytes:
                            program=lowered.program)
 
 
+def programmed_container(params: CodecParams = CodecParams(), seed: int = 7) -> bytes:
+    """A container with a program (docs/INFERENCE.md): a convolution, a pool and a linear
+    layer on 4x4 images, lowered by :func:`sw.lower.lower`."""
+    from sw.lower import Layer, lower, order_tensors
+    rng = np.random.default_rng(seed)
+    tensors = [CodedTensor("conv.weight", rng.integers(0, 3, (4, 1, 3, 3)), 3, 1,
+                           np.float32(0.2)),
+               CodedTensor("conv.bias", rng.integers(0, 31, 4), 31, 15, np.float32(0.01)),
+               CodedTensor("fc.weight", rng.integers(0, 5, (3, 4)), 5, 2, np.float32(0.1))]
+    layers = [Layer("conv", "conv.weight", "conv.bias", 1, True),
+              Layer("pool", input=0), Layer("linear", "fc.weight", input=1)]
+    lowered = lower(layers, {t.name: t for t in tensors}, rng.random((8, 1, 4, 4)), 4)
+    return write_container(order_tensors(tensors, lowered.tensor_order), params,
+                           program=lowered.program)
+
+
 def corrupt(data: bytes, rng, mode: str) -> bytes:
     """A damaged copy: ``flip`` one bit, ``truncate`` at a random even length, ``word`` one
     random 16-bit word."""
@@ -108,4 +128,78 @@ def corrupt(data: bytes, rng, mode: str) -> bytes:
         data[i:i + 2] = rng.integers(0, 256, 2, dtype=np.uint8).tobytes()
     else:
         raise ValueError(mode)
+    return bytes(data)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field of a container: where it lies and the span its CRC covers."""
+
+    name: str          #: ``file.<field>`` or ``section<i>.<field>``
+    offset: int
+    fmt: str           #: struct format of the field, little-endian
+    crc_start: int     #: first byte its CRC covers
+    crc_offset: int    #: where that CRC lies
+
+
+def header_fields(data: bytes) -> list:
+    """Every header field of a well-formed container (docs/FORMAT.md), in file order.
+
+    The file header's fields, then each section's: kind, name_bytes, ndim, dims, and the
+    coded (levels, zero_point, scale_count, symbol_count, the first frequency, payload_words)
+    or raw (dtype, data_bytes) fields.
+    """
+    fields = []
+    state_count = struct.unpack_from("<H", data, 12)[0]
+    header_end = 16 + 4 * state_count
+    for name, offset, fmt in [("magic", 0, "I"), ("version", 4, "H"), ("state_bits", 6, "H"),
+                              ("word_bits", 8, "H"), ("precision_bits", 10, "H"),
+                              ("state_count", 12, "H"), ("section_count", 14, "H"),
+                              ("initial_state", 16, "I"), ("last_state", header_end - 4, "I")]:
+        fields.append(Field(f"file.{name}", offset, fmt, 0, header_end))
+    position = header_end + 4
+    for index in range(struct.unpack_from("<H", data, 14)[0]):
+        start, section = position, []
+
+        def add(name, fmt):
+            nonlocal position
+            section.append((f"section{index}.{name}", position, fmt))
+            value = struct.unpack_from("<" + fmt, data, position)[0]
+            position += struct.calcsize("<" + fmt)
+            return value
+
+        kind = add("kind", "H")
+        name_bytes = add("name_bytes", "H")
+        position += name_bytes + (name_bytes & 1)
+        ndim = add("ndim", "H")
+        for d in range(ndim):
+            add(f"dims{d}", "I")
+        if kind == 0:
+            levels = add("levels", "H")
+            add("zero_point", "h")
+            scale_count = add("scale_count", "H")
+            position += 4 * scale_count
+            add("symbol_count", "I")
+            if levels > 1:
+                add("frequency0", "H")
+                position += 2 * (levels - 1)
+            payload_words = add("payload_words", "I")
+            position += 2 * payload_words
+        else:
+            add("dtype", "H")
+            data_bytes = add("data_bytes", "I")
+            position += data_bytes + (data_bytes & 1)
+        fields += [Field(name, offset, fmt, start, position) for name, offset, fmt in section]
+        position += 4
+    return fields
+
+
+def set_field(data: bytes, field: Field, value, fix_crc: bool = True) -> bytes:
+    """``data`` with ``field`` set to ``value`` and, with ``fix_crc``, the CRC that covers it
+    made right again (as a malicious or buggy writer would)."""
+    data = bytearray(data)
+    struct.pack_into("<" + field.fmt, data, field.offset, value)
+    if fix_crc and field.crc_offset + 4 <= len(data):
+        struct.pack_into("<I", data, field.crc_offset,
+                         zlib.crc32(data[field.crc_start:field.crc_offset]))
     return bytes(data)

@@ -19,7 +19,8 @@ from .params import CodecParams
 
 __all__ = [
     "FrequencyTable", "DecodeError", "PayloadExhausted", "encode_reference",
-    "decode_section_reference", "decode_reference", "entropy_bits",
+    "decode_section_reference", "decode_section_chunked", "CHUNK_SYMBOLS", "decode_reference",
+    "entropy_bits",
 ]
 
 
@@ -164,11 +165,14 @@ class PayloadExhausted(Exception):
 
 
 def decode_section_reference(states: list[int], symbol_count: int, table: FrequencyTable,
-                             payload: Sequence[int], params: CodecParams) -> tuple[np.ndarray, int]:
+                             payload: Sequence[int], params: CodecParams,
+                             first: int = 0) -> tuple[np.ndarray, int]:
     """Decode one section's ``symbol_count`` symbols, updating ``states`` in place.
 
     Returns the symbols and the number of payload words read. Raises :class:`PayloadExhausted`
-    when a renormalisation needs a word past the end of ``payload``.
+    when a renormalisation needs a word past the end of ``payload``. ``first`` is the index
+    ``j`` in its section of the first symbol decoded, so that a section can be decoded in
+    chunks (:func:`decode_section_chunked`): symbol ``j`` belongs to state ``j mod K``.
     """
     precision, word_bits = params.precision_bits, params.word_bits
     slot_mask = (1 << precision) - 1
@@ -177,7 +181,7 @@ def decode_section_reference(states: list[int], symbol_count: int, table: Freque
     symbols = np.empty(symbol_count, dtype=np.uint8)
     position = 0
     for j in range(symbol_count):
-        k = j % params.state_count
+        k = (first + j) % params.state_count
         x = states[k]
         slot = x & slot_mask
         # The last symbol whose range starts at or before the slot; zero-frequency symbols own
@@ -192,6 +196,49 @@ def decode_section_reference(states: list[int], symbol_count: int, table: Freque
         states[k] = x
         symbols[j] = symbol
     return symbols, position
+
+
+#: Symbols decoded at a time by :func:`decode_section_chunked`: 1 MiB of symbols, so that what a
+#: streaming reader holds does not grow with a section's ``symbol_count`` (up to ``2**28``).
+CHUNK_SYMBOLS = 1 << 20
+
+
+def decode_section_chunked(states, symbol_count: int, table: FrequencyTable, payload,
+                           params: CodecParams, on_chunk, *, fast: bool = True,
+                           chunk_symbols: int = CHUNK_SYMBOLS) -> int:
+    """Decode one section ``chunk_symbols`` symbols at a time; returns the payload words read.
+
+    The same coder as :func:`decode_section_reference` (``fast=False``, ``states`` a list of
+    int) or :func:`sw.fastcodec.decode_section` (``fast=True``, ``states`` a ``uint64`` array),
+    run over consecutive chunks with the states and the payload position carried from one to
+    the next, so the symbols, the states and the words read are those of one call over the
+    whole section. ``on_chunk(first, symbols)`` gets each chunk (``uint8``, ``symbols[i]`` is
+    symbol ``first + i``) as soon as it is decoded; a chunk in which the payload runs out is
+    not passed on, and :class:`PayloadExhausted` is raised.
+
+    A table in which one symbol owns all ``M`` slots (every one-level section) decodes that
+    symbol without touching the state or the payload (``x = M * (x >> P) + x mod M``, which
+    stays ``>= L``), so such chunks are made without running the coder: a section declaring
+    ``2**28`` symbols of one value costs what writing them out costs, not a decode.
+    """
+    if fast:
+        from . import fastcodec
+        decode = fastcodec.decode_section
+    else:
+        decode = decode_section_reference
+    if chunk_symbols < 1:
+        raise ValueError("chunk_symbols must be positive")
+    whole = np.flatnonzero(table.frequencies == 1 << table.precision_bits)
+    position = 0
+    for first in range(0, symbol_count, chunk_symbols):
+        count = min(chunk_symbols, symbol_count - first)
+        if len(whole):
+            symbols, used = np.full(count, whole[0], dtype=np.uint8), 0
+        else:
+            symbols, used = decode(states, count, table, payload[position:], params, first)
+        position += used
+        on_chunk(first, symbols)
+    return position
 
 
 def decode_reference(states: Sequence[int],

@@ -159,12 +159,13 @@ class SectionInfo:
     payload_bytes: int  #: coded payload (CODED) or tensor data (RAW)
     table_bytes: int    #: frequency table
     header_bytes: int   #: everything else: kind, name, shape, levels, scales, lengths, CRC
+    symbol_count: int = 0  #: symbols decoded (CODED)
 
 
 @dataclass
 class Container:
     params: CodecParams
-    tensors: list       #: every CODED and RAW section's tensor, in file order
+    tensors: list       #: every CODED and RAW section's tensor, in file order (unless not kept)
     sections: list      #: one :class:`SectionInfo` per tensor
     file_header_bytes: int
     size: int
@@ -174,8 +175,8 @@ class Container:
 
     @property
     def weight_count(self) -> int:
-        """Number of coded values (the weights)."""
-        return sum(t.symbols.size for t in self.tensors if isinstance(t, CodedTensor))
+        """Number of coded values (the weights); known also when the tensors were not kept."""
+        return sum(s.symbol_count for s in self.sections if s.kind == SectionKind.CODED)
 
     @property
     def parameter_count(self) -> int:
@@ -308,18 +309,29 @@ class _Stream:
 
 def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
           software_checks: bool = True, check_program: bool = True,
-          on_section=None) -> Container:
+          on_section=None, keep_symbols: bool = True, on_symbols=None) -> Container:
     """Read a container in stream order; raise :class:`ContainerError` at the first problem.
 
     ``params``, when given, is the decoder's: a container with other parameters is refused.
-    ``software_checks`` adds the checks that need the whole tensor (shape against count, text of
-    names, trailing bytes); a streaming decoder makes only the others, so the golden model turns
-    them off, and then ``tensors`` of the result stays empty. Those checks come after the
-    section's CRC, so both kinds of reader agree on every damaged container.
+    ``software_checks`` adds the checks of a reader that builds whole tensors (shape against
+    count, scale count, text of names, shapes a program expects, trailing bytes); a streaming
+    decoder makes only the others, so the golden model turns them off, and then ``tensors`` of
+    the result stays empty. Their verdict waits for the stream's own (docs/FORMAT.md,
+    "Checks"): the first of them to fail is raised only once the last section has passed every
+    stream check, so on every file where a streaming decoder finds an error the reader
+    finds the same one.
     ``check_program`` makes the checks of docs/INFERENCE.md on a PROGRAM section and on the
     coded sections after it (``BAD_PROGRAM``): those of whatever runs the program. Without
     them the program is data like a RAW section's, as it is to the weight decoder alone.
     ``on_section(section)`` is called with each :class:`StreamSection` as it is read.
+
+    Coded sections are decoded :data:`sw.codec.CHUNK_SYMBOLS` symbols at a time;
+    ``on_symbols(section, first, symbols)`` gets each chunk as it is decoded, before the
+    section's CRC has been checked (as the hardware emits them). With ``keep_symbols`` false
+    the chunks are not kept: ``section.symbols`` stays ``None``, ``tensors`` stays empty, and
+    the memory used does not grow with the symbol count a section declares. With it, each
+    section's symbols are gathered whole: a caller that reads untrusted files sizes them first
+    (:func:`sw.load.scan_headers`, :func:`sw.load.check_size`).
     """
     stream = _Stream(data)
     if bytes(stream.take(len(MAGIC))) != MAGIC:
@@ -349,8 +361,21 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     coder_states = states.copy() if fast else [int(x) for x in states]
     tensors, sections = [], []
     check = program_section = None  # the program's check of the coded sections, and its place
+    deferred = []  # the first failure of a software check, raised after the stream's verdict
+
+    def software(check_section, *args):
+        """Run a software check; keep its failure for the end instead of raising it."""
+        if deferred:
+            return None
+        try:
+            return check_section(*args)
+        except ContainerError as error:
+            deferred.append(error)
+            return None
+
     for index in range(section_count):
-        section, info = _parse_section(stream, index, params, coder_states, fast, version)
+        section, info = _parse_section(stream, index, params, coder_states, fast, version,
+                                       keep_symbols, on_symbols)
         if section.kind == SectionKind.PROGRAM:
             program_section = info
         else:
@@ -358,15 +383,20 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
         # Program checks follow the section's CRC, like the software checks below.
         try:
             if section.kind == SectionKind.PROGRAM and check_program:
-                check = ProgramCheck(_program_of(stream, section, software_checks))
+                if software_checks:
+                    software(_program_shape, stream, section)
+                check = ProgramCheck(_program_of(section))
             elif section.kind == SectionKind.CODED and check is not None:
-                check.coded_section(f"section {index}", len(section.symbols),
-                                    section.shape if software_checks else None,
-                                    section.symbols.astype(np.int64) - section.zero_point)
+                check.coded_section(f"section {index}", section.symbol_count, None,
+                                    peak=section.peak)
+                if software_checks:
+                    software(_expected_shape, stream, check, index, section.shape)
         except ProgramError as error:
             stream.fail(Status.BAD_PROGRAM, str(error))
         if software_checks and section.kind != SectionKind.PROGRAM:
-            tensors.append(_tensor_of(stream, section))
+            tensor = software(_tensor_of, stream, section, keep_symbols)
+            if tensor is not None:
+                tensors.append(tensor)
         if on_section is not None:
             on_section(section)
     if any(int(x) != params.lower_bound for x in coder_states):
@@ -376,6 +406,8 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
             check.finish()
         except ProgramError as error:
             stream.fail(Status.BAD_PROGRAM, str(error))
+    if deferred:
+        raise deferred[0]
     if software_checks and stream.position != len(data):
         stream.fail(Status.TRAILING_DATA, f"{len(data) - stream.position} bytes after the last section")
     return Container(params, tensors, sections, file_header_bytes, stream.position, version,
@@ -395,7 +427,10 @@ class ProgramCheck:
         self.expected = program.expected_tensors()
         self.position = 0
 
-    def coded_section(self, where: str, count: int, shape, integers) -> None:
+    def coded_section(self, where: str, count: int, shape, integers=None, *,
+                      peak: int = None) -> None:
+        """Check the next coded section: ``count`` integers, ``shape`` (``None``: unknown), and
+        either the ``integers`` themselves or their largest magnitude ``peak``."""
         if self.position == len(self.expected):
             raise ProgramError(f"{where}: a coded section after the last one the program uses")
         expected = self.expected[self.position]
@@ -405,8 +440,18 @@ class ProgramCheck:
             raise ProgramError(f"{what} has {expected.count} values, the section {count}")
         if shape is not None and tuple(shape) != tuple(expected.shape):
             raise ProgramError(f"{what} is shaped {expected.shape}, the section {tuple(shape)}")
-        if count and int(np.abs(np.asarray(integers)).max()) > expected.bound:
+        if peak is None and count:
+            peak = int(np.abs(np.asarray(integers, dtype=np.int64)).max())
+        if count and peak > expected.bound:
             raise ProgramError(f"{what} has a value beyond its bound {expected.bound}")
+
+    def shape_mismatch(self, shape) -> str:
+        """Why ``shape`` is not that of the section last checked, or ``""``."""
+        expected = self.expected[self.position - 1]
+        if tuple(shape) == tuple(expected.shape):
+            return ""
+        return (f"op {expected.op_index}'s {expected.role} is shaped {expected.shape}, "
+                f"the section {tuple(shape)}")
 
     def finish(self) -> None:
         if self.position != len(self.expected):
@@ -414,20 +459,30 @@ class ProgramCheck:
             raise ProgramError(f"the file ends before op {missing.op_index}'s {missing.role}")
 
 
-def _program_of(stream: "_Stream", section: "StreamSection", software_checks: bool) -> Program:
+def _program_of(section: "StreamSection") -> Program:
     """The program of a PROGRAM section (its CRC already checked)."""
     where = f"section {section.index}"
     if section.index != 0:
         raise ProgramError(f"{where}: the program must be the first section")
     if len(section.data) % 2:
         raise ProgramError(f"{where}: a program of {len(section.data)} bytes is not whole words")
-    words = np.frombuffer(section.data, dtype="<u2")
-    if software_checks:
-        _checked_name(stream, section.raw_name, where)
-        if section.shape != (len(words),):
-            stream.fail(Status.BAD_SECTION, f"{where}: shape {section.shape} does not hold "
-                        f"{len(words)} program words")
-    return Program.from_words(words)
+    return Program.from_words(np.frombuffer(section.data, dtype="<u2"))
+
+
+def _program_shape(stream: "_Stream", section: "StreamSection") -> None:
+    """The software checks of a PROGRAM section: UTF-8 name, shape of its words."""
+    where = f"section {section.index}"
+    _checked_name(stream, section.raw_name, where)
+    if section.shape != (len(section.data) // 2,) or len(section.data) % 2:
+        stream.fail(Status.BAD_SECTION, f"{where}: shape {section.shape} does not hold "
+                    f"{len(section.data) // 2} program words")
+
+
+def _expected_shape(stream: "_Stream", check: ProgramCheck, index: int, shape) -> None:
+    """A software check: a coded section has the shape its program expects."""
+    problem = check.shape_mismatch(shape)
+    if problem:
+        stream.fail(Status.BAD_PROGRAM, f"section {index}: {problem}")
 
 
 @dataclass
@@ -441,13 +496,15 @@ class StreamSection:
     levels: int = 0
     zero_point: int = 0
     scale: np.ndarray = None
-    symbols: np.ndarray = None  #: flat, in stream order (CODED)
+    symbols: np.ndarray = None  #: flat, in stream order (CODED, when kept)
+    symbol_count: int = 0       #: CODED
+    peak: int = 0               #: CODED: the largest ``|symbol - zero_point|`` decoded
     dtype: RawDtype = None
     data: bytes = None          #: the tensor's bytes (RAW), or the program's (PROGRAM)
 
 
 def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool,
-                   version: int):
+                   version: int, keep_symbols: bool = True, on_symbols=None):
     """Read one section up to and including its CRC; returns it and its byte accounting."""
     start = stream.position
     where = f"section {index}"
@@ -493,13 +550,24 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         payload_start = stream.position
         available = min(payload_words, (len(stream.data) - payload_start) // 2)
         payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available], dtype="<u2")
+        section.levels, section.zero_point, section.scale = levels, zero_point, scale
+        section.symbol_count = symbol_count
+        kept = np.empty(symbol_count, np.uint8) if keep_symbols else None
+        # The largest |integer| is that of the smallest or the largest symbol decoded.
+        seen = [levels, -1]
+
+        def chunk(first, symbols):
+            if len(symbols):
+                seen[0] = min(seen[0], int(symbols.min()))
+                seen[1] = max(seen[1], int(symbols.max()))
+            if kept is not None:
+                kept[first:first + len(symbols)] = symbols
+            if on_symbols is not None:
+                on_symbols(section, first, symbols)
+
         try:
-            if fast:
-                symbols, used = fastcodec.decode_section(coder_states, symbol_count, table,
-                                                         payload, params)
-            else:
-                symbols, used = codec.decode_section_reference(coder_states, symbol_count, table,
-                                                               payload, params)
+            used = codec.decode_section_chunked(coder_states, symbol_count, table, payload,
+                                                params, chunk, fast=fast)
         except PayloadExhausted:
             stream.position = payload_start + 2 * available
             if available < payload_words:
@@ -510,8 +578,9 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
             stream.fail(Status.BAD_LENGTH, f"{where}: {payload_words - used} payload words left over")
         stream.take(2 * payload_words)
         payload_bytes = 2 * payload_words
-        section.levels, section.zero_point, section.scale = levels, zero_point, scale
-        section.symbols = symbols
+        section.symbols = kept
+        if symbol_count:
+            section.peak = max(abs(seen[0] - zero_point), abs(seen[1] - zero_point))
     else:
         # RAW and PROGRAM: a PROGRAM section's data are u16 words
         dtype = stream.unpack("H")
@@ -529,29 +598,35 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         stream.fail(Status.CRC_MISMATCH, f"{where}: CRC mismatch")
     size = stream.position - start
     info = SectionInfo(kind, raw_name.decode("utf-8", errors="replace"), start, size,
-                       payload_bytes, table_bytes, size - table_bytes - payload_bytes)
+                       payload_bytes, table_bytes, size - table_bytes - payload_bytes,
+                       section.symbol_count)
     return section, info
 
 
-def _tensor_of(stream: _Stream, section: StreamSection) -> Tensor:
-    """The tensor a section holds, after the checks that need it whole (FORMAT.md, "Checks")."""
+def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> Tensor:
+    """The tensor a section holds, after the software checks (FORMAT.md, "Checks"); ``None``
+    when not ``build``: the checks need only the section's counts, not its symbols."""
     where = f"section {section.index}"
     name = _checked_name(stream, section.raw_name, where)
     shape = section.shape
-    element_count = int(np.prod(shape, dtype=np.int64))
+    # Python ints: a product of eight u32 dims overflows int64.
+    element_count = 1
+    for dim in shape:
+        element_count *= dim
     if section.kind == SectionKind.CODED:
-        if element_count != len(section.symbols):
+        if element_count != section.symbol_count:
             stream.fail(Status.BAD_SECTION, f"{where}: shape {shape} does not hold "
-                        f"{len(section.symbols)} weights")
+                        f"{section.symbol_count} weights")
         if len(section.scale) not in {1, *shape[:1]}:
             stream.fail(Status.BAD_SECTION, f"{where}: {len(section.scale)} scales for shape {shape}")
         return CodedTensor(name, section.symbols.reshape(shape), section.levels,
-                           section.zero_point, section.scale)
+                           section.zero_point, section.scale) if build else None
     itemsize = section.dtype.numpy.itemsize
     if len(section.data) != element_count * itemsize:
         stream.fail(Status.BAD_SECTION, f"{where}: {len(section.data)} bytes do not hold shape "
                     f"{shape} of {section.dtype.name.lower()}")
-    return RawTensor(name, np.frombuffer(section.data, dtype=section.dtype.numpy).reshape(shape))
+    return RawTensor(name, np.frombuffer(section.data, dtype=section.dtype.numpy)
+                     .reshape(shape)) if build else None
 
 
 def _checked_name(stream: _Stream, raw_name: bytes, where: str) -> str:

@@ -48,12 +48,12 @@ def _encode_section(states, symbols, frequencies, cumulative, precision, state_b
 
 
 def _decode_section(states, symbol_count, slot_symbol, frequencies, cumulative, precision,
-                    lower_bound, payload, symbols):
-    """Decode one section; returns the words read, or -1 when the payload ran out."""
+                    lower_bound, payload, symbols, k):
+    """Decode one section (or a chunk of it, its first symbol of state ``k``); returns the words
+    read, or -1 when the payload ran out."""
     state_count = states.shape[0]
     slot_mask = np.uint64((1 << precision) - 1)
     position = 0
-    k = 0
     for j in range(symbol_count):
         x = np.uint64(states[k])
         slot = x & slot_mask
@@ -101,12 +101,13 @@ def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]
 
 
 def decode_section(states: np.ndarray, symbol_count: int, table: FrequencyTable, payload,
-                   params: CodecParams) -> tuple[np.ndarray, int]:
+                   params: CodecParams, first: int = 0) -> tuple[np.ndarray, int]:
     """Same as :func:`sw.codec.decode_section_reference`; ``states`` is a ``uint64`` array."""
     symbols = np.empty(symbol_count, dtype=np.uint8)
     used = _compiled()[1](states, symbol_count, slot_symbols(table), table.frequencies,
                           table.cumulative, params.precision_bits, np.uint64(params.lower_bound),
-                          np.asarray(payload, dtype=np.uint16), symbols)
+                          np.asarray(payload, dtype=np.uint16), symbols,
+                          first % params.state_count)
     if used < 0:
         raise PayloadExhausted
     return symbols, used

@@ -8,6 +8,11 @@ whole tensor in hand (docs/FORMAT.md, "Checks"), and reports the first error as 
 A system that runs the container's program (docs/INFERENCE.md) also makes the program's checks
 (``BAD_PROGRAM``); the weight decoder alone passes the PROGRAM section on its CRC, and
 ``check_program=False`` models that.
+
+Memory: with ``keep_integers=False`` the golden model holds one chunk of symbols at a time
+(:data:`sw.codec.CHUNK_SYMBOLS`), whatever the symbol counts the file declares; its callers
+that only count or digest the output (``python -m sw verify``, :func:`sw.board.expected_report`)
+use that, through ``on_integers``.
 """
 
 from dataclasses import dataclass
@@ -28,8 +33,9 @@ class GoldenSection:
     index: int                 #: position among all sections of the container
     kind: SectionKind
     zero_point: int = 0
-    integers: np.ndarray = None  #: int16, ``symbol - zero_point``, in stream order (CODED only)
+    integers: np.ndarray = None  #: int16, ``symbol - zero_point``, in stream order (CODED, kept)
     words: np.ndarray = None     #: uint16, the program's words (PROGRAM only)
+    count: int = 0               #: integers emitted (CODED), kept or not
 
 
 @dataclass
@@ -42,28 +48,57 @@ class GoldenResult:
     def coded(self) -> list:
         return [s for s in self.sections if s.kind == SectionKind.CODED]
 
+    @property
+    def weight_count(self) -> int:
+        """Integers emitted by the sections fully read."""
+        return sum(s.count for s in self.coded)
+
     def integers(self) -> np.ndarray:
         """All decoded integers of all coded sections, in the order the decoder emits them."""
+        if any(s.integers is None for s in self.coded):
+            raise ValueError("the integers were not kept (golden_decode(keep_integers=False))")
         parts = [s.integers for s in self.coded]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 
 def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
-                  check_program: bool = True) -> GoldenResult:
+                  check_program: bool = True, keep_integers: bool = True,
+                  on_integers=None) -> GoldenResult:
     """Decode ``data`` as the hardware does; never raises on a bad container.
 
     ``params`` are the decoder's (the generator's); a container made with others is refused
     with ``PARAM_MISMATCH``. ``fast`` chooses the compiled decoder (the tests hold it equal to
     the reference one). ``check_program`` adds the checks of the engine that runs the
     container's program (``BAD_PROGRAM``); the decoder alone makes none.
+
+    ``keep_integers`` keeps every coded section's integers (``GoldenSection.integers``), which
+    takes 2 bytes per symbol the file declares, allocated as each section starts. Without it
+    the result holds only their ``count``, and memory does not grow with the symbol count.
+    ``on_integers(index, first, integers)`` gets them chunk by chunk as they are emitted (int16,
+    ``integers[i]`` is integer ``first + i`` of section ``index``), before the section's CRC
+    has arrived, as the hardware emits them: a section that then fails has had part of its
+    output passed on, and is not among ``sections``.
     """
     sections = []
+    kept = {}
+
+    def chunk(section, first, symbols):
+        integers = symbols.astype(np.int16) - np.int16(section.zero_point)
+        if keep_integers:
+            if section.index not in kept:
+                kept.clear()
+                kept[section.index] = np.empty(section.symbol_count, np.int16)
+            kept[section.index][first:first + len(integers)] = integers
+        if on_integers is not None:
+            on_integers(section.index, first, integers)
 
     def emit(section):
         if section.kind == SectionKind.CODED:
-            integers = section.symbols.astype(np.int16) - np.int16(section.zero_point)
+            integers = kept.pop(section.index, None) if keep_integers else None
+            if keep_integers and integers is None:
+                integers = np.zeros(0, np.int16)
             sections.append(GoldenSection(section.index, section.kind, section.zero_point,
-                                          integers))
+                                          integers, count=section.symbol_count))
         elif section.kind == SectionKind.PROGRAM:
             sections.append(GoldenSection(section.index, section.kind,
                                           words=np.frombuffer(section.data[:len(section.data) & ~1],
@@ -73,7 +108,7 @@ def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
 
     try:
         parse(data, params, fast=fast, software_checks=False, check_program=check_program,
-              on_section=emit)
+              on_section=emit, keep_symbols=False, on_symbols=chunk)
     except ContainerError as error:
         return GoldenResult(error.status, str(error), sections)
     return GoldenResult(Status.OK, "ok", sections)

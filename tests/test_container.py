@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw.container import (CodedTensor, ContainerError, RawTensor, read_container,
+from sw.container import (CodedTensor, ContainerError, RawTensor, parse, read_container,
                           write_container)
 from sw.format import MAGIC, SectionKind, Status
 from sw.golden import golden_decode
@@ -260,3 +260,79 @@ def test_one_symbol_table_at_highest_precision():
     data = write_container([CodedTensor("x", np.ones(10, np.uint8), 3, 1)], params)
     assert read_container(data).tensors[0].symbols.tolist() == [1] * 10
     assert golden_decode(data).status == Status.OK
+
+
+# -- the symbol_count rule (docs/FORMAT.md, "Checks") --------------------------------------
+
+#: What a reader that builds whole tensors may add to a streaming decoder's OK.
+WHOLE_TENSOR_STATUSES = {Status.BAD_SECTION, Status.BAD_PROGRAM, Status.TRAILING_DATA}
+
+
+def lean_read_status(data, params=None):
+    """read_container's verdict without keeping the symbols (``verify``'s way)."""
+    try:
+        parse(data, params, keep_symbols=False)
+    except ContainerError as error:
+        return error.status
+    return Status.OK
+
+
+def assert_readers_agree(data, params=None, lean=False):
+    """The rule of FORMAT.md: the golden model's verdict stands; the reader's whole-tensor
+    checks only speak where the stream is clean. Returns both statuses. ``lean`` reads
+    without keeping symbols or integers (same verdicts), for files declaring 2**28 symbols."""
+    golden = golden_decode(data, params, keep_integers=not lean).status
+    reader = (lean_read_status if lean else read_status)(data, params)
+    if golden != Status.OK:
+        assert reader == golden, (reader, golden)
+    else:
+        assert reader == Status.OK or reader in WHOLE_TENSOR_STATUSES, reader
+    return reader, golden
+
+
+def symbol_count_cases():
+    from sim.cases import corner_tensors, random_container
+    params = CodecParams(state_count=4)
+    yield "corner", write_container(corner_tensors(np.random.default_rng(0), params), params)
+    for seed in range(4):
+        yield f"random{seed}", random_container(seed, params, sections=4)[0]
+    from sim.cases import programmed_container
+    yield "program", programmed_container(params)
+
+
+@pytest.mark.parametrize("value", [0, 1, "minus", "plus", 1 << 28])
+def test_symbol_count_changed_with_crc_readers_agree(value):
+    """symbol_count = 0 (or any other value, CRC made right): the stream's verdict stands in
+    both readers; BAD_SECTION from the reader only where the stream has nothing to say."""
+    from sim.cases import header_fields, set_field
+    seen = set()
+    for name, data in symbol_count_cases():
+        for field in header_fields(data):
+            if not field.name.endswith(".symbol_count"):
+                continue
+            count = struct.unpack_from("<I", data, field.offset)[0]
+            new = {"minus": max(count - 1, 0), "plus": count + 1}.get(value, value)
+            if new == count:
+                continue
+            reader, golden = assert_readers_agree(set_field(data, field, new),
+                                                  lean=new > 1 << 16)
+            seen.add((reader, golden))
+    if value == 0:
+        # every kind of outcome shows up: the reader's own check, and the stream's
+        assert (Status.BAD_SECTION, Status.OK) in seen
+        assert any(g == Status.BAD_LENGTH for _, g in seen)
+        assert any(g == Status.STATE_MISMATCH for _, g in seen)
+
+
+def test_symbol_count_zero_of_one_level_section_is_a_whole_tensor_error():
+    """One level: no payload and no state change, so the stream is clean and only the
+    reader that checks dims says BAD_SECTION; with dims (0,) as well, the file is fine."""
+    from sim.cases import header_fields, set_field
+    data = write_container([CodedTensor("w", np.zeros((3, 5), np.uint8), 1, 0)])
+    fields = {f.name: f for f in header_fields(data)}
+    zero = set_field(data, fields["section0.symbol_count"], 0)
+    assert golden_decode(zero).status == Status.OK
+    assert read_status(zero) == Status.BAD_SECTION
+    empty = set_field(zero, fields["section0.dims0"], 0)
+    assert golden_decode(empty).status == read_status(empty) == Status.OK
+    assert read_container(empty).tensors[0].shape == (0, 5)

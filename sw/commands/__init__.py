@@ -17,7 +17,8 @@ def read_file(path) -> bytes:
     return checked_input(path).read_bytes()
 
 
-def read_with_progress(data: bytes, description: str, scan: HeaderScan = None) -> Container:
+def read_with_progress(data: bytes, description: str, scan: HeaderScan = None, *,
+                       keep_tensors: bool = True) -> Container:
     """Read and check a container, with a progress bar over its sections on a terminal.
 
     Parameters
@@ -27,6 +28,9 @@ def read_with_progress(data: bytes, description: str, scan: HeaderScan = None) -
         The progress bar's label.
     scan : HeaderScan, optional
         :func:`sw.load.scan_headers` of ``data``, when the caller has it already.
+    keep_tensors : bool, default True
+        Build the tensors; without it every check is still made but ``tensors`` stays empty
+        and memory does not grow with the symbol counts (``verify``).
 
     Returns
     -------
@@ -45,7 +49,8 @@ def read_with_progress(data: bytes, description: str, scan: HeaderScan = None) -
     fast = not (scan.complete and scan.symbols <= REFERENCE_CODER_SYMBOLS)
     total = scan.section_count if scan.params is not None else None
     with tqdm(total=total, desc=description, unit="section", disable=None, leave=False) as bar:
-        return parse(data, fast=fast, on_section=lambda section: bar.update())
+        return parse(data, fast=fast, on_section=lambda section: bar.update(),
+                     keep_symbols=keep_tensors)
 
 
 def add_params_arguments(parser) -> None:
