@@ -21,8 +21,8 @@ from hw.decoder import WeightDecoder
 from hw.onehot import OneHotMachine
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift, popcount
 from hw.wordbuf import WordBuffer
-from sim.cases import (corner_tensors, corrupt, program_container, random_container,
-                       uniform)
+from sim.cases import (corner_tensors, corrupt, program_container, programmed_container,
+                       random_container, uniform)
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
@@ -503,20 +503,6 @@ def with_header_crc(data: bytes, state_count: int = 32) -> bytes:
     end = 16 + 4 * state_count
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     return bytes(data)
-
-
-def programmed_container(params):
-    """A container with a program: a convolution, a pool and a linear layer on 4x4 images."""
-    from sw.lower import Layer, lower, order_tensors
-    rng = np.random.default_rng(7)
-    tensors = [CodedTensor("conv.weight", rng.integers(0, 3, (4, 1, 3, 3)), 3, 1, np.float32(0.2)),
-               CodedTensor("conv.bias", rng.integers(0, 31, 4), 31, 15, np.float32(0.01)),
-               CodedTensor("fc.weight", rng.integers(0, 5, (3, 4)), 5, 2, np.float32(0.1))]
-    layers = [Layer("conv", "conv.weight", "conv.bias", 1, True),
-              Layer("pool", input=0), Layer("linear", "fc.weight", input=1)]
-    lowered = lower(layers, {t.name: t for t in tensors}, rng.random((8, 1, 4, 4)), 4)
-    return write_container(order_tensors(tensors, lowered.tensor_order), params,
-                           program=lowered.program)
 
 
 @pytest.mark.parametrize("name, data, status", list(field_cases()),
