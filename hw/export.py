@@ -59,6 +59,12 @@ PORT_MEANINGS = {
                       "for any time: the decoder waits.",
     "weights__payload": "A batch of up to N decoded integers of one coded section; fields in "
                         "the payload table below.",
+    "program__valid": "The decoder hands on a word of the container's PROGRAM section (the "
+                      "integer network, docs/INFERENCE.md) on `program__payload`, for one cycle. "
+                      "There is no ready: the consumer takes every word (no PROGRAM section, no "
+                      "word). Words leave before the section's CRC: act on them only after "
+                      "`status` shows no error past the section.",
+    "program__payload": "A program word and its flags; fields in the payload table below.",
     "status": "`done`, `error` and the status `code`, sticky until reset; fields below.",
 }
 
@@ -73,7 +79,11 @@ FIELD_MEANINGS = {
             "happened",
     "error": "an error happened; `code` says which",
     "code": "a status code (table below); 0 = OK",
+    "word": "the program word, as read from the file (little-endian u16)",
+    "partial": "with `last`: the word holds one byte only (an odd `data_bytes`)",
 }
+#: ``last`` means another thing in the program payload than in the weights payload.
+PROGRAM_FIELD_MEANINGS = {"last": "the PROGRAM section's final word"}
 
 
 class ExportError(Exception):
@@ -133,19 +143,29 @@ def module_ports(verilog: str, name: str) -> list:
 
 
 def _signature_ports(decoder) -> dict:
-    """Verilog name -> (direction, width) of the component's signature members."""
+    """Verilog name -> (direction, width) of the component's signature members, but those
+    that are constants (``program.ready`` of an always-ready stream) and so no wire."""
     from amaranth import Shape
+    from amaranth.hdl import Const, Value
     from amaranth.lib.wiring import Flow
     ports = {}
-    for path, member in decoder.signature.members.flatten():
-        if member.is_port:
+    for path, member, value in decoder.signature.flatten(decoder):
+        if member.is_port and not isinstance(Value.cast(value), Const):
             ports["__".join(path)] = ("input" if member.flow == Flow.In else "output",
                                       Shape.cast(member.shape).width)
     return ports
 
 
-def _layout_fields(layout, lanes: int = None) -> list:
-    """``(field, low bit, width, meaning)`` of a struct layout, arrays split per element."""
+def _program_rows() -> list:
+    """The fields of the ``program`` payload."""
+    from .decoder import ProgramWord
+    return _layout_fields(ProgramWord, meanings=PROGRAM_FIELD_MEANINGS)
+
+
+def _layout_fields(layout, lanes: int = None, meanings: dict = None) -> list:
+    """``(field, low bit, width, meaning)`` of a struct layout, arrays split per element;
+    ``meanings`` overrides :data:`FIELD_MEANINGS` for this layout."""
+    meanings = {**FIELD_MEANINGS, **(meanings or {})}
     from amaranth.lib import data
     rows = []
     for name, field in layout:
@@ -155,9 +175,9 @@ def _layout_fields(layout, lanes: int = None) -> list:
                 if isinstance(shape.elem_shape, data.Layout) else shape.elem_shape.width
             for n in range(shape.length):
                 rows.append((f"{name}[{n}]", field.offset + n * element, element,
-                             FIELD_MEANINGS[name].format(n=n)))
+                             meanings[name].format(n=n)))
         else:
-            rows.append((name, field.offset, field.width, FIELD_MEANINGS[name]))
+            rows.append((name, field.offset, field.width, meanings[name]))
     return rows
 
 
@@ -191,7 +211,8 @@ def _header_comment(name: str, params: CodecParams, lanes: int, ports: list,
     width = max(len(p.name) for p in ports)
     lines += [f"  {p.direction:<6} {p.declaration():<9}{p.name:<{width}}  "
               f"{PORT_MEANINGS[p.name].split('. ')[0].rstrip('.')}" for p in ports]
-    for of, rows in (("weights__payload", batch_rows), ("status", status_rows)):
+    for of, rows in (("weights__payload", batch_rows), ("program__payload", _program_rows()),
+                     ("status", status_rows)):
         lines += ["", f"Fields of {of}:"]
         lines += [f"  [{_bits(low, width_)}] {field_name}" for field_name, low, width_, _
                   in rows]
@@ -227,10 +248,14 @@ def _example_top(name: str, lanes: int, ports: list, batch_rows: list,
         "    output wire [15:0] w_section,       // section index in the container",
         "    output wire        w_first,         // first transfer of the section",
         "    output wire        w_last,          // last transfer of the section",
+        "    output wire        program_valid,   // a word of the PROGRAM section, one cycle",
+        "    output wire [15:0] program_word,",
+        "    output wire        program_last,",
         "    output wire        done,",
         "    output wire        error,",
         "    output wire [3:0]  code             // sw.format.Status; 0 = OK",
         ");",
+        f"    wire [{by_name['program__payload'].width - 1}:0] program_payload;",
         f"    wire [{payload.width - 1}:0] payload;",
         f"    wire [{status.width - 1}:0] status;",
         "",
@@ -238,6 +263,7 @@ def _example_top(name: str, lanes: int, ports: list, batch_rows: list,
         "        .clk(clk), .rst(rst),",
         "        .words__valid(in_valid), .words__ready(in_ready), .words__payload(in_word),",
         "        .weights__valid(w_valid), .weights__ready(w_ready), .weights__payload(payload),",
+        "        .program__valid(program_valid), .program__payload(program_payload),",
         "        .status(status)",
         "    );",
         "",
@@ -251,6 +277,10 @@ def _example_top(name: str, lanes: int, ports: list, batch_rows: list,
         lines.append(f"    assign {port} = payload[{_bits(low, width)}];")
     for field_name, low, width, _ in status_rows:
         lines.append(f"    assign {field_name} = status[{_bits(low, width)}];")
+    program_fields = {row[0]: row for row in _program_rows()}
+    for port, field in (("program_word", "word"), ("program_last", "last")):
+        _, low, width, _ = program_fields[field]
+        lines.append(f"    assign {port} = program_payload[{_bits(low, width)}];")
     lines.append("endmodule")
     return "\n".join(lines) + "\n"
 
@@ -294,6 +324,10 @@ def _readme(name: str, params: CodecParams, lanes: int, buffer_depth: int, comma
         "### `status`",
         "",
         *_field_table(status_rows, "status"),
+        "",
+        "### `program__payload`",
+        "",
+        *_field_table(_program_rows(), "program__payload"),
         "",
         "## Handshakes",
         "",
@@ -382,11 +416,12 @@ def export(out_dir, params: CodecParams = CodecParams(), lanes: int = 1, *,
     """
     from amaranth.back import verilog
 
-    from .decoder import StatusLayout, WeightBatch, WeightDecoder
+    from .decoder import StatusLayout, WeightBatch, WeightDecoder, port_signals
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
     decoder = WeightDecoder(params, lanes, buffer_depth)
-    text = verilog.convert(decoder, name=name, emit_src=False)
+    # ports= because program.ready is a constant (hw.decoder.port_signals)
+    text = verilog.convert(decoder, name=name, emit_src=False, ports=port_signals(decoder))
     # Clock and reset first, then the signature's order (Yosys' header order is arbitrary).
     order = ["clk", "rst", *_signature_ports(decoder)]
     ports = sorted(module_ports(text, name),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hw import export
-from hw.decoder import StatusLayout, WeightBatch
+from hw.decoder import ProgramWord, StatusLayout, WeightBatch
 from sw.params import CodecParams
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -52,6 +52,8 @@ def test_files_and_ports(exported):
         "words__payload": ("input", 16),
         "weights__valid": ("output", 1), "weights__ready": ("input", 1),
         "weights__payload": ("output", WeightBatch(LANES).size),
+        # always ready: no program__ready wire
+        "program__valid": ("output", 1), "program__payload": ("output", ProgramWord.size),
         "status": ("output", StatusLayout.size),
     }
     # No include, no other file: one self-contained file.

@@ -94,8 +94,6 @@ def test_ice40_netlist_matches_golden():
     results = run_cases(params, 4, cases, netlist=True)
     assert_all_agree(results)
     assert results[0].status == Status.OK and results[0].values > 4000
-    program, program_flip = (r for r in results if r.name.startswith("program"))
-    assert program.status == Status.OK and program_flip.status == Status.CRC_MISMATCH
     assert results[2].golden_status != Status.OK
     assert results[3].status == Status.OK and results[3].program_words == 116
 
