@@ -22,6 +22,7 @@ from sw.format import Status
 from sw.program import HEADER_WORDS, OP_WORDS, NO_SKIP, Opcode, ValueType
 
 from .decoder import WeightBatch
+from .spram import SinglePortRam
 
 __all__ = ["ProgramWord", "ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
 
@@ -77,6 +78,9 @@ class InferenceEngine(wiring.Component):
         Output channels of one operation (its biases are kept).
     max_positions : int
         Output positions of one channel (its accumulators are kept).
+    spram : bool or None
+        Activation memory as ``SB_SPRAM256KA`` blocks: ``None`` on an iCE40 platform only
+        (:class:`hw.spram.SinglePortRam`).
 
     Attributes
     ----------
@@ -95,12 +99,13 @@ class InferenceEngine(wiring.Component):
     """
 
     def __init__(self, lanes: int = 1, *, memory_words: int = 8192, program_words: int = 1024,
-                 max_channels: int = 1024, max_positions: int = 1024):
+                 max_channels: int = 1024, max_positions: int = 1024, spram: bool = None):
         self.lanes = lanes
         self.memory_words = memory_words
         self.program_words = program_words
         self.max_channels = max_channels
         self.max_positions = max_positions
+        self.spram = spram
         super().__init__({
             "program": In(stream.Signature(ProgramWord(), always_ready=True)),
             "pixels": In(stream.Signature(unsigned(8))),
@@ -119,11 +124,16 @@ class InferenceEngine(wiring.Component):
             shape=unsigned(16), depth=self.program_words, init=[])
         program_write = program_ram.write_port()
         program_read = program_ram.read_port()
-        # Activations: one address for reads and writes, as a single-port SPRAM has.
-        m.submodules.activation_ram = activation_ram = Memory(
-            shape=signed(16), depth=self.memory_words, init=[])
-        activation_write = activation_ram.write_port()
-        activation_read = activation_ram.read_port()
+        # Activations: one address for reads and writes, so that on iCE40 they sit in the
+        # UP5K's single-port SPRAM (hw/spram.py), not in block RAM the decoder needs.
+        m.submodules.activation_ram = activation_ram = SinglePortRam(
+            self.memory_words, spram=self.spram)
+        activation_read_data = Signal(signed(16))
+        activation_write_data = Signal(signed(16))
+        activation_write_en = Signal()
+        m.d.comb += [activation_read_data.eq(activation_ram.read_data),
+                     activation_ram.write_data.eq(activation_write_data),
+                     activation_ram.write_enable.eq(activation_write_en)]
         m.submodules.bias_ram = bias_ram = Memory(
             shape=signed(16), depth=self.max_channels, init=[])
         bias_write = bias_ram.write_port()
@@ -138,10 +148,10 @@ class InferenceEngine(wiring.Component):
         address = Signal(16)             # the activation memory's one address
         cursor = Signal(16)              # ... when a loop walks it; states override it
         m.d.comb += [address.eq(cursor),
-                     activation_read.addr.eq(address), activation_write.addr.eq(address),
+                     activation_ram.addr.eq(address),
                      self.activations.payload.address.eq(address),
-                     self.activations.payload.value.eq(activation_write.data),
-                     self.activations.valid.eq(activation_write.en)]
+                     self.activations.payload.value.eq(activation_write_data),
+                     self.activations.valid.eq(activation_write_en)]
 
         # -- status --------------------------------------------------------------------------
         error = Signal()
@@ -241,7 +251,7 @@ class InferenceEngine(wiring.Component):
         s1_first = Signal()
         s1_weight = Signal(signed(16))
         product = Signal(signed(32))
-        m.d.comb += product.eq(s1_weight * Mux(s1_inside, activation_read.data, 0))
+        m.d.comb += product.eq(s1_weight * Mux(s1_inside, activation_read_data, 0))
         with m.If(s1_valid):
             m.d.comb += [accumulator_write.addr.eq(s1_position),
                          accumulator_write.data.eq(
@@ -314,8 +324,8 @@ class InferenceEngine(wiring.Component):
             with m.State("PIXELS"):
                 m.d.comb += self.pixels.ready.eq(1)
                 with m.If(self.pixels.valid):
-                    m.d.comb += [activation_write.data.eq(self.pixels.payload),
-                                 activation_write.en.eq(1)]
+                    m.d.comb += [activation_write_data.eq(self.pixels.payload),
+                                 activation_write_en.eq(1)]
                     m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
                     with m.If(position == input_size - 1):
                         m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0)]
@@ -460,7 +470,7 @@ class InferenceEngine(wiring.Component):
                 m.next = "RQ_MULTIPLY"
             with m.State("RQ_MULTIPLY"):
                 m.d.sync += [multiply_a.eq(accumulator_read.data), multiply_b.eq(multiplier),
-                             skip_value.eq(Mux(has_skip, activation_read.data, 0))]
+                             skip_value.eq(Mux(has_skip, activation_read_data, 0))]
                 m.next = "RQ_WAIT"
             with m.State("RQ_WAIT"):
                 m.next = "RQ_SUM"
@@ -471,7 +481,7 @@ class InferenceEngine(wiring.Component):
                 m.next = "RQ_WRITE"
             with m.State("RQ_WRITE"):
                 m.d.comb += [address.eq(output_address + position),
-                             activation_write.data.eq(clamped), activation_write.en.eq(1)]
+                             activation_write_data.eq(clamped), activation_write_en.eq(1)]
                 m.d.sync += position.eq(position + 1)
                 with m.If(position == positions - 1):
                     m.d.sync += [out_channel.eq(out_channel + 1),
@@ -489,14 +499,14 @@ class InferenceEngine(wiring.Component):
                 with m.If(position == channel_stride - 1):
                     m.next = "POOL_LAST"
                 with m.If(position != 0):
-                    m.d.sync += pool_sum.eq(pool_sum + activation_read.data)
+                    m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
             with m.State("POOL_LAST"):
-                m.d.sync += pool_sum.eq(pool_sum + activation_read.data)
+                m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
                 m.next = "POOL_WRITE"
             with m.State("POOL_WRITE"):
                 # the cursor already stands at the next channel's plane
-                m.d.comb += [address.eq(output_address), activation_write.data.eq(pool_sum),
-                             activation_write.en.eq(1)]
+                m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
+                             activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
                              position.eq(0), out_channel.eq(out_channel + 1)]
                 with m.If(out_channel == record["out_channels"] - 1):
@@ -516,8 +526,8 @@ class InferenceEngine(wiring.Component):
             with m.State("ARGMAX"):
                 m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
                 with m.If(position != 0):
-                    with m.If((position == 1) | (activation_read.data > best_value)):
-                        m.d.sync += [best_value.eq(activation_read.data),
+                    with m.If((position == 1) | (activation_read_data > best_value)):
+                        m.d.sync += [best_value.eq(activation_read_data),
                                      best_label.eq(position - 1)]
                 with m.If(position == record["out_channels"]):
                     m.next = "ANSWER"
