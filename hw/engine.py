@@ -258,15 +258,32 @@ class InferenceEngine(wiring.Component):
                              Mux(s1_first, 0, accumulator_read.data) + product),
                          accumulator_write.en.eq(1)]
 
-        # -- requantization datapath (one shared wide multiplier, several cycles a value) -----
-        multiply_a = Signal(signed(33))
-        multiply_b = Signal(signed(33))
-        multiplied = Signal(signed(66))
+        # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered product ---------
+        # Every product but the MAC's goes through it, a 16-bit piece at a time: the header's
+        # and DECODE's sizes, the bias term (|bias| x |B|, B of 32 bits) and the
+        # requantization (|accumulator| x multiplier, the accumulator of 32 bits). Operands
+        # are magnitudes, so one signedness serves all; the sign is applied to the sum.
+        multiply_a = Signal(16)
+        multiply_b = Signal(16)
+        multiplied = Signal(32)
         m.d.sync += multiplied.eq(multiply_a * multiply_b)
-        bias_term = Signal(signed(48))
+        wide_low = Signal(32)            # the low piece's product, while the high one runs
+        wide = Signal(48)                # |X| x Y of a 32-bit X, from its two pieces
+        wide_negative = Signal()
+        wide_term = Signal(signed(50))   # +-wide (as ~wide + 1: one adder with the sum)
+        m.d.comb += wide_term.eq(Mux(wide_negative, ~wide.as_signed(), wide))
+
+        def magnitude_of(x):
+            return Mux(x < 0, -x, x)
+
+        bias_term = Signal(signed(50))   # bias x B + the rounding constant, per channel
         multiplier = Signal(16)
-        accumulator = Signal(signed(32))
         skip_value = Signal(signed(16))
+        magnitude_in = Signal(32)        # |accumulator| or |bias|, for its pieces
+        negative_in = Signal()
+        base = Signal(signed(50))        # bias_term + skip << T, beside the multiply
+        b_magnitude = Signal(32)         # |B|, once per operation
+        b_negative = Signal()
         total = Signal(signed(50))
         shifted = Signal(signed(50))
         clamped = Signal(signed(17))
@@ -308,15 +325,20 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += program_read.addr.eq(fetch)
                 m.d.sync += fetch.eq(fetch + 1)
                 word = program_read.data
+                size_carry = Signal()    # bit 16 of C*H times bit 0 of W: bit 16 of C*H*W
                 with m.Switch(fetch):
                     with m.Case(1):
                         m.d.sync += op_count.eq(word)
                     with m.Case(2):
                         m.d.sync += input_size.eq(word)
                     with m.Case(3):
-                        m.d.sync += input_size.eq(input_size * word)
+                        m.d.comb += [multiply_a.eq(input_size), multiply_b.eq(word)]
                     with m.Case(4):
-                        m.d.sync += input_size.eq(input_size * word)
+                        # C*H is ready; its low 17 bits times W give C*H*W's low 17 bits
+                        m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(word)]
+                        m.d.sync += size_carry.eq(multiplied[16] & word[0])
+                    with m.Case(5):
+                        m.d.sync += input_size.eq(multiplied + (size_carry << 16))
                     with m.Case(6):
                         m.d.sync += [input_address.eq(word), position.eq(0), cursor.eq(word)]
                         m.next = "PIXELS"
@@ -340,13 +362,13 @@ class InferenceEngine(wiring.Component):
                 with m.If(fetch == OP_WORDS):
                     m.next = "DECODE"
             with m.State("DECODE"):
+                # H*W, then C*H*W and H'*W' a cycle each on the shared multiplier
+                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"])]
                 m.d.sync += [
-                    channels.eq(Mux(is_linear, record["in_channels"] * record["in_height"]
-                                    * record["in_width"], record["in_channels"])),
                     height.eq(Mux(is_linear, 1, record["in_height"])),
                     width.eq(Mux(is_linear, 1, record["in_width"])),
-                    channel_stride.eq(Mux(is_linear, 1,
-                                          record["in_height"] * record["in_width"])),
+                    b_negative.eq(bias_multiplier < 0),
+                    b_magnitude.eq(magnitude_of(bias_multiplier)),
                     kernel.eq(Mux(is_conv, record["kernel"], 1)),
                     stride2.eq(is_conv & (record["stride"] == 2)),
                     out_height.eq(Mux(is_conv, Mux(record["stride"] == 2,
@@ -363,9 +385,17 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += [low.eq(-128), high.eq(127)]
                     with m.Default():
                         m.d.sync += [low.eq(-32768), high.eq(32767)]
+                m.next = "DECODE_HW"
+            with m.State("DECODE_HW"):
+                m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(record["in_channels"])]
+                m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                m.next = "DECODE_CHW"
+            with m.State("DECODE_CHW"):
+                m.d.comb += [multiply_a.eq(out_height), multiply_b.eq(out_width)]
+                m.d.sync += channels.eq(Mux(is_linear, multiplied, record["in_channels"]))
                 m.next = "DECODE2"
             with m.State("DECODE2"):
-                m.d.sync += [positions.eq(out_height * out_width), out_channel.eq(0),
+                m.d.sync += [positions.eq(multiplied), out_channel.eq(0),
                              output_address.eq(record["output_address"]), position.eq(0)]
                 with m.If(opcode == Opcode.POOL):
                     m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
@@ -398,13 +428,28 @@ class InferenceEngine(wiring.Component):
                              channel_base.eq(record["input_address"])]
                 m.next = "CHANNEL2"
             with m.State("CHANNEL2"):
-                m.d.sync += [multiply_a.eq(bias_read.data), multiply_b.eq(bias_multiplier),
+                m.d.sync += [magnitude_in.eq(magnitude_of(bias_read.data)),
+                             negative_in.eq((bias_read.data < 0) ^ b_negative),
                              multiplier.eq(program_read.data), bound.eq(record["weight_bound"])]
                 m.next = "CHANNEL3"
             with m.State("CHANNEL3"):
-                m.next = "CHANNEL4"   # the product is registered: one cycle
+                # |bias| < 2**16 and |B| <= 2**31: two pieces of B
+                m.d.comb += [multiply_a.eq(magnitude_in), multiply_b.eq(b_magnitude[:16])]
+                m.next = "CHANNEL4"
             with m.State("CHANNEL4"):
-                m.d.sync += bias_term.eq(Mux(has_bias, multiplied, 0))
+                m.d.comb += [multiply_a.eq(magnitude_in), multiply_b.eq(b_magnitude[16:])]
+                m.d.sync += wide_low.eq(multiplied)
+                m.next = "CHANNEL5"
+            with m.State("CHANNEL5"):
+                m.d.sync += [wide.eq((multiplied << 16) + wide_low),
+                             wide_negative.eq(negative_in & has_bias)]
+                with m.If(~has_bias):
+                    m.d.sync += wide.eq(0)
+                m.next = "CHANNEL6"
+            with m.State("CHANNEL6"):
+                # the rounding constant rides with the bias: one term per channel
+                m.d.sync += bias_term.eq(wide_term + wide_negative
+                                         + ((Const(1, 47) << record["shift"][:6]) >> 1))
                 m.next = "WEIGHT"
             with m.State("WEIGHT"):
                 # take the next weight; (ky, kx) and in_channel say where it applies
@@ -469,15 +514,24 @@ class InferenceEngine(wiring.Component):
                                         - record["output_address"])]
                 m.next = "RQ_MULTIPLY"
             with m.State("RQ_MULTIPLY"):
-                m.d.sync += [multiply_a.eq(accumulator_read.data), multiply_b.eq(multiplier),
+                m.d.sync += [magnitude_in.eq(magnitude_of(accumulator_read.data)),
+                             negative_in.eq(accumulator_read.data < 0),
                              skip_value.eq(Mux(has_skip, activation_read_data, 0))]
-                m.next = "RQ_WAIT"
-            with m.State("RQ_WAIT"):
+                m.next = "RQ_LOW"
+            with m.State("RQ_LOW"):
+                m.d.comb += [multiply_a.eq(magnitude_in[:16]), multiply_b.eq(multiplier)]
+                m.d.sync += base.eq(bias_term + (skip_value << record["skip_shift"][:5]))
+                m.next = "RQ_HIGH"
+            with m.State("RQ_HIGH"):
+                m.d.comb += [multiply_a.eq(magnitude_in[16:]), multiply_b.eq(multiplier)]
+                m.d.sync += wide_low.eq(multiplied)
+                m.next = "RQ_WIDE"
+            with m.State("RQ_WIDE"):
+                m.d.sync += [wide.eq((multiplied << 16) + wide_low),
+                             wide_negative.eq(negative_in)]
                 m.next = "RQ_SUM"
             with m.State("RQ_SUM"):
-                m.d.sync += total.eq(multiplied + bias_term
-                                     + (skip_value << record["skip_shift"][:5])
-                                     + ((Const(1, 47) << record["shift"][:6]) >> 1))
+                m.d.sync += total.eq(base + wide_term + wide_negative)
                 m.next = "RQ_WRITE"
             with m.State("RQ_WRITE"):
                 m.d.comb += [address.eq(output_address + position),
