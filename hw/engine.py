@@ -223,7 +223,18 @@ class InferenceEngine(wiring.Component):
         stride2 = Signal()
         out_height = Signal(16)
         out_width = Signal(16)
-        positions = Signal(17)           # out_height * out_width
+        # Each loop's last index, registered once per operation: comparing a counter with
+        # `bound - 1` computed in the same cycle put a subtractor and a long LUT chain in front
+        # of the FSM (16 MHz). Signed and a bit wider, as Amaranth's `bound - 1` is, so that a
+        # zero bound never matches, as before.
+        last_out_channel = Signal(signed(17))
+        last_channel = Signal(signed(17))
+        last_plane = Signal(signed(18))      # channel_stride - 1
+        last_position = Signal(signed(18))   # positions - 1
+        last_ox = Signal(signed(17))
+        last_oy = Signal(signed(17))
+        last_input = Signal(signed(18))      # input_size - 1
+        skip_cursor = Signal(16)             # skip address of the value being requantized
         low = Signal(signed(17))         # the output type's range
         high = Signal(signed(17))
 
@@ -239,7 +250,7 @@ class InferenceEngine(wiring.Component):
         row = Signal(signed(18))            # input row of (oy, ky)
         column = Signal(signed(18))         # input column of (ox, kx)
         row_address = Signal(signed(20))    # channel_base + row * width
-        output_address = Signal(17)         # output address of (out_channel, position 0)
+        output_address = Signal(17)         # output address of the value being written
         first_weight = Signal()             # the weight being applied is the channel's first
         weight = Signal(signed(16))
 
@@ -273,8 +284,10 @@ class InferenceEngine(wiring.Component):
         wide_term = Signal(signed(50))   # +-wide (as ~wide + 1: one adder with the sum)
         m.d.comb += wide_term.eq(Mux(wide_negative, ~wide.as_signed(), wide))
 
-        def magnitude_of(x):
-            return Mux(x < 0, -x, x)
+        # one magnitude unit for B (DECODE), a bias (CHANNEL2) and an accumulator (RQ_MULTIPLY)
+        to_magnitude = Signal(signed(32))
+        magnitude = Signal(32)
+        m.d.comb += magnitude.eq(Mux(to_magnitude < 0, -to_magnitude, to_magnitude))
 
         bias_term = Signal(signed(50))   # bias x B + the rounding constant, per channel
         multiplier = Signal(16)
@@ -285,11 +298,26 @@ class InferenceEngine(wiring.Component):
         b_magnitude = Signal(32)         # |B|, once per operation
         b_negative = Signal()
         total = Signal(signed(50))
-        shifted = Signal(signed(50))
-        clamped = Signal(signed(17))
+        # clamp(total >> S) without shifting all 50 bits or comparing them with low and high:
+        # with k the output type's bits above the sign (8 for U8, 7 for S8, 15 for S16),
+        # total >> S > high exactly when total >= 2**(S+k), and total >> S < low exactly when
+        # total < -2**(S+k) (U8: total < 0); that is, when the bits from S+k up are not all
+        # copies of the sign. range_mask marks those bits, once per operation. Only the 16
+        # bits of the shifted value that are written are formed, coarsest stage first so
+        # that each stage is no wider than what the next needs.
+        range_mask = Signal(50)
+        unsigned_output = Signal()
+        sign = total[49]
+        over = Signal()
+        under = Signal()
+        window = total
+        for bit in reversed(range(6)):
+            window = Mux(record["shift"][bit], window >> (1 << bit), window)
+        clamped = Signal(signed(16))
         m.d.comb += [
-            shifted.eq(total >> record["shift"][:6]),
-            clamped.eq(Mux(shifted < low, low, Mux(shifted > high, high, shifted))),
+            over.eq(~sign & (total & range_mask).any()),
+            under.eq(sign & (unsigned_output | (~total & range_mask).any())),
+            clamped.eq(Mux(over, high, Mux(under, low, window[:16]))),
         ]
         pool_sum = Signal(signed(24))
         best_value = Signal(signed(17))
@@ -340,7 +368,8 @@ class InferenceEngine(wiring.Component):
                     with m.Case(5):
                         m.d.sync += input_size.eq(multiplied + (size_carry << 16))
                     with m.Case(6):
-                        m.d.sync += [input_address.eq(word), position.eq(0), cursor.eq(word)]
+                        m.d.sync += [input_address.eq(word), position.eq(0), cursor.eq(word),
+                                     last_input.eq(input_size - 1)]
                         m.next = "PIXELS"
             # ---- the image ----
             with m.State("PIXELS"):
@@ -349,7 +378,7 @@ class InferenceEngine(wiring.Component):
                     m.d.comb += [activation_write_data.eq(self.pixels.payload),
                                  activation_write_en.eq(1)]
                     m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                    with m.If(position == input_size - 1):
+                    with m.If(position == last_input):
                         m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0)]
                         m.next = "FETCH"
             # ---- the next operation's record ----
@@ -363,12 +392,13 @@ class InferenceEngine(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 # H*W, then C*H*W and H'*W' a cycle each on the shared multiplier
-                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"])]
+                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"]),
+                             to_magnitude.eq(bias_multiplier)]
                 m.d.sync += [
                     height.eq(Mux(is_linear, 1, record["in_height"])),
                     width.eq(Mux(is_linear, 1, record["in_width"])),
-                    b_negative.eq(bias_multiplier < 0),
-                    b_magnitude.eq(magnitude_of(bias_multiplier)),
+                    b_negative.eq(bias_multiplier < 0), b_magnitude.eq(magnitude),
+                    last_out_channel.eq(record["out_channels"] - 1),
                     kernel.eq(Mux(is_conv, record["kernel"], 1)),
                     stride2.eq(is_conv & (record["stride"] == 2)),
                     out_height.eq(Mux(is_conv, Mux(record["stride"] == 2,
@@ -378,24 +408,36 @@ class InferenceEngine(wiring.Component):
                                                   (record["in_width"] + 1) >> 1,
                                                   record["in_width"]), 1)),
                 ]
+                range_bits = Signal(4)
                 with m.Switch(record["output_type"]):
                     with m.Case(ValueType.U8):
                         m.d.sync += [low.eq(0), high.eq(255)]
+                        m.d.comb += range_bits.eq(8)
                     with m.Case(ValueType.S8):
                         m.d.sync += [low.eq(-128), high.eq(127)]
+                        m.d.comb += range_bits.eq(7)
                     with m.Default():
                         m.d.sync += [low.eq(-32768), high.eq(32767)]
+                        m.d.comb += range_bits.eq(15)
+                range_start = record["shift"][:6] + range_bits
+                m.d.sync += [range_mask.eq(Cat(range_start <= i for i in range(50))),
+                             unsigned_output.eq(record["output_type"] == ValueType.U8)]
                 m.next = "DECODE_HW"
             with m.State("DECODE_HW"):
                 m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(record["in_channels"])]
-                m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                m.d.sync += [channel_stride.eq(Mux(is_linear, 1, multiplied)),
+                             last_plane.eq(Mux(is_linear, 1, multiplied[:17]) - 1),
+                             last_ox.eq(out_width - 1), last_oy.eq(out_height - 1)]
                 m.next = "DECODE_CHW"
             with m.State("DECODE_CHW"):
                 m.d.comb += [multiply_a.eq(out_height), multiply_b.eq(out_width)]
-                m.d.sync += channels.eq(Mux(is_linear, multiplied, record["in_channels"]))
+                m.d.sync += [channels.eq(Mux(is_linear, multiplied, record["in_channels"])),
+                             last_channel.eq(Mux(is_linear, multiplied[:16],
+                                                 record["in_channels"]) - 1)]
                 m.next = "DECODE2"
             with m.State("DECODE2"):
-                m.d.sync += [positions.eq(multiplied), out_channel.eq(0),
+                m.d.sync += [last_position.eq(multiplied[:17] - 1),   # H'*W' - 1
+                             out_channel.eq(0), skip_cursor.eq(record["skip_address"]),
                              output_address.eq(record["output_address"]), position.eq(0)]
                 with m.If(opcode == Opcode.POOL):
                     m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
@@ -428,7 +470,8 @@ class InferenceEngine(wiring.Component):
                              channel_base.eq(record["input_address"])]
                 m.next = "CHANNEL2"
             with m.State("CHANNEL2"):
-                m.d.sync += [magnitude_in.eq(magnitude_of(bias_read.data)),
+                m.d.comb += to_magnitude.eq(bias_read.data)
+                m.d.sync += [magnitude_in.eq(magnitude),
                              negative_in.eq((bias_read.data < 0) ^ b_negative),
                              multiplier.eq(program_read.data), bound.eq(record["weight_bound"])]
                 m.next = "CHANNEL3"
@@ -456,8 +499,8 @@ class InferenceEngine(wiring.Component):
                 with m.If(value_valid):
                     m.d.comb += take_value.eq(1)
                     starts = (out_channel == 0) & (in_channel == 0) & (ky == 0) & (kx == 0)
-                    ends = (out_channel == record["out_channels"] - 1) & \
-                        (in_channel == channels - 1) & (ky == kernel - 1) & (kx == kernel - 1)
+                    ends = (out_channel == last_out_channel) & \
+                        (in_channel == last_channel) & (ky == kernel - 1) & (kx == kernel - 1)
                     with m.If((value_first != starts) | (value_last != ends) |
                               (magnitude > bound)):
                         fail(Status.BAD_PROGRAM)
@@ -481,11 +524,11 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += accumulator_read.addr.eq(position)
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
-                with m.If(ox == out_width - 1):
+                with m.If(ox == last_ox):
                     m.d.sync += [ox.eq(0), column.eq(kx - (kernel >> 1)), oy.eq(oy + 1),
                                  row.eq(row + step),
                                  row_address.eq(row_address + Mux(stride2, width << 1, width))]
-                    with m.If(oy == out_height - 1):
+                    with m.If(oy == last_oy):
                         # this weight is done: the next one, or the channel's requantization
                         m.d.sync += first_weight.eq(0)
                         last_kx = kx == kernel - 1
@@ -496,7 +539,7 @@ class InferenceEngine(wiring.Component):
                         with m.Elif(~last_ky):
                             m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
                             m.next = "WEIGHT"
-                        with m.Elif(in_channel != channels - 1):
+                        with m.Elif(in_channel != last_channel):
                             m.d.sync += [kx.eq(0), ky.eq(0), in_channel.eq(in_channel + 1),
                                          channel_base.eq(channel_base + channel_stride)]
                             m.next = "WEIGHT"
@@ -510,11 +553,11 @@ class InferenceEngine(wiring.Component):
             # ---- requantize the channel's accumulators, one position at a time ----
             with m.State("RQ_READ"):
                 m.d.comb += [accumulator_read.addr.eq(position),
-                             address.eq(record["skip_address"] + output_address + position
-                                        - record["output_address"])]
+                             address.eq(skip_cursor)]
                 m.next = "RQ_MULTIPLY"
             with m.State("RQ_MULTIPLY"):
-                m.d.sync += [magnitude_in.eq(magnitude_of(accumulator_read.data)),
+                m.d.comb += to_magnitude.eq(accumulator_read.data)
+                m.d.sync += [magnitude_in.eq(magnitude),
                              negative_in.eq(accumulator_read.data < 0),
                              skip_value.eq(Mux(has_skip, activation_read_data, 0))]
                 m.next = "RQ_LOW"
@@ -534,13 +577,15 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += total.eq(base + wide_term + wide_negative)
                 m.next = "RQ_WRITE"
             with m.State("RQ_WRITE"):
-                m.d.comb += [address.eq(output_address + position),
+                # the output and the skip tensor are walked in address order, channel after
+                # channel: two counters instead of sums of addresses
+                m.d.comb += [address.eq(output_address),
                              activation_write_data.eq(clamped), activation_write_en.eq(1)]
-                m.d.sync += position.eq(position + 1)
-                with m.If(position == positions - 1):
-                    m.d.sync += [out_channel.eq(out_channel + 1),
-                                 output_address.eq(output_address + positions)]
-                    with m.If(out_channel == record["out_channels"] - 1):
+                m.d.sync += [position.eq(position + 1), output_address.eq(output_address + 1),
+                             skip_cursor.eq(skip_cursor + 1)]
+                with m.If(position == last_position):
+                    m.d.sync += out_channel.eq(out_channel + 1)
+                    with m.If(out_channel == last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "CHANNEL"
@@ -550,7 +595,7 @@ class InferenceEngine(wiring.Component):
             with m.State("POOL"):
                 # the cursor runs over the channel's plane; each value arrives a cycle later
                 m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                with m.If(position == channel_stride - 1):
+                with m.If(position == last_plane):
                     m.next = "POOL_LAST"
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
@@ -563,7 +608,7 @@ class InferenceEngine(wiring.Component):
                              activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
                              position.eq(0), out_channel.eq(out_channel + 1)]
-                with m.If(out_channel == record["out_channels"] - 1):
+                with m.If(out_channel == last_out_channel):
                     m.next = "NEXT"
                 with m.Else():
                     m.next = "POOL"

