@@ -172,42 +172,70 @@ class InferenceEngine(wiring.Component):
         value_first = Signal()           # the first value of its section
         value_last = Signal()            # the last value of its section
         take_value = Signal()
+        # The value taken is always lane 0 (the batch shifts down a lane per value), and its
+        # first/last flags are registers: a lane multiplexer and the index comparisons in
+        # front of the checks and the FSM were the critical path (24 MHz).
+        batch_end = Signal()             # the value is its batch's last
         m.d.comb += [
-            value.eq(batch.values[batch_index] if N > 1 else batch.values[0]),
+            value.eq(batch.values[0]),
             value_valid.eq(batch_full),
-            value_first.eq(batch.first & (batch_index == 0)),
-            value_last.eq(batch.last & (batch_index == batch.count - 1)),
             self.weights.ready.eq(~batch_full | error),
         ]
         with m.If(self.weights.valid & self.weights.ready):
-            m.d.sync += [batch.eq(self.weights.payload), batch_index.eq(0),
-                         batch_full.eq(~error & (self.weights.payload.count != 0))]
+            payload = self.weights.payload
+            m.d.sync += [batch.eq(payload), batch_index.eq(0),
+                         batch_full.eq(~error & (payload.count != 0)),
+                         value_first.eq(payload.first), batch_end.eq(payload.count == 1),
+                         value_last.eq(payload.last & (payload.count == 1))]
         with m.Elif(take_value):
-            with m.If(batch_index == batch.count - 1):
+            with m.If(batch_end):
                 m.d.sync += batch_full.eq(0)
             with m.Else():
-                m.d.sync += batch_index.eq(batch_index + 1)
+                following = batch_index + 1 == batch.count - 1
+                m.d.sync += [batch_index.eq(batch_index + 1), value_first.eq(0),
+                             batch_end.eq(following), value_last.eq(batch.last & following)]
+                m.d.sync += [batch.values[i].eq(batch.values[i + 1]) for i in range(N - 1)]
 
         # Values left in the section being consumed and its bound: a section that ends early
         # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
         remaining = Signal(32)
         bound = Signal(16)
-        magnitude = Signal(16)
-        m.d.comb += magnitude.eq(Mux(value < 0, -value, value))
+        # |value| > bound, as two comparisons side by side instead of a negation followed by a
+        # comparison (that chain was on the critical path)
+        negative_bound = Signal(signed(17))
+        out_of_bound = Signal()
+        m.d.comb += out_of_bound.eq((value > bound) | (value < negative_bound))
 
         # -- the program header and the current operation ------------------------------------
         program_count = Signal(range(self.program_words + 1))
-        op_count = Signal(8)
+        last_op = Signal(signed(9))      # op_count - 1 (op_count is the header's word, 8 bits)
         input_size = Signal(17)
         input_address = Signal(16)
         op_index = Signal(8)
         op_base = Signal(range(self.program_words + 1))   # first word of the current record
-        record = {name: Signal(16, name=f"op_{name}") for name in _RECORD}
+        # The program RAM's read address, a counter: the header and a record are read word
+        # after word and the per-channel multipliers channel after channel. (As op_base +
+        # OP_WORDS + out_channel it was the critical path, 26 MHz.)
+        program_cursor = Signal.like(op_base)
+        m.d.comb += program_read.addr.eq(program_cursor)
+        # Fields read only in part are kept in part, and fields only compared with constants
+        # as the comparisons' results (decoded as the word arrives): ~90 flip-flops fewer.
+        narrow = {"kernel": 2, "flags": 2, "shift": 6, "skip_shift": 5}
+        record = {name: Signal(narrow.get(name, 16), name=f"op_{name}") for name in _RECORD
+                  if name not in ("opcode", "output_type", "stride")}
+        decoded = {
+            "opcode": {"is_conv": Opcode.CONV, "is_linear": Opcode.LINEAR,
+                       "is_pool": Opcode.POOL},
+            "output_type": {"type_u8": ValueType.U8, "type_s8": ValueType.S8},
+            "stride": {"stride_is_2": 2},
+            "multiplier_count": {"single_multiplier": 1},
+        }
+        flags = {flag: Signal(name=f"op_{flag}") for fields in decoded.values()
+                 for flag in fields}
         fetch = Signal(range(OP_WORDS + 2))
 
-        opcode = record["opcode"]
-        is_conv = opcode == Opcode.CONV
-        is_linear = opcode == Opcode.LINEAR
+        is_conv = flags["is_conv"]
+        is_linear = flags["is_linear"]
         has_bias = record["flags"][0]
         has_skip = record["flags"][1]
         bias_multiplier = Signal(signed(32))
@@ -233,8 +261,14 @@ class InferenceEngine(wiring.Component):
         last_position = Signal(signed(18))   # positions - 1
         last_ox = Signal(signed(17))
         last_oy = Signal(signed(17))
+        on_last_ox = Signal()                # ox == last_ox, oy == last_oy: set with them, so
+        on_last_oy = Signal()                # that MAC's decisions start from flip-flops
         last_input = Signal(signed(18))      # input_size - 1
         skip_cursor = Signal(16)             # skip address of the value being requantized
+        # out_channel == last_out_channel and in_channel == last_channel, kept beside the
+        # counters (set with them) so that no 16-bit comparison sits in the WEIGHT checks
+        on_last_out_channel = Signal()
+        on_last_channel = Signal()
         low = Signal(signed(17))         # the output type's range
         high = Signal(signed(17))
 
@@ -246,10 +280,23 @@ class InferenceEngine(wiring.Component):
         oy = Signal(16)
         ox = Signal(16)
         position = Signal(17)
-        channel_base = Signal(signed(18))   # input address of in_channel's plane
+        # The read address of output (0, 0) for the next weight: kept as a running value,
+        # stepped as (kx, ky, in_channel) advance by per-operation constants, instead of
+        # channel_base + (ky - pad) * width + (kx - pad) formed in WEIGHT (26 MHz).
+        weight_start = Signal(signed(20))
+        first_offset = Signal(signed(20))   # -(pad * width + pad): (0, 0) of a plane's first
+        row_back = Signal(signed(20))       # width - (kernel - 1): kx back to 0, ky + 1
+        kernel_span = Signal(signed(20))    # (kernel - 1) * (width + 1)
+        channel_step = Signal(signed(20))   # channel_stride - kernel_span: the next plane
         row = Signal(signed(18))            # input row of (oy, ky)
         column = Signal(signed(18))         # input column of (ox, kx)
-        row_address = Signal(signed(20))    # channel_base + row * width
+        row_address = Signal(signed(20))    # where the current output row's reads start (the
+                                            # cursor walks the row from there)
+        # The checks of a value BIAS or WEIGHT takes, acted on the next cycle (in BIAS,
+        # CHANNEL or MAC): between the decoder's value and the FSM they were the critical
+        # path (23 MHz, then 27). A bad section still stops the engine with BAD_PROGRAM, a
+        # cycle later; what it wrote meanwhile (a bias, a partial sum) is internal.
+        fault = Signal()
         output_address = Signal(17)         # output address of the value being written
         first_weight = Signal()             # the weight being applied is the channel's first
         weight = Signal(signed(16))
@@ -295,6 +342,7 @@ class InferenceEngine(wiring.Component):
         magnitude_in = Signal(32)        # |accumulator| or |bias|, for its pieces
         negative_in = Signal()
         base = Signal(signed(50))        # bias_term + skip << T, beside the multiply
+        skip_term = Signal(signed(47))   # skip << T a cycle before: the shift, then the add
         b_magnitude = Signal(32)         # |B|, once per operation
         b_negative = Signal()
         total = Signal(signed(50))
@@ -313,11 +361,12 @@ class InferenceEngine(wiring.Component):
         window = total
         for bit in reversed(range(6)):
             window = Mux(record["shift"][bit], window >> (1 << bit), window)
+        # registered (RQ_CLAMP): from total through the clamp to the SPRAM's data input, far
+        # across the chip, was the critical path (26 MHz)
         clamped = Signal(signed(16))
         m.d.comb += [
             over.eq(~sign & (total & range_mask).any()),
             under.eq(sign & (unsigned_output | (~total & range_mask).any())),
-            clamped.eq(Mux(over, high, Mux(under, low, window[:16]))),
         ]
         pool_sum = Signal(signed(24))
         best_value = Signal(signed(17))
@@ -345,18 +394,18 @@ class InferenceEngine(wiring.Component):
                         with m.If(self.program.payload.partial):
                             fail(Status.BAD_PROGRAM)
                         with m.Else():
-                            m.d.sync += [fetch.eq(0), busy.eq(1), cycles.eq(0)]
+                            m.d.sync += [fetch.eq(0), busy.eq(1), cycles.eq(0),
+                                         program_cursor.eq(0)]
                             m.next = "HEADER"
             with m.State("HEADER"):
                 # words 0 (op_count), 1-3 (C, H, W) and 5 (input_address), a cycle after
                 # their address
-                m.d.comb += program_read.addr.eq(fetch)
-                m.d.sync += fetch.eq(fetch + 1)
+                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
                 word = program_read.data
                 size_carry = Signal()    # bit 16 of C*H times bit 0 of W: bit 16 of C*H*W
                 with m.Switch(fetch):
                     with m.Case(1):
-                        m.d.sync += op_count.eq(word)
+                        m.d.sync += last_op.eq(word[:8] - 1)
                     with m.Case(2):
                         m.d.sync += input_size.eq(word)
                     with m.Case(3):
@@ -379,15 +428,18 @@ class InferenceEngine(wiring.Component):
                                  activation_write_en.eq(1)]
                     m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
                     with m.If(position == last_input):
-                        m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0)]
+                        m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0),
+                                     program_cursor.eq(HEADER_WORDS)]
                         m.next = "FETCH"
             # ---- the next operation's record ----
             with m.State("FETCH"):
-                m.d.comb += program_read.addr.eq(op_base + fetch)
-                m.d.sync += fetch.eq(fetch + 1)
+                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
                 for name, offset in _RECORD.items():
                     with m.If(fetch == offset + 1):
-                        m.d.sync += record[name].eq(program_read.data)
+                        if name in record:
+                            m.d.sync += record[name].eq(program_read.data)
+                        for flag, constant in decoded.get(name, {}).items():
+                            m.d.sync += flags[flag].eq(program_read.data == constant)
                 with m.If(fetch == OP_WORDS):
                     m.next = "DECODE"
             with m.State("DECODE"):
@@ -398,34 +450,47 @@ class InferenceEngine(wiring.Component):
                     height.eq(Mux(is_linear, 1, record["in_height"])),
                     width.eq(Mux(is_linear, 1, record["in_width"])),
                     b_negative.eq(bias_multiplier < 0), b_magnitude.eq(magnitude),
+                    program_cursor.eq(op_base + OP_WORDS),     # the first channel's multiplier
                     last_out_channel.eq(record["out_channels"] - 1),
                     kernel.eq(Mux(is_conv, record["kernel"], 1)),
-                    stride2.eq(is_conv & (record["stride"] == 2)),
-                    out_height.eq(Mux(is_conv, Mux(record["stride"] == 2,
+                    stride2.eq(is_conv & flags["stride_is_2"]),
+                    out_height.eq(Mux(is_conv, Mux(flags["stride_is_2"],
                                                    (record["in_height"] + 1) >> 1,
                                                    record["in_height"]), 1)),
-                    out_width.eq(Mux(is_conv, Mux(record["stride"] == 2,
+                    out_width.eq(Mux(is_conv, Mux(flags["stride_is_2"],
                                                   (record["in_width"] + 1) >> 1,
                                                   record["in_width"]), 1)),
                 ]
                 range_bits = Signal(4)
-                with m.Switch(record["output_type"]):
-                    with m.Case(ValueType.U8):
-                        m.d.sync += [low.eq(0), high.eq(255)]
-                        m.d.comb += range_bits.eq(8)
-                    with m.Case(ValueType.S8):
-                        m.d.sync += [low.eq(-128), high.eq(127)]
-                        m.d.comb += range_bits.eq(7)
-                    with m.Default():
+                with m.If(flags["type_u8"]):
+                    m.d.sync += [low.eq(0), high.eq(255)]
+                    m.d.comb += range_bits.eq(8)
+                with m.Elif(flags["type_s8"]):
+                    m.d.sync += [low.eq(-128), high.eq(127)]
+                    m.d.comb += range_bits.eq(7)
+                with m.Else():
                         m.d.sync += [low.eq(-32768), high.eq(32767)]
                         m.d.comb += range_bits.eq(15)
-                range_start = record["shift"][:6] + range_bits
-                m.d.sync += [range_mask.eq(Cat(range_start <= i for i in range(50))),
-                             unsigned_output.eq(record["output_type"] == ValueType.U8)]
+                # range_mask[i] = range_start <= i, from equalities only: written as '<=',
+                # Yosys made each of the 50 a carry chain (247 SB_CARRY)
+                range_start = Signal(7)
+                m.d.comb += range_start.eq(record["shift"] + range_bits)
+                eighth = [range_start[3:] == j for j in range(7)]
+                below = [Const(0, 1)] + [Cat(*eighth[:j]).any() for j in range(1, 7)]
+                within = [Cat(*[range_start[:3] == t for t in range(r + 1)]).any()
+                          for r in range(8)]
+                m.d.sync += [range_mask.eq(Cat(below[i >> 3] | (eighth[i >> 3] & within[i & 7])
+                                               for i in range(50))),
+                             unsigned_output.eq(flags["type_u8"])]
                 m.next = "DECODE_HW"
             with m.State("DECODE_HW"):
                 m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(record["in_channels"])]
-                m.d.sync += [channel_stride.eq(Mux(is_linear, 1, multiplied)),
+                pad = kernel >> 1
+                m.d.sync += [first_offset.eq(Mux(pad, -(width + 1), 0)),
+                             row_back.eq(width - (kernel - 1)),
+                             kernel_span.eq(Mux(kernel == 3, (width + 1) << 1,
+                                                Mux(kernel == 2, width + 1, 0))),
+                             channel_stride.eq(Mux(is_linear, 1, multiplied)),
                              last_plane.eq(Mux(is_linear, 1, multiplied[:17]) - 1),
                              last_ox.eq(out_width - 1), last_oy.eq(out_height - 1)]
                 m.next = "DECODE_CHW"
@@ -437,14 +502,17 @@ class InferenceEngine(wiring.Component):
                 m.next = "DECODE2"
             with m.State("DECODE2"):
                 m.d.sync += [last_position.eq(multiplied[:17] - 1),   # H'*W' - 1
+                             channel_step.eq(channel_stride - kernel_span),
                              out_channel.eq(0), skip_cursor.eq(record["skip_address"]),
+                             on_last_out_channel.eq(last_out_channel == 0),
                              output_address.eq(record["output_address"]), position.eq(0)]
-                with m.If(opcode == Opcode.POOL):
+                with m.If(flags["is_pool"]):
                     m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
                     m.next = "POOL"
                 with m.Elif(has_bias):
                     m.d.sync += [remaining.eq(record["out_channels"]),
-                                 bound.eq(record["bias_bound"])]
+                                 bound.eq(record["bias_bound"]),
+                                 negative_bound.eq(-record["bias_bound"])]
                     m.next = "BIAS"
                 with m.Else():
                     m.next = "CHANNEL"
@@ -452,28 +520,31 @@ class InferenceEngine(wiring.Component):
             with m.State("BIAS"):
                 m.d.comb += [bias_write.addr.eq(position), bias_write.data.eq(value)]
                 with m.If(value_valid):
-                    m.d.comb += take_value.eq(1)
-                    with m.If((value_first != (position == 0)) |
-                              (value_last != (remaining == 1)) | (magnitude > bound)):
-                        fail(Status.BAD_PROGRAM)
-                    with m.Else():
-                        m.d.comb += bias_write.en.eq(1)
-                        m.d.sync += [position.eq(position + 1), remaining.eq(remaining - 1)]
-                        with m.If(remaining == 1):
-                            m.next = "CHANNEL"
+                    m.d.comb += [take_value.eq(1), bias_write.en.eq(1)]
+                    m.d.sync += [fault.eq((value_first != (position == 0)) |
+                                          (value_last != (remaining == 1)) | out_of_bound),
+                                 position.eq(position + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
+                        m.next = "CHANNEL"
+                with m.If(fault):
+                    fail(Status.BAD_PROGRAM)
             # ---- one output channel: its bias term, then every weight over every position ----
             with m.State("CHANNEL"):
-                m.d.comb += [bias_read.addr.eq(out_channel),
-                             program_read.addr.eq(op_base + OP_WORDS + Mux(
-                                 record["multiplier_count"] == 1, 0, out_channel))]
-                m.d.sync += [in_channel.eq(0), ky.eq(0), kx.eq(0), first_weight.eq(1),
-                             channel_base.eq(record["input_address"])]
+                m.d.comb += bias_read.addr.eq(out_channel)
+                m.d.sync += [in_channel.eq(0), on_last_channel.eq(last_channel == 0),
+                             ky.eq(0), kx.eq(0), first_weight.eq(1),
+                             weight_start.eq(record["input_address"] + first_offset)]
                 m.next = "CHANNEL2"
+                with m.If(fault):          # the layer's last bias
+                    fail(Status.BAD_PROGRAM)
             with m.State("CHANNEL2"):
                 m.d.comb += to_magnitude.eq(bias_read.data)
+                with m.If(~flags["single_multiplier"]):
+                    m.d.sync += program_cursor.eq(program_cursor + 1)   # the next channel's
                 m.d.sync += [magnitude_in.eq(magnitude),
                              negative_in.eq((bias_read.data < 0) ^ b_negative),
-                             multiplier.eq(program_read.data), bound.eq(record["weight_bound"])]
+                             multiplier.eq(program_read.data), bound.eq(record["weight_bound"]),
+                             negative_bound.eq(-record["weight_bound"])]
                 m.next = "CHANNEL3"
             with m.State("CHANNEL3"):
                 # |bias| < 2**16 and |B| <= 2**31: two pieces of B
@@ -499,55 +570,60 @@ class InferenceEngine(wiring.Component):
                 with m.If(value_valid):
                     m.d.comb += take_value.eq(1)
                     starts = (out_channel == 0) & (in_channel == 0) & (ky == 0) & (kx == 0)
-                    ends = (out_channel == last_out_channel) & \
-                        (in_channel == last_channel) & (ky == kernel - 1) & (kx == kernel - 1)
-                    with m.If((value_first != starts) | (value_last != ends) |
-                              (magnitude > bound)):
-                        fail(Status.BAD_PROGRAM)
-                    with m.Else():
-                        pad = kernel >> 1
-                        # ky - pad is -1, 0 or 1
-                        m.d.sync += [
-                            weight.eq(value), oy.eq(0), ox.eq(0), position.eq(0),
-                            row.eq(ky - pad), column.eq(kx - pad),
-                            row_address.eq(Mux(ky < pad, channel_base - width,
-                                               Mux(ky == pad, channel_base,
-                                                   channel_base + width))),
-                        ]
-                        m.next = "MAC"
+                    ends = on_last_out_channel & on_last_channel & \
+                        (ky == kernel - 1) & (kx == kernel - 1)
+                    pad = kernel >> 1
+                    # ky - pad and kx - pad are -1, 0 or 1
+                    m.d.sync += [
+                        fault.eq((value_first != starts) | (value_last != ends) |
+                                        out_of_bound),
+                        weight.eq(value), oy.eq(0), ox.eq(0), position.eq(0),
+                        on_last_ox.eq(last_ox == 0), on_last_oy.eq(last_oy == 0),
+                        row.eq(ky - pad), column.eq(kx - pad),
+                        row_address.eq(weight_start), cursor.eq(weight_start),
+                    ]
+                    m.next = "MAC"
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
                 inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
-                m.d.comb += address.eq(row_address + column)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_inside.eq(inside),
                              s1_first.eq(first_weight), s1_weight.eq(weight)]
                 m.d.comb += accumulator_read.addr.eq(position)
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
-                with m.If(ox == last_ox):
+                with m.If(on_last_ox):
+                    next_row = row_address + Mux(stride2, width << 1, width)
                     m.d.sync += [ox.eq(0), column.eq(kx - (kernel >> 1)), oy.eq(oy + 1),
-                                 row.eq(row + step),
-                                 row_address.eq(row_address + Mux(stride2, width << 1, width))]
-                    with m.If(oy == last_oy):
+                                 on_last_ox.eq(last_ox == 0),
+                                 on_last_oy.eq(oy + 1 == last_oy),
+                                 row.eq(row + step), row_address.eq(next_row),
+                                 cursor.eq(next_row)]
+                    with m.If(on_last_oy):
                         # this weight is done: the next one, or the channel's requantization
                         m.d.sync += first_weight.eq(0)
                         last_kx = kx == kernel - 1
                         last_ky = ky == kernel - 1
+                        m.d.sync += weight_start.eq(weight_start + Mux(
+                            ~last_kx, 1, Mux(~last_ky, row_back, channel_step)))
                         with m.If(~last_kx):
                             m.d.sync += kx.eq(kx + 1)
                             m.next = "WEIGHT"
                         with m.Elif(~last_ky):
                             m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
                             m.next = "WEIGHT"
-                        with m.Elif(in_channel != last_channel):
+                        with m.Elif(~on_last_channel):
                             m.d.sync += [kx.eq(0), ky.eq(0), in_channel.eq(in_channel + 1),
-                                         channel_base.eq(channel_base + channel_stride)]
+                                         on_last_channel.eq(in_channel + 1 == last_channel)]
                             m.next = "WEIGHT"
                         with m.Else():
                             m.d.sync += position.eq(0)
                             m.next = "DRAIN"
                 with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), column.eq(column + step)]
+                    m.d.sync += [ox.eq(ox + 1), column.eq(column + step),
+                                 on_last_ox.eq(ox + 1 == last_ox),
+                                 cursor.eq(cursor + step)]
+                with m.If(fault):   # last, so that it decides the next state
+                    fail(Status.BAD_PROGRAM)
             with m.State("DRAIN"):
                 m.next = "RQ_READ"   # the channel's last sum is written this cycle
             # ---- requantize the channel's accumulators, one position at a time ----
@@ -563,11 +639,11 @@ class InferenceEngine(wiring.Component):
                 m.next = "RQ_LOW"
             with m.State("RQ_LOW"):
                 m.d.comb += [multiply_a.eq(magnitude_in[:16]), multiply_b.eq(multiplier)]
-                m.d.sync += base.eq(bias_term + (skip_value << record["skip_shift"][:5]))
+                m.d.sync += skip_term.eq(skip_value << record["skip_shift"])
                 m.next = "RQ_HIGH"
             with m.State("RQ_HIGH"):
                 m.d.comb += [multiply_a.eq(magnitude_in[16:]), multiply_b.eq(multiplier)]
-                m.d.sync += wide_low.eq(multiplied)
+                m.d.sync += [wide_low.eq(multiplied), base.eq(bias_term + skip_term)]
                 m.next = "RQ_WIDE"
             with m.State("RQ_WIDE"):
                 m.d.sync += [wide.eq((multiplied << 16) + wide_low),
@@ -575,6 +651,9 @@ class InferenceEngine(wiring.Component):
                 m.next = "RQ_SUM"
             with m.State("RQ_SUM"):
                 m.d.sync += total.eq(base + wide_term + wide_negative)
+                m.next = "RQ_CLAMP"
+            with m.State("RQ_CLAMP"):
+                m.d.sync += clamped.eq(Mux(over, high, Mux(under, low, window[:16])))
                 m.next = "RQ_WRITE"
             with m.State("RQ_WRITE"):
                 # the output and the skip tensor are walked in address order, channel after
@@ -584,8 +663,9 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [position.eq(position + 1), output_address.eq(output_address + 1),
                              skip_cursor.eq(skip_cursor + 1)]
                 with m.If(position == last_position):
-                    m.d.sync += out_channel.eq(out_channel + 1)
-                    with m.If(out_channel == last_out_channel):
+                    m.d.sync += [out_channel.eq(out_channel + 1),
+                                 on_last_out_channel.eq(out_channel + 1 == last_out_channel)]
+                    with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "CHANNEL"
@@ -607,16 +687,18 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
                              activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
-                             position.eq(0), out_channel.eq(out_channel + 1)]
-                with m.If(out_channel == last_out_channel):
+                             position.eq(0), out_channel.eq(out_channel + 1),
+                             on_last_out_channel.eq(out_channel + 1 == last_out_channel)]
+                with m.If(on_last_out_channel):
                     m.next = "NEXT"
                 with m.Else():
                     m.next = "POOL"
             # ---- the next operation, or the answer ----
             with m.State("NEXT"):
+                next_base = op_base + OP_WORDS + record["multiplier_count"]
                 m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
-                             op_base.eq(op_base + OP_WORDS + record["multiplier_count"])]
-                with m.If(op_index == op_count - 1):
+                             op_base.eq(next_base), program_cursor.eq(next_base)]
+                with m.If(op_index == last_op):
                     m.d.sync += [position.eq(0), cursor.eq(record["output_address"]),
                                  best_label.eq(0)]
                     m.next = "ARGMAX"
