@@ -70,14 +70,18 @@ class InferenceEngine(wiring.Component):
     lanes : int
         Of the decoder whose ``weights`` stream this engine takes.
     memory_words : int
-        Activation memory (values of 16 bits). A program whose tensors reach past it is
-        refused with ``BAD_PROGRAM``.
+        Activation memory (values of 16 bits): one SB_SPRAM256KA (16K words) on iCE40.
+        Addresses wrap at its power of two; this engine does not check a program against it.
     program_words : int
-        Program RAM; a longer program is refused likewise.
+        Program RAM; a longer program is refused with ``BAD_PROGRAM``. The defaults of this
+        and the next two are what the UP5K build keeps in 8 block RAMs (512 x 16: 2,
+        512 x 16: 2, 512 x 32: 4), beside the decoder's 14: the digits ResNet needs 237
+        program words, 128 channels and 64 positions.
     max_channels : int
-        Output channels of one operation (its biases are kept).
+        Output channels of one operation (its biases are kept). Not checked: a wider layer
+        wraps its bias addresses.
     max_positions : int
-        Output positions of one channel (its accumulators are kept).
+        Output positions of one channel (its accumulators are kept). Not checked likewise.
     spram : bool or None
         Activation memory as ``SB_SPRAM256KA`` blocks: ``None`` on an iCE40 platform only
         (:class:`hw.spram.SinglePortRam`).
@@ -98,8 +102,8 @@ class InferenceEngine(wiring.Component):
     status : Out(EngineStatus)
     """
 
-    def __init__(self, lanes: int = 1, *, memory_words: int = 8192, program_words: int = 1024,
-                 max_channels: int = 1024, max_positions: int = 1024, spram: bool = None):
+    def __init__(self, lanes: int = 1, *, memory_words: int = 8192, program_words: int = 512,
+                 max_channels: int = 512, max_positions: int = 512, spram: bool = None):
         self.lanes = lanes
         self.memory_words = memory_words
         self.program_words = program_words
@@ -331,10 +335,10 @@ class InferenceEngine(wiring.Component):
         wide_term = Signal(signed(50))   # +-wide (as ~wide + 1: one adder with the sum)
         m.d.comb += wide_term.eq(Mux(wide_negative, ~wide.as_signed(), wide))
 
-        # one magnitude unit for B (DECODE), a bias (CHANNEL2) and an accumulator (RQ_MULTIPLY)
-        to_magnitude = Signal(signed(32))
-        magnitude = Signal(32)
-        m.d.comb += magnitude.eq(Mux(to_magnitude < 0, -to_magnitude, to_magnitude))
+        # |B|, |bias| and |accumulator| each from its own source: one unit shared behind a
+        # state-selected multiplexer was the critical path (31 MHz)
+        def magnitude_of(x):
+            return Mux(x < 0, -x, x)
 
         bias_term = Signal(signed(50))   # bias x B + the rounding constant, per channel
         multiplier = Signal(16)
@@ -444,12 +448,11 @@ class InferenceEngine(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 # H*W, then C*H*W and H'*W' a cycle each on the shared multiplier
-                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"]),
-                             to_magnitude.eq(bias_multiplier)]
+                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"])]
                 m.d.sync += [
                     height.eq(Mux(is_linear, 1, record["in_height"])),
                     width.eq(Mux(is_linear, 1, record["in_width"])),
-                    b_negative.eq(bias_multiplier < 0), b_magnitude.eq(magnitude),
+                    b_negative.eq(bias_multiplier < 0), b_magnitude.eq(magnitude_of(bias_multiplier)),
                     program_cursor.eq(op_base + OP_WORDS),     # the first channel's multiplier
                     last_out_channel.eq(record["out_channels"] - 1),
                     kernel.eq(Mux(is_conv, record["kernel"], 1)),
@@ -538,10 +541,9 @@ class InferenceEngine(wiring.Component):
                 with m.If(fault):          # the layer's last bias
                     fail(Status.BAD_PROGRAM)
             with m.State("CHANNEL2"):
-                m.d.comb += to_magnitude.eq(bias_read.data)
                 with m.If(~flags["single_multiplier"]):
                     m.d.sync += program_cursor.eq(program_cursor + 1)   # the next channel's
-                m.d.sync += [magnitude_in.eq(magnitude),
+                m.d.sync += [magnitude_in.eq(magnitude_of(bias_read.data)),
                              negative_in.eq((bias_read.data < 0) ^ b_negative),
                              multiplier.eq(program_read.data), bound.eq(record["weight_bound"]),
                              negative_bound.eq(-record["weight_bound"])]
@@ -632,8 +634,7 @@ class InferenceEngine(wiring.Component):
                              address.eq(skip_cursor)]
                 m.next = "RQ_MULTIPLY"
             with m.State("RQ_MULTIPLY"):
-                m.d.comb += to_magnitude.eq(accumulator_read.data)
-                m.d.sync += [magnitude_in.eq(magnitude),
+                m.d.sync += [magnitude_in.eq(magnitude_of(accumulator_read.data)),
                              negative_in.eq(accumulator_read.data < 0),
                              skip_value.eq(Mux(has_skip, activation_read_data, 0))]
                 m.next = "RQ_LOW"
