@@ -200,9 +200,8 @@ class InferenceEngine(wiring.Component):
                              batch_end.eq(following), value_last.eq(batch.last & following)]
                 m.d.sync += [batch.values[i].eq(batch.values[i + 1]) for i in range(N - 1)]
 
-        # Values left in the section being consumed and its bound: a section that ends early
+        # The bound of the section being consumed: a section that ends early
         # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
-        remaining = Signal(32)
         bound = Signal(16)
         # |value| > bound, as two comparisons side by side instead of a negation followed by a
         # comparison (that chain was on the critical path)
@@ -513,21 +512,23 @@ class InferenceEngine(wiring.Component):
                     m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
                     m.next = "POOL"
                 with m.Elif(has_bias):
-                    m.d.sync += [remaining.eq(record["out_channels"]),
-                                 bound.eq(record["bias_bound"]),
+                    m.d.sync += [bound.eq(record["bias_bound"]),
                                  negative_bound.eq(-record["bias_bound"])]
                     m.next = "BIAS"
                 with m.Else():
                     m.next = "CHANNEL"
             # ---- a layer's biases, before its weights ----
             with m.State("BIAS"):
+                # the layer's last bias: position counts them from 0 (a down-counter of 32
+                # bits did this before)
+                last_bias = position == last_out_channel
                 m.d.comb += [bias_write.addr.eq(position), bias_write.data.eq(value)]
                 with m.If(value_valid):
                     m.d.comb += [take_value.eq(1), bias_write.en.eq(1)]
                     m.d.sync += [fault.eq((value_first != (position == 0)) |
-                                          (value_last != (remaining == 1)) | out_of_bound),
-                                 position.eq(position + 1), remaining.eq(remaining - 1)]
-                    with m.If(remaining == 1):
+                                          (value_last != last_bias) | out_of_bound),
+                                 position.eq(position + 1)]
+                    with m.If(last_bias):
                         m.next = "CHANNEL"
                 with m.If(fault):
                     fail(Status.BAD_PROGRAM)

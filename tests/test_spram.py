@@ -16,6 +16,9 @@ from amaranth.sim import Simulator
 
 from hw.spram import SPRAM_BLOCKS, SPRAM_WORDS, SinglePortRam
 
+# the signature test makes components it does not elaborate
+pytestmark = pytest.mark.filterwarnings("ignore:.*created but never used")
+
 
 def operations(depth, count, seed):
     """``(address, data or None)`` per cycle: writes everywhere first used, then a mix."""
@@ -40,7 +43,6 @@ def expected_reads(ops):
     return expect
 
 
-@pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_signature_and_blocks():
     ram = SinglePortRam(8192)
     members = ram.signature.members
