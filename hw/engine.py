@@ -379,6 +379,17 @@ class InferenceEngine(wiring.Component):
 
         m.d.sync += s1_valid.eq(0)
 
+        # range_mask[i] = S + k <= i, formed from the record's registers outside the FSM (only
+        # its register's enable is DECODE's) and from equalities only: written as '<=', Yosys
+        # made each of the 50 a carry chain (247 SB_CARRY)
+        range_start = Signal(7)
+        m.d.comb += range_start.eq(record["shift"] + Mux(flags["type_u8"], 8,
+                                                         Mux(flags["type_s8"], 7, 15)))
+        eighth = [range_start[3:] == j for j in range(7)]
+        below = [Const(0, 1)] + [Cat(*eighth[:j]).any() for j in range(1, 7)]
+        within = [Cat(*[range_start[:3] == t for t in range(r + 1)]).any() for r in range(8)]
+        next_range_mask = Cat(below[i >> 3] | (eighth[i >> 3] & within[i & 7]) for i in range(50))
+
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
             m.next = "ERROR"
@@ -463,26 +474,13 @@ class InferenceEngine(wiring.Component):
                                                   (record["in_width"] + 1) >> 1,
                                                   record["in_width"]), 1)),
                 ]
-                range_bits = Signal(4)
                 with m.If(flags["type_u8"]):
                     m.d.sync += [low.eq(0), high.eq(255)]
-                    m.d.comb += range_bits.eq(8)
                 with m.Elif(flags["type_s8"]):
                     m.d.sync += [low.eq(-128), high.eq(127)]
-                    m.d.comb += range_bits.eq(7)
                 with m.Else():
-                        m.d.sync += [low.eq(-32768), high.eq(32767)]
-                        m.d.comb += range_bits.eq(15)
-                # range_mask[i] = range_start <= i, from equalities only: written as '<=',
-                # Yosys made each of the 50 a carry chain (247 SB_CARRY)
-                range_start = Signal(7)
-                m.d.comb += range_start.eq(record["shift"] + range_bits)
-                eighth = [range_start[3:] == j for j in range(7)]
-                below = [Const(0, 1)] + [Cat(*eighth[:j]).any() for j in range(1, 7)]
-                within = [Cat(*[range_start[:3] == t for t in range(r + 1)]).any()
-                          for r in range(8)]
-                m.d.sync += [range_mask.eq(Cat(below[i >> 3] | (eighth[i >> 3] & within[i & 7])
-                                               for i in range(50))),
+                    m.d.sync += [low.eq(-32768), high.eq(32767)]
+                m.d.sync += [range_mask.eq(next_range_mask),
                              unsigned_output.eq(flags["type_u8"])]
                 m.next = "DECODE_HW"
             with m.State("DECODE_HW"):
