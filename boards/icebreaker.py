@@ -4,7 +4,8 @@
 PLL from the 12 MHz oscillator (``SB_PLL40_PAD``, dividers found as icestorm's ``icepll`` finds
 them), the power-on reset that keeps block RAM out of use for its first microseconds, and the
 pins of ``amaranth_boards.icebreaker``. :class:`DecoderHarness` puts the decoder alone on the
-same clock and reset, to measure what it costs.
+same clock and reset, to measure what it costs; :class:`EngineHarness` does the same for the
+inference engine.
 
 docs/BOARD.md gives the flash layout, the UART line and the LEDs.
 """
@@ -13,10 +14,10 @@ from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instanc
     ResetSignal, Signal
 from amaranth.lib import io
 
-from hw.system import BoardSystem, measured_decoder
+from hw.system import BoardSystem, measured_decoder, measured_engine
 from sw.params import CodecParams
 
-__all__ = ["ICEBreakerTop", "DecoderHarness", "pll_settings"]
+__all__ = ["ICEBreakerTop", "DecoderHarness", "EngineHarness", "pll_settings"]
 
 
 def pll_settings(f_in: float, f_out: float) -> dict:
@@ -166,4 +167,35 @@ class DecoderHarness(Elaboratable):
         decoder, folded = measured_decoder(m, self.params, self.lanes, pins.i)
         m.d.comb += [platform.request("led_g", 0).o.eq(folded),
                      platform.request("led_r", 0).o.eq(decoder.status.done)]
+        return m
+
+
+class EngineHarness(Elaboratable):
+    """The inference engine alone on the iCEBreaker, as :class:`DecoderHarness` the decoder.
+
+    Not a design to run: :func:`hw.system.measured_engine` feeds every input from a flip-flop
+    (payloads shifted in from one pin, valid and ready bits from four more) and folds every
+    output onto an LED. The harness adds one flip-flop per input bit (about 70 at 2 lanes) and
+    ~30 LUTs of XOR; the rest of the report is the engine's own, with the PLL and reset of
+    :class:`ICEBreakerTop`. ``options`` go to :class:`hw.engine.InferenceEngine`.
+    """
+
+    def __init__(self, lanes: int = 2, *, frequency: float = 36e6, **options):
+        self.lanes = lanes
+        self.options = options
+        self.pll = pll_settings(12e6, frequency)
+        self.frequency = self.pll["frequency"]
+
+    def elaborate(self, platform):
+        from amaranth.build import Pins, Resource
+
+        m = Module()
+        _core_clock(m, platform, self.pll)
+        platform.add_resources([
+            Resource("harness", 0, Pins("1 2 3 4 7", dir="i", conn=("pmod", 0))),
+        ])
+        pins = platform.request("harness", 0)
+        engine, folded = measured_engine(m, self.lanes, pins.i, **self.options)
+        m.d.comb += [platform.request("led_g", 0).o.eq(folded),
+                     platform.request("led_r", 0).o.eq(engine.status.error)]
         return m

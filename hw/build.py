@@ -261,20 +261,23 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
 def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: bytes = None,
           model_name: str = None, out_dir, frequency: float = None,
           quad: bool = True,
-          wide_crc: bool = False, decoder_only: bool = False, seeds: int = 1,
+          wide_crc: bool = False, decoder_only: bool = False, engine_only: bool = False,
+          seeds: int = 1,
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build the board system; return the report (also written to ``out_dir/report.json``).
 
     ``decoder_only`` builds the board's decoder harness instead
     (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
-    decoder's own resources and Fmax, no flash image. ``frequency`` (Hz) defaults to the board's
+    decoder's own resources and Fmax, no flash image. ``engine_only`` builds the inference
+    engine's harness likewise (:class:`boards.icebreaker.EngineHarness`, iCE40 only; report
+    ``"design": "engine"``). ``frequency`` (Hz) defaults to the board's
     :data:`DEFAULT_FREQUENCY_MHZ`. With ``seeds`` above 1, a placement that misses timing is
     tried again with other nextpnr seeds, up to ``seeds`` placements in all, and the fastest is
     kept (:func:`_place_with_seeds`).
     """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-    from boards.icebreaker import DecoderHarness, ICEBreakerTop
+    from boards.icebreaker import DecoderHarness, EngineHarness, ICEBreakerTop
     from boards.ulx3s import ECP5_BOARDS
 
     from .tables import YOSYS_TABLE_RAMS
@@ -284,6 +287,11 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     family = "ecp5" if board in ECP5_BOARDS else "ice40"
     if frequency is None:
         frequency = DEFAULT_FREQUENCY_MHZ[board] * 1e6
+    if decoder_only and engine_only:
+        raise BuildError("--decoder-only and --engine-only build different designs: one at "
+                         "a time")
+    if engine_only and family != "ice40":
+        raise BuildError(f"--engine-only is built for the iCEBreaker only, not {board}")
     if family == "ecp5":
         quad = False     # boards.ulx3s: the ULX3S reads its flash with 0x03
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
@@ -296,7 +304,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     out_dir.mkdir(parents=True, exist_ok=True)
     build_dir = out_dir / "build"
 
-    if decoder_only:
+    if decoder_only or engine_only:
         container = None
     elif container is None:
         from sw.board import default_container
@@ -327,6 +335,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         env = _tool_environment()
         if decoder_only:
             top = DecoderHarness(params, lanes, frequency=frequency)
+        elif engine_only:
+            top = EngineHarness(lanes, frequency=frequency)
         else:
             top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad,
                                 wide_crc=wide_crc)
@@ -381,7 +391,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     core_fmax = min((c["fmax_mhz"] for c in clocks.values()), default=0.0)
     report = {
         "board": board,
-        "design": "decoder harness" if decoder_only else "board system",
+        "design": ("decoder harness" if decoder_only else "engine" if engine_only
+                   else "board system"),
         "device": f"{platform.device}-{platform.package}",
         "lanes": lanes,
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
@@ -405,6 +416,10 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
                            "layers": expected.layers}
         report["expected_line"] = format_line(expected)
         report["files"].update({"flash_image": "flash.bin", "model": "model.sbit"})
+    if engine_only:
+        # The engine computes one product a cycle; it takes a weight every H'*W' of them.
+        del report["weights_per_second"], report["flash_read"], report["weight_crc"]
+        report["products_per_second"] = round(core_fmax * 1e6)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -460,6 +475,9 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-only", action="store_true",
                         help="build the decoder alone in a measurement harness (its own "
                              "resources and Fmax; no flash image)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="build the inference engine alone in a measurement harness "
+                             "(iCEBreaker; its own resources and Fmax; no flash image)")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="when timing is missed, place and route again with other nextpnr "
                              "seeds, up to N placements in all, and keep the fastest "
@@ -488,7 +506,8 @@ def main(argv=None) -> int:
                        out_dir=args.out,
                        frequency=None if args.frequency is None else args.frequency * 1e6,
                        quad=not args.single_spi, wide_crc=args.wide_crc,
-                       decoder_only=args.decoder_only, seeds=args.seeds)
+                       decoder_only=args.decoder_only, engine_only=args.engine_only,
+                       seeds=args.seeds)
     except (BuildError, ValueError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1

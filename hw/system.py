@@ -22,7 +22,7 @@ from .spiflash import FlashPins, SPIFlashReader
 from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
-__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "measured_decoder"]
+__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "measured_decoder", "measured_engine"]
 
 #: The UART line; ``{name}`` is the status name, the other fields lower-case hex of the widths
 #: given (docs/BOARD.md). ``sw.board.format_line`` prints the same.
@@ -361,3 +361,34 @@ def measured_decoder(m: Module, params: CodecParams, lanes: int, pins) -> tuple:
     m.d.sync += [parts.eq(Cat(*[outputs[i:i + 4].xor() for i in range(0, len(outputs), 4)])),
                  folded.eq(parts.xor())]
     return decoder, folded
+
+
+def measured_engine(m: Module, lanes: int, pins, **options) -> tuple:
+    """An :class:`hw.engine.InferenceEngine` wired for measurement, as :func:`measured_decoder`.
+
+    Every input comes from a flip-flop: the payloads of ``program``, ``pixels`` and
+    ``weights`` from one shift register fed from ``pins[0]`` (a bit of its own for every
+    payload bit, so synthesis can assume nothing about them), the four valid/ready bits from
+    ``pins[1:5]`` through a register. Every output bit is folded (XOR) into one register in two
+    stages, so synthesis keeps the whole engine and the harness's XOR tree is not what the
+    measurement times. Returns ``(engine, folded)``.
+    """
+    from .engine import InferenceEngine
+
+    m.submodules.engine = engine = InferenceEngine(lanes, **options)
+    payloads = Cat(engine.program.payload.as_value(), engine.pixels.payload,
+                   engine.weights.payload.as_value())
+    shift = Signal(len(payloads))
+    controls = Signal(4)
+    m.d.sync += [shift.eq(Cat(pins[0], shift[:-1])), controls.eq(pins[1:5])]
+    m.d.comb += [payloads.eq(shift),
+                 engine.program.valid.eq(controls[0]), engine.pixels.valid.eq(controls[1]),
+                 engine.weights.valid.eq(controls[2]), engine.prediction.ready.eq(controls[3])]
+    outputs = Cat(engine.pixels.ready, engine.weights.ready, engine.prediction.valid,
+                  engine.prediction.payload.as_value(), engine.activations.valid,
+                  engine.activations.payload.as_value(), engine.status.as_value())
+    parts = Signal((len(outputs) + 3) // 4)
+    folded = Signal()
+    m.d.sync += [parts.eq(Cat(*[outputs[i:i + 4].xor() for i in range(0, len(outputs), 4)])),
+                 folded.eq(parts.xor())]
+    return engine, folded

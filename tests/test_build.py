@@ -264,3 +264,40 @@ def test_seeds_keep_the_fastest_placement(tmp_path, capsys):
     if kept != "default":
         assert (build_dir / "top.asc").read_bytes() == (build_dir / f"seed{kept}.asc").read_bytes()
     assert (out / "top.bin").read_bytes() == (build_dir / "top.bin").read_bytes()
+
+
+# ---- the inference engine alone (boards.icebreaker.EngineHarness) -------------------------
+
+@pytest.mark.slow
+def test_engine_only_build(tmp_path, capsys):
+    """The engine in its harness: synthesis, P&R and a report of the engine's own resources.
+    Its activation memory must be the SPRAM and its products at most a few DSPs; whether it
+    meets 36 MHz is in the report (docs/INFERENCE.md gives the measured figures)."""
+    out = tmp_path / "out"
+    status = main(["--board", "icebreaker", "--engine-only", "--allow-timing-fail",
+                   "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["design"] == "engine" and "model" not in report
+    assert not (out / "flash.bin").exists()
+    resources = report["resources"]
+    assert resources["spram"]["used"] == 1
+    assert 1 <= resources["dsp"]["used"] <= 4
+    assert resources["ebr"]["used"] <= 10
+    for name, entry in resources.items():
+        assert 0 <= entry["used"] <= entry["available"], name
+    clock = report["clocks"]["clk"]
+    assert clock["critical_path"]["ns"] == pytest.approx(1000 / clock["fmax_mhz"], rel=0.02)
+    assert report["products_per_second"] == round(clock["fmax_mhz"] * 1e6)
+    assert "engine" in captured.out and "critical path" in captured.out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--board", "icebreaker", "--engine-only", "--decoder-only"], "one at a time"),
+    (["--board", ECP5_BOARD, "--engine-only"], "iCEBreaker only"),
+])
+def test_engine_only_bad_arguments(argv, message, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
