@@ -21,26 +21,10 @@ from amaranth.lib.wiring import In, Out
 from sw.format import Status
 from sw.program import HEADER_WORDS, OP_WORDS, NO_SKIP, Opcode, ValueType
 
-from .decoder import WeightBatch
+from .decoder import ProgramWord, WeightBatch
 from .spram import SinglePortRam
 
-__all__ = ["ProgramWord", "ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
-
-
-class ProgramWord(data.StructLayout):
-    """A word of the container's PROGRAM section, as the decoder forwards it.
-
-    Attributes
-    ----------
-    word : unsigned(16)
-    last : 1
-        The section's final word.
-    partial : 1
-        That final word holds one byte only (an odd ``data_bytes``): the program is refused.
-    """
-
-    def __init__(self):
-        super().__init__({"word": unsigned(16), "last": 1, "partial": 1})
+__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
 
 
 #: An activation the engine writes (pixels and every operation's outputs), for observers.
@@ -88,7 +72,7 @@ class InferenceEngine(wiring.Component):
 
     Attributes
     ----------
-    program : In(stream.Signature(ProgramWord(), always_ready=True))
+    program : In(stream.Signature(ProgramWord, always_ready=True))
         The PROGRAM section's words, once per image, before the image's weights.
     pixels : In(stream.Signature(unsigned(8)))
         The image, already ``U8`` (docs/INFERENCE.md, "Values"), in C order.
@@ -111,7 +95,7 @@ class InferenceEngine(wiring.Component):
         self.max_positions = max_positions
         self.spram = spram
         super().__init__({
-            "program": In(stream.Signature(ProgramWord(), always_ready=True)),
+            "program": In(stream.Signature(ProgramWord, always_ready=True)),
             "pixels": In(stream.Signature(unsigned(8))),
             "weights": In(stream.Signature(WeightBatch(lanes))),
             "prediction": Out(stream.Signature(Prediction)),

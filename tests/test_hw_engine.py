@@ -132,3 +132,16 @@ def test_small_network_equals_the_reference(lanes, stall):
         assert got == expected
     assert predictions == expected_predictions
     assert len(cycles) == 2 and cycles[0] > 0
+
+
+def test_engine_takes_what_the_decoder_gives():
+    """The decoder's program and weights outputs connect to the engine as they are."""
+    from amaranth import Module
+    from amaranth.lib import wiring
+
+    from hw.decoder import WeightDecoder
+    m = Module()
+    m.submodules.decoder = decoder = WeightDecoder(lanes=2)
+    m.submodules.engine = engine = InferenceEngine(2)
+    wiring.connect(m, decoder.program, engine.program)
+    wiring.connect(m, decoder.weights, engine.weights)
