@@ -382,7 +382,11 @@ class InferenceEngine(wiring.Component):
             # ---- the program ----
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
-                with m.If(self.program.valid):
+                with m.If(value_valid):
+                    # a coded section before the program: the program is not the first
+                    # section (docs/INFERENCE.md, rule 5)
+                    fail(Status.BAD_PROGRAM)
+                with m.Elif(self.program.valid):
                     m.d.comb += [program_write.data.eq(self.program.payload.word),
                                  program_write.en.eq(program_count < self.program_words)]
                     m.d.sync += program_count.eq(program_count + 1)

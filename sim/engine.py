@@ -194,7 +194,9 @@ module {TOPLEVEL}(input wire clk, input wire rst, input wire [7:0] stall,
             end
             // the weights: a transfer is held until it is taken
             if (weights_valid && weights_ready) weights_valid <= 0;
-            if ((!weights_valid || weights_ready) && !weights_sent && r_weights >= stall) begin
+            // the weights follow the program, as the decoder emits them
+            if ((!weights_valid || weights_ready) && program_sent && !weights_sent
+                && r_weights >= stall) begin
                 weights_valid <= 1;
                 weights_payload <= transfer_rom[transfer_index];
                 transfer_index <= transfer_index + 1;

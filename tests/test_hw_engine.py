@@ -145,3 +145,25 @@ def test_engine_takes_what_the_decoder_gives():
     m.submodules.engine = engine = InferenceEngine(2)
     wiring.connect(m, decoder.program, engine.program)
     wiring.connect(m, decoder.weights, engine.weights)
+
+
+def test_weights_before_the_program_are_refused():
+    """A coded section ahead of the program is BAD_PROGRAM, not a wait for a program."""
+    dut = InferenceEngine(2)
+
+    async def testbench(ctx):
+        ctx.set(dut.weights.valid, 1)
+        ctx.set(dut.weights.payload, {"values": [1, 2], "count": 2, "section": 0,
+                                      "first": 1, "last": 1})
+        for _ in range(8):
+            await ctx.tick()
+            if ctx.get(dut.status.error):
+                break
+        assert ctx.get(dut.status.error) and ctx.get(dut.status.code) == Status.BAD_PROGRAM
+        # and it drains what follows
+        assert ctx.get(dut.weights.ready) and ctx.get(dut.pixels.ready)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
