@@ -318,6 +318,8 @@ def resnet_layers(model) -> list:
     added before the last ReLU; the container holds the sections in that order, the order the
     engine consumes them.
     """
+    if not all(hasattr(model, part) for part in ("stem", "layers", "fc")):
+        raise ValueError(f"{type(model).__name__} is not a ResNet of sw.models")
     stem = list(model.stem)
     if len(stem) != 2 or not hasattr(stem[0], "weight"):
         raise ValueError("only the convolution + ReLU stem of the small ResNets lowers to a "

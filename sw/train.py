@@ -185,6 +185,10 @@ def load_data(args):
     if args.model.startswith("digits"):
         x_train, y_train, x_test, y_test = digits()
         return TensorData(x_train, y_train, augment=True), TensorData(x_test, y_test)
+    if args.model == "mnist1d":
+        from .data import mnist1d
+        x_train, y_train, x_test, y_test = mnist1d()
+        return TensorData(x_train, y_train), TensorData(x_test, y_test)
     if args.data:
         return (ImageFolderData(args.data, True, args.workers),
                 ImageFolderData(args.data, False, args.workers))
@@ -512,6 +516,9 @@ def run(args) -> int:
             print_layers(layer_table(qmodel))
             print(f"QAT model: {qat_accuracy:.2f} %; decoded from {out}: {accuracy:.2f} % top-1 "
                   f"(float {float_accuracy:.2f} %, drop {float_accuracy - accuracy:.2f} points)")
+            if accuracy_int is None:
+                print(f"no integer program: {args.model} has operations docs/INFERENCE.md "
+                      f"does not specify")
             if accuracy_int is not None:
                 program = container.program
                 print(f"integer program ({len(program.ops)} operations, "

@@ -117,3 +117,15 @@ def check_qat_meets_rate():
     assert log[-1]["rate"] <= log[-1]["budget"] * 1.02
     container = read_container(write_container(quant.export_tensors(qmodel)))
     assert file_rates(container)["bits_per_weight"] <= 4.0 * 1.02
+
+
+def test_mnist1d_trains_on_its_own_data(tmp_path):
+    """MNIST-1D's sequences, not random images; no integer program (1 x k kernels)."""
+    out, report = tmp_path / "m.sbit", tmp_path / "r.json"
+    done = run_train("--model", "mnist1d", "--epochs", "1", "--qat-epochs", "2",
+                     "--target-bpw", "3", "--out", out, "--report", report)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    assert figures["float_accuracy"] > 30   # ten classes: chance is 10 %
+    assert figures["accuracy_int"] is None and "no integer program" in done.stdout
+    assert read_container(out.read_bytes()).program is None
