@@ -23,14 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from sw.format import Status
 
-from sw.format import SectionKind, Status
+from .testbench import BUILD_ROOT, publish_build
 
 __all__ = ["EngineRun", "engine_stimulus", "build_engine_sim", "run_engine_sim", "main"]
 
-BUILD_ROOT = Path(os.environ.get("SUBBIT_SIM_BUILD",
-                                 Path(tempfile.gettempdir()) / "subbit-sim-build"))
 TOPLEVEL = "engine_tb"
 
 
@@ -278,7 +276,11 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
                              ports=_engine_ports(dut))
     harness = harness_verilog(WeightBatch(lanes).size)
     simulator = _simulator(simulator)
-    digest = hashlib.sha256((engine + harness + simulator).encode()).hexdigest()[:16]
+    # A Verilator binary links cocotb's library by its absolute path: a build made from another
+    # virtualenv (another clone) may point at one that is gone, so that path is in the key.
+    import cocotb
+    linked = str(Path(cocotb.__file__).parent / "libs") if simulator == "verilator" else ""
+    digest = hashlib.sha256((engine + harness + simulator + linked).encode()).hexdigest()[:16]
     build_dir = BUILD_ROOT / f"engine-N{lanes}-{simulator}-{digest}"
     if (build_dir / "built").exists():
         return build_dir
@@ -322,13 +324,7 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
             os.environ.clear()
             os.environ.update(saved)
     (scratch / "built").write_text(simulator)
-    try:
-        scratch.rename(build_dir)
-    except OSError:
-        if not (build_dir / "sim.vvp").exists():
-            raise
-        shutil.rmtree(scratch, ignore_errors=True)
-    return build_dir
+    return publish_build(scratch, build_dir, "built")
 
 
 def _write_hex(path: Path, values, digits: int):
