@@ -19,7 +19,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw.format import Status
-from sw.program import HEADER_WORDS, OP_WORDS, NO_SKIP, Opcode, ValueType
+from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 
 from .decoder import ProgramWord, WeightBatch
 from .spram import SinglePortRam

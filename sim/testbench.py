@@ -24,7 +24,7 @@ from sw.golden import GoldenResult, golden_decode
 from sw.params import CodecParams
 
 __all__ = ["Case", "CaseResult", "expected_entries", "expected_program", "harness_verilog",
-           "build", "run_cases", "BUILD_ROOT"]
+           "build", "run_cases", "publish_build", "BUILD_ROOT"]
 
 BUILD_ROOT = Path(os.environ.get("SUBBIT_SIM_BUILD",
                                  Path(tempfile.gettempdir()) / "subbit-sim-build"))
@@ -373,10 +373,16 @@ def build(params: CodecParams, lanes: int, *, src_depth: int = 1 << 16,
                  hdl_toplevel=TOPLEVEL, build_dir=scratch, timescale=("1ns", "1ps"),
                  defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1} if netlist else {},
                  build_args=["-g2005"], always=True, log_file=scratch / "build.log")
+    return publish_build(scratch, build_dir, "sim.vvp")
+
+
+def publish_build(scratch: Path, build_dir: Path, marker: str) -> Path:
+    """Rename a build made aside in ``scratch`` into ``build_dir``; when a parallel worker got
+    there first (its ``marker`` file is there), keep theirs and drop ours."""
     try:
         scratch.rename(build_dir)
     except OSError:
-        if not (build_dir / "sim.vvp").exists():
+        if not (build_dir / marker).exists():
             raise
         shutil.rmtree(scratch, ignore_errors=True)
     return build_dir

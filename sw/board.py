@@ -140,10 +140,6 @@ def check_line(line: str, container: bytes, params: CodecParams = CodecParams())
             for name in fields if getattr(got, name) != getattr(expected, name)]
 
 
-#: Levels of the default MLP's coded biases (as sw.quant.BIAS_LEVELS for trained models).
-MLP_BIAS_LEVELS = 31
-
-
 def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), levels=3,
                       seed=0) -> tuple:
     """A small real model: an MLP trained on sklearn's bundled digits, ternary weights.
@@ -162,7 +158,7 @@ def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), lev
     from sklearn.model_selection import train_test_split
 
     from .container import CodedTensor, write_container
-    from .lower import lower, mlp_layers, order_tensors
+    from .lower import BIAS_LEVELS, lower, mlp_layers, order_tensors
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -172,7 +168,7 @@ def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), lev
         # sklearn stores (in, out); the container holds (out, in) like torch.
         symbols, zero_point, step = zero_point_quantize(np.ascontiguousarray(weights.T), levels)
         tensors.append(CodedTensor(f"fc{index}.weight", symbols, levels, zero_point, step))
-        tensors.append(CodedTensor.symmetric(f"fc{index}.bias", bias, MLP_BIAS_LEVELS))
+        tensors.append(CodedTensor.symmetric(f"fc{index}.bias", bias, BIAS_LEVELS))
         names.append((f"fc{index}.weight", f"fc{index}.bias"))
     # Calibrate on the MLP's own training images (train_digits_mlp's split, which is also
     # sw.data.digits'). Not through sw.data: importing torch beside sklearn's training makes
@@ -211,10 +207,8 @@ def add_arguments(parser) -> None:
 
 
 def _read(path) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such file", str(path))
-    return path.read_bytes()
+    from .tensorio import checked_input
+    return checked_input(path).read_bytes()
 
 
 def run(args) -> int:

@@ -334,14 +334,6 @@ def is_weight(name: str, array: np.ndarray) -> bool:
     return array.dtype.kind == "f" and array.ndim >= 2 and array.size > 0
 
 
-def _bias_tensor(name, array, levels):
-    half = levels // 2
-    peak = float(np.abs(array).max())
-    scale = np.float32(peak / half if peak > 0 else 1.0)
-    q = np.clip(np.rint(array.astype(np.float32) / scale), -half, half).astype(np.int64)
-    return CodedTensor(name, (q + half).astype(np.uint8), levels, half, np.array([scale]))
-
-
 def bias_name_of(name: str, tensors: dict):
     """The bias beside weight ``name`` (``x.weight`` -> ``x.bias``), if it is a 1-D float."""
     if not name.endswith("weight"):
@@ -496,7 +488,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
 
     def other_tensor(name, array):
         if bias_levels and array.dtype.kind == "f" and array.ndim == 1 and array.size:
-            return _bias_tensor(name, array, bias_levels)
+            return CodedTensor.symmetric(name, array, bias_levels)
         return RawTensor(name, array)
 
     other = {name: other_tensor(name, array) for name, array in tensors.items()
@@ -703,11 +695,6 @@ def _load_model(model_name, state):
 
 #: the models of sw.models whose data ship with the project: --eval-model and 'builtin'
 EVAL_MODELS = ("digits", "digits-tiny", "mnist1d")
-#: Levels of the biases coded for an integer program when --bias-levels does not say (as
-#: sw.quant.BIAS_LEVELS for QAT).
-BIAS_LEVELS = 31
-
-
 def program_of(model_name, tensors) -> tuple:
     """``(layers, None)`` to lower ``tensors`` of ``model_name`` to an integer program, or
     ``(None, why not)``: the network has a part the program lacks, or ``tensors`` still hold
@@ -716,7 +703,7 @@ def program_of(model_name, tensors) -> tuple:
     from .models import build_model, fold_batchnorm
     try:
         layers = resnet_layers(fold_batchnorm(build_model(model_name)))
-    except (ValueError, AttributeError, TypeError) as error:
+    except ValueError as error:
         return None, f"{model_name} does not lower to docs/INFERENCE.md's operations ({error})"
     names = {name for layer in layers for name in (layer.weight, layer.bias) if name}
     missing = sorted(names - set(tensors))
@@ -807,6 +794,7 @@ def run(args) -> int:
         else:
             images = model_data(args.eval_model)[0].numpy()
             # the engine adds integer biases: code them as QAT does unless told otherwise
+            from .lower import BIAS_LEVELS
             bias_levels = bias_levels or BIAS_LEVELS
     result = compress_tensors(tensors, args.target_bpw, params_from(args), args.budget,
                               bias_levels, sensitivity, args.steps, args.weighting,

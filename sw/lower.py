@@ -13,12 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine import _windows
 from .program import (BIAS_TERM_LIMIT, MAX_SHIFT, MAX_SKIP_SHIFT, NO_SKIP, Op, Opcode, Program,
                       ProgramError, ValueType)
 
-__all__ = ["Layer", "Lowered", "lower", "program_word_count", "resnet_layers", "mlp_layers",
+__all__ = ["BIAS_LEVELS", "Layer", "Lowered", "lower", "program_word_count", "resnet_layers", "mlp_layers",
            "order_tensors"]
 
+#: Levels of coded biases (one scale per tensor, around zero): 5 bits of precision against 32
+#: for float32, and a frequency table of 62 bytes where 255 levels would cost 510 bytes per
+#: bias, more than a digits-sized bias's payload. QAT, PTQ and the board's MLP code biases so;
+#: an integer program needs them coded.
+BIAS_LEVELS = 31
 #: Exponents an activation scale ``2**-f`` may take; far beyond what real layers need.
 EXPONENT_RANGE = (-24, 24)
 
@@ -104,11 +110,6 @@ def _plan_memory(layers, input_shape, shapes) -> tuple:
             address = max(address, start + length)
         addresses.append(address)
     return addresses[0], addresses[1:]
-
-
-def _windows(x, kernel, stride):
-    from .engine import _windows as windows
-    return windows(x, kernel, stride)
 
 
 def _float_outputs(layers, tensors, images, shapes) -> list:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .container import CodedTensor, RawTensor
+from .lower import BIAS_LEVELS
 
 __all__ = [
     "MIN_HALF", "MAX_HALF", "round_ste", "scale_grad", "ZeroPointQuantizer", "QConv2d",
@@ -41,10 +42,6 @@ __all__ = [
 TABLE_BITS_PER_LEVEL = 16  #: a coded section stores one u16 frequency per level
 MIN_HALF = 1      #: 3 levels
 MAX_HALF = 127    #: 255 levels
-#: Biases are coded too, per tensor, on 31 levels around zero: 5 bits of precision (trained with
-#: in the loop) against 32 for float32, and a frequency table of 62 bytes where 255 levels would
-#: cost 510 bytes per bias, more than a digits-sized bias's payload.
-BIAS_LEVELS = 31
 
 
 class _RoundSTE(torch.autograd.Function):

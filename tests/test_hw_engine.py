@@ -7,7 +7,6 @@ prediction's ready.
 
 import random
 
-import numpy as np
 import pytest
 from amaranth.sim import Simulator
 

@@ -30,11 +30,8 @@ def add_arguments(parser):
 
 def load_images(path) -> tuple:
     """``(images, labels or None)`` from an .npz with ``images`` and optionally ``labels``."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(21, "is a directory", str(path))
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such file", str(path))
+    from ..tensorio import checked_input
+    path = checked_input(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "images" not in archive.files:
