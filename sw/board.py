@@ -1,18 +1,22 @@
-"""The board side of the software: flash images and the UART line the board must print.
+"""The board side of the software: flash images and the UART lines the board must print.
 
-The iCEBreaker system (``boards/icebreaker.py`` around ``hw/system.py``, docs/BOARD.md) reads a
-container from its SPI flash, decodes it and prints one line. This module computes, from the
-container alone and through the golden model, what that line must say, and lays out the flash
-image that ``iceprog`` writes.
-No Amaranth here: it runs wherever ``sw`` runs.
+The iCEBreaker runs one of two systems (``boards/icebreaker.py`` around ``hw/system.py``,
+docs/BOARD.md). The **inference system** (the default) classifies the test images held in
+flash with the container's integer program while its decoder expands the weights, and prints a
+line per image and a final line. The **CRC system** decodes the container once and prints one
+line with a digest of the weights. This module computes what those lines must say, from the
+container and the images through the golden model and the reference engine, lays out the flash
+image that ``iceprog`` writes, and holds the lines' templates, which the hardware's ROM is
+made from. No Amaranth here: it runs wherever ``sw`` runs.
 
 ``python -m sw board image`` and ``python -m sw board expect`` are its command line.
 """
 
 import re
+import string
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +26,13 @@ from .golden import golden_decode
 from .params import CodecParams
 
 __all__ = [
-    "FLASH_SIZE", "FLASH_OFFSET", "IMAGE_HEADER_BYTES", "MAX_CONTAINER_BYTES",
-    "BoardReport", "model_region", "flash_image", "expected_report", "format_line", "parse_line", "check_line",
-    "default_container", "add_arguments", "run",
+    "FLASH_SIZE", "FLASH_OFFSET", "IMAGE_HEADER_BYTES", "MAX_CONTAINER_BYTES", "IMAGES_OFFSET",
+    "MAX_IMAGE_SET_BYTES", "IMAGE_STORE_WORDS", "ENGINE_MEMORIES", "FIELD_BITS", "CRC_LINE",
+    "IMAGE_LINE", "FINAL_LINE", "line_fields", "render_line", "parse_fields",
+    "BoardReport", "model_region", "flash_image", "expected_report", "format_line", "parse_line",
+    "check_line", "ImageLine", "InferenceReport", "image_set", "parse_image_set",
+    "record_words", "default_images", "expected_inference", "inference_lines",
+    "check_inference", "images_region", "default_container", "add_arguments", "run",
 ]
 
 #: The iCEBreaker's W25Q128JV: 16 MiB.
@@ -37,12 +45,73 @@ IMAGE_HEADER_BYTES = 4
 #: The flash reader never reads more than this, whatever the length word says.
 MAX_CONTAINER_BYTES = FLASH_SIZE - FLASH_OFFSET - IMAGE_HEADER_BYTES
 
+#: Where the inference system's test images lie (``u32`` length, then the image set): after
+#: the bitstream (104,090 bytes for the UP5K), before the model, so one ``iceprog`` image of
+#: ~1 MiB holds all three.
+IMAGES_OFFSET = 0x0C0000
+#: The image set region's data never runs into the model's region.
+MAX_IMAGE_SET_BYTES = FLASH_OFFSET - IMAGES_OFFSET - IMAGE_HEADER_BYTES
+#: 16-bit words of the board's image store (one SB_SPRAM256KA): the records of the image set.
+IMAGE_STORE_WORDS = 16384
+#: The inference system's engine memories (``hw.engine.InferenceEngine`` parameters): the
+#: limits a program must fit on the board (docs/INFERENCE.md, "The engine in hardware").
+ENGINE_MEMORIES = {"memory_words": 8192, "program_words": 512, "max_channels": 512,
+                   "max_positions": 512}
+
 #: Status names as the board prints them (``sw.format.Status``).
 STATUS_NAMES = {status.value: status.name for status in Status}
 
-LINE_PATTERN = re.compile(
-    r"^subbit (?P<name>[A-Z_]+) status=(?P<status>[0-9a-f]{2}) layers=(?P<layers>[0-9a-f]{4}) "
-    r"weights=(?P<weights>[0-9a-f]{8}) crc=(?P<crc>[0-9a-f]{8}) cycles=(?P<cycles>[0-9a-f]{8})$")
+#: Width in bits of every field a board line prints, as lower-case hex of ``bits / 4`` digits.
+#: ``status`` is also printed by name (``{name}``).
+FIELD_BITS = {"status": 8, "layers": 16, "weights": 32, "crc": 32, "cycles": 32,
+              "image": 16, "class": 16, "label": 16, "image_cycles": 32, "images": 16,
+              "correct": 16}
+#: The lines (docs/BOARD.md), each sent with ``\r\n``. The hardware's ROM
+#: (``hw.system.ReportLine``) is made from these templates.
+CRC_LINE = ("subbit {name} status={status} layers={layers} weights={weights} crc={crc} "
+            "cycles={cycles}")
+IMAGE_LINE = "subbit image={image} class={class} label={label} cycles={image_cycles}"
+FINAL_LINE = "subbit {name} status={status} images={images} correct={correct} cycles={cycles}"
+
+
+def line_fields(template: str) -> list:
+    """The fields a template prints, in order (``name`` stands for the status's name)."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def render_line(template: str, values: dict) -> str:
+    """``template`` with ``values``; a value of ``None`` prints as ``?`` digits."""
+    def shown(name):
+        if name == "name":
+            return Status(values["status"]).name
+        digits = FIELD_BITS[name] // 4
+        value = values[name]
+        return "?" * digits if value is None else f"{value:0{digits}x}"
+    return template.format_map({name: shown(name) for name in line_fields(template)})
+
+
+def _pattern(template: str):
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name == "name":
+            parts.append("(?P<name>[A-Z_0-9]+)")
+        elif name:
+            parts.append(f"(?P<{name}>[0-9a-f]{{{FIELD_BITS[name] // 4}}})")
+    return re.compile("^" + "".join(parts) + "$")
+
+
+def parse_fields(template: str, line: str) -> dict:
+    """The fields of a board line made from ``template``; ``ValueError`` if it is not one."""
+    match = _pattern(template).match(line.strip())
+    if not match:
+        raise ValueError(f"not a subbit board line: {line.strip()!r}")
+    values = {name: int(text, 16) for name, text in match.groupdict().items() if name != "name"}
+    if "status" in values:
+        if values["status"] not in STATUS_NAMES or STATUS_NAMES[values["status"]] != match["name"]:
+            raise ValueError(f"status {values['status']} does not match its name {match['name']}")
+        values["status"] = Status(values["status"])
+    return values
 
 
 @dataclass
@@ -64,21 +133,41 @@ def model_region(container: bytes) -> bytes:
     return struct.pack("<I", len(container)) + bytes(container)
 
 
-def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLASH_OFFSET) -> bytes:
-    """The bytes to write from flash address 0: bitstream, erased gap, length, container.
+def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLASH_OFFSET,
+                images: bytes = None) -> bytes:
+    """The bytes to write from flash address 0: bitstream, erased gaps, the regions.
 
-    Without a bitstream the first ``offset`` bytes are erased (0xFF); to keep a bitstream
-    already in flash, write :func:`model_region` at ``offset`` instead (``iceprog -o 1M``).
+    The model region (``u32`` length, container) lies at ``offset``; ``images`` (an image set,
+    :func:`image_set`), when given, in a region of its own at :data:`IMAGES_OFFSET`. Without a
+    bitstream the first bytes are erased (0xFF); to keep a bitstream already in flash, write
+    :func:`model_region` at ``offset`` instead (``iceprog -o 1M``), or :func:`images_region`.
     """
     bitstream = bytes(bitstream or b"")
-    if len(bitstream) > offset:
-        raise ValueError(f"the bitstream ({len(bitstream)} bytes) runs past the model offset "
-                         f"{offset:#x}")
+    end = offset if images is None else IMAGES_OFFSET
+    if len(bitstream) > end:
+        raise ValueError(f"the bitstream ({len(bitstream)} bytes) runs past flash address "
+                         f"{end:#x}")
     if len(container) > FLASH_SIZE - offset - IMAGE_HEADER_BYTES:
         raise ValueError(f"the container ({len(container)} bytes) does not fit in the flash "
                          f"after {offset:#x}")
-    return (bitstream + b"\xff" * (offset - len(bitstream))
-            + struct.pack("<I", len(container)) + bytes(container))
+    image = bitstream + b"\xff" * (end - len(bitstream))
+    if images is not None:
+        image += _images_region_bytes(images) + b"\xff" * (offset - IMAGES_OFFSET)
+        image = image[:offset]
+    return image + struct.pack("<I", len(container)) + bytes(container)
+
+
+def _images_region_bytes(images: bytes) -> bytes:
+    if len(images) > MAX_IMAGE_SET_BYTES:
+        raise ValueError(f"the image set ({len(images)} bytes) does not fit between "
+                         f"{IMAGES_OFFSET:#x} and the model at {FLASH_OFFSET:#x}")
+    return struct.pack("<I", len(images)) + bytes(images)
+
+
+def images_region(container: bytes, images: bytes) -> bytes:
+    """From :data:`IMAGES_OFFSET` to the model's end: the image set and the model, for
+    ``iceprog -o 768k`` over a bitstream already in flash."""
+    return flash_image(container, images=images)[IMAGES_OFFSET:]
 
 
 def expected_report(container: bytes, params: CodecParams = CodecParams()) -> BoardReport:
@@ -107,23 +196,17 @@ def expected_report(container: bytes, params: CodecParams = CodecParams()) -> Bo
 
 
 def format_line(report: BoardReport) -> str:
-    """The UART line (without ``\\r\\n``); ``cycles`` unknown prints as ``????????``."""
-    cycles = "????????" if report.cycles is None else f"{report.cycles:08x}"
-    return (f"subbit {Status(report.status).name} status={int(report.status):02x} "
-            f"layers={report.layers:04x} weights={report.weights:08x} crc={report.crc:08x} "
-            f"cycles={cycles}")
+    """The CRC system's line (without ``\\r\\n``); unknown ``cycles`` print as ``????????``."""
+    return render_line(CRC_LINE, {"status": int(report.status), "layers": report.layers,
+                                  "weights": report.weights, "crc": report.crc,
+                                  "cycles": report.cycles})
 
 
 def parse_line(line: str) -> BoardReport:
-    """A :class:`BoardReport` from the board's line; ``ValueError`` if it is malformed."""
-    match = LINE_PATTERN.match(line.strip())
-    if not match:
-        raise ValueError(f"not a subbit board line: {line.strip()!r}")
-    status = int(match["status"], 16)
-    if status not in STATUS_NAMES or STATUS_NAMES[status] != match["name"]:
-        raise ValueError(f"status {status} does not match its name {match['name']}")
-    return BoardReport(Status(status), int(match["layers"], 16), int(match["weights"], 16),
-                       int(match["crc"], 16), int(match["cycles"], 16))
+    """A :class:`BoardReport` from the CRC system's line; ``ValueError`` if it is malformed."""
+    values = parse_fields(CRC_LINE, line)
+    return BoardReport(values["status"], values["layers"], values["weights"], values["crc"],
+                       values["cycles"])
 
 
 def check_line(line: str, container: bytes, params: CodecParams = CodecParams()) -> list:
@@ -138,6 +221,183 @@ def check_line(line: str, container: bytes, params: CodecParams = CodecParams())
     return [f"{name}: board {shown.get(name, str)(getattr(got, name))}, "
             f"expected {shown.get(name, str)(getattr(expected, name))}"
             for name in fields if getattr(got, name) != getattr(expected, name)]
+
+
+# -- the inference system ----------------------------------------------------------------------
+#
+# The image set (docs/BOARD.md): u16 image count, u16 pixels per image, then one record per
+# image: its U8 pixels (the program's input, C order), its label (u8), a zero byte when needed
+# to end on a 16-bit word. The board keeps the records in its image store.
+
+IMAGE_SET_HEADER_BYTES = 4
+
+
+def record_words(pixels: int) -> int:
+    """16-bit words of one image's record: its pixels and its label, rounded up."""
+    return (pixels + 2) // 2
+
+
+def image_set(pixels, labels) -> bytes:
+    """The image set of ``pixels`` (``(count, P)`` integers in 0..255) and their ``labels``."""
+    pixels = np.asarray(pixels).reshape(len(pixels), -1)
+    labels = np.asarray(labels).reshape(-1)
+    count, size = pixels.shape
+    if count != len(labels):
+        raise ValueError(f"{count} images but {len(labels)} labels")
+    if not 1 <= count <= 0xFFFF or not 1 <= size <= 0xFFFD:
+        raise ValueError(f"an image set holds 1 to 65535 images of 1 to 65533 pixels, not "
+                         f"{count} of {size}")
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 255:
+        raise ValueError("pixels and labels must be in 0..255")
+    if count * record_words(size) > IMAGE_STORE_WORDS:
+        raise ValueError(f"{count} images of {size} pixels need {count * record_words(size)} "
+                         f"words; the board's image store holds {IMAGE_STORE_WORDS}")
+    records = np.zeros((count, 2 * record_words(size)), np.uint8)
+    records[:, :size] = pixels
+    records[:, size] = labels
+    return struct.pack("<HH", count, size) + records.tobytes()
+
+
+def parse_image_set(data: bytes) -> tuple:
+    """``(pixels (count, P) int64, labels)`` of an image set; ``ValueError`` if malformed."""
+    if len(data) < IMAGE_SET_HEADER_BYTES:
+        raise ValueError("the image set is shorter than its header")
+    count, size = struct.unpack_from("<HH", data)
+    words = count * record_words(size)
+    if count == 0 or size == 0 or words > IMAGE_STORE_WORDS:
+        raise ValueError(f"an image set of {count} images of {size} pixels does not fit the "
+                         f"board's image store")
+    if len(data) < IMAGE_SET_HEADER_BYTES + 2 * words:
+        raise ValueError("the image set is shorter than its records")
+    records = np.frombuffer(data, np.uint8, 2 * words, IMAGE_SET_HEADER_BYTES)
+    records = records.reshape(count, -1).astype(np.int64)
+    return records[:, :size], records[:, size]
+
+
+def default_images(container: bytes, count: int = None) -> tuple:
+    """``(pixels, labels)``: the held-out digits (the first ``count``), quantized to ``U8`` by
+    the container's program, as the board holds them."""
+    from .container import read_container
+    from .data import digits_arrays
+    from .engine import quantize_images
+    _, _, x_test, y_test = digits_arrays()
+    if count is not None:
+        if not 1 <= count <= len(x_test):
+            raise ValueError(f"the held-out digits are 1 to {len(x_test)} images, not {count}")
+        x_test, y_test = x_test[:count], y_test[:count]
+    program = read_container(container).program
+    if program is None:
+        raise ValueError("the container has no program: the board cannot run it")
+    pixels = quantize_images(program, x_test)
+    return pixels.reshape(len(x_test), -1), y_test
+
+
+@dataclass
+class ImageLine:
+    """One image's line: its index, the class the board predicts, its label, the cycles."""
+
+    image: int
+    predicted: int
+    label: int
+    cycles: int = None      #: the engine's cycles for the image (hardware only)
+
+
+@dataclass
+class InferenceReport:
+    """What the inference system prints: a line per image answered, then the final line."""
+
+    status: Status
+    images: int             #: images answered (every image, unless an error stopped the run)
+    correct: int            #: answers equal to the label
+    cycles: int = None      #: core clock cycles from reset to the final line (hardware only)
+    lines: list = field(default_factory=list)
+
+
+def expected_inference(container: bytes, pixels, labels,
+                       params: CodecParams = CodecParams()) -> InferenceReport:
+    """What a correct inference system prints for ``container`` and the image set.
+
+    The status is the golden model's, with the program's rules (docs/INFERENCE.md) and the
+    board engine's memories (:data:`ENGINE_MEMORIES`); images whose pixel count is not the
+    program's input are ``BAD_IMAGES``. On an error no image is answered: the board checks
+    the container before it reports an image.
+    """
+    from .container import read_container
+    from .engine import BoundNetwork, infer
+
+    status = golden_decode(bytes(container), params, keep_integers=False).status
+    if status == Status.OK:
+        network = BoundNetwork.from_container(read_container(bytes(container)))
+        if not _fits_engine(network.program):
+            status = Status.BAD_PROGRAM
+        elif np.asarray(pixels).reshape(len(pixels), -1).shape[1] != network.program.input_size:
+            status = Status.BAD_IMAGES
+    if status != Status.OK:
+        return InferenceReport(status, 0, 0)
+    predictions = infer(network, np.asarray(pixels), quantized=True).predictions
+    lines = [ImageLine(i, int(p), int(label))
+             for i, (p, label) in enumerate(zip(predictions, labels))]
+    return InferenceReport(Status.OK, len(lines), sum(x.predicted == x.label for x in lines),
+                           lines=lines)
+
+
+def _fits_engine(program) -> bool:
+    """The program fits the board engine's memories (as the engine checks it)."""
+    return (len(program.to_words()) <= ENGINE_MEMORIES["program_words"]
+            and program.memory_words <= ENGINE_MEMORIES["memory_words"]
+            and all(op.out_channels <= ENGINE_MEMORIES["max_channels"] for op in program.ops)
+            and all(op.output_size // max(op.out_channels, 1)
+                    <= ENGINE_MEMORIES["max_positions"] for op in program.ops))
+
+
+def inference_lines(report: InferenceReport) -> list:
+    """The board's lines (without ``\\r\\n``); unknown cycles print as ``?`` digits."""
+    lines = [render_line(IMAGE_LINE, {"image": x.image, "class": x.predicted, "label": x.label,
+                                      "image_cycles": x.cycles}) for x in report.lines]
+    lines.append(render_line(FINAL_LINE, {"status": int(report.status), "images": report.images,
+                                          "correct": report.correct, "cycles": report.cycles}))
+    return lines
+
+
+def parse_inference(text: str) -> InferenceReport:
+    """An :class:`InferenceReport` from the board's output; ``ValueError`` if malformed.
+
+    Lines before the first ``subbit`` line are ignored (what a terminal shows from before the
+    reset); the last line must be the final line.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("subbit ")), None)
+    if start is None:
+        raise ValueError("no subbit line in the board's output")
+    *images, final = lines[start:]
+    values = parse_fields(FINAL_LINE, final)
+    report = InferenceReport(values["status"], values["images"], values["correct"],
+                             values["cycles"])
+    for line in images:
+        x = parse_fields(IMAGE_LINE, line)
+        report.lines.append(ImageLine(x["image"], x["class"], x["label"], x["image_cycles"]))
+    return report
+
+
+def check_inference(text: str, expected: InferenceReport) -> list:
+    """Differences between the board's output and ``expected`` (empty if none); cycles are
+    not predicted."""
+    try:
+        got = parse_inference(text)
+    except ValueError as error:
+        return [str(error)]
+    shown = {"status": lambda v: Status(v).name}
+    problems = [f"{name}: board {shown.get(name, str)(getattr(got, name))}, expected "
+                f"{shown.get(name, str)(getattr(expected, name))}"
+                for name in ("status", "images", "correct")
+                if getattr(got, name) != getattr(expected, name)]
+    if len(got.lines) != len(expected.lines):
+        problems.append(f"{len(got.lines)} image lines, expected {len(expected.lines)}")
+    for g, e in zip(got.lines, expected.lines):
+        if (g.image, g.predicted, g.label) != (e.image, e.predicted, e.label):
+            problems.append(f"image {e.image}: board class {g.predicted} label {g.label} "
+                            f"(image {g.image}), expected class {e.predicted} label {e.label}")
+    return problems
 
 
 def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), levels=3,

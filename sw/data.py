@@ -9,19 +9,19 @@ package's own generator (never its download path).
 import functools
 
 import numpy as np
-import torch
 
-__all__ = ["DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED", "digits", "random_images", "shift_augment",
+__all__ = ["DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED", "digits", "digits_arrays", "random_images", "shift_augment",
            "MNIST1D_TRAIN", "MNIST1D_TEST", "mnist1d"]
 
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
 
 
-def digits():
-    """The digits split: ``(x_train, y_train, x_test, y_test)`` as float32 NCHW / int64 tensors.
+def digits_arrays():
+    """The digits split as numpy arrays (no torch): ``(x_train, y_train, x_test, y_test)``.
 
-    Pixels (0..16) are scaled to 0..1; the split is stratified by class with a fixed seed.
+    Pixels (0..16) are scaled to 0..1 (float32, NCHW); the split is stratified by class with a
+    fixed seed.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -31,24 +31,34 @@ def digits():
     x_train, x_test, y_train, y_test = train_test_split(
         images, data.target, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED,
         stratify=data.target)
-    return (torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64)),
-            torch.from_numpy(x_test), torch.from_numpy(y_test.astype(np.int64)))
+    return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
+
+
+def digits():
+    """:func:`digits_arrays` as torch tensors."""
+    import torch
+
+    return tuple(torch.from_numpy(a) for a in digits_arrays())
 
 
 def random_images(count: int, channels: int, size: int, classes: int, seed: int = 0):
     """Random inputs and labels for structural runs of ImageNet-sized models (no data needed)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(count, channels, size, size, generator=generator)
     y = torch.randint(0, classes, (count,), generator=generator)
     return x, y
 
 
-def shift_augment(x: torch.Tensor, generator: torch.Generator, pad: int = 1) -> torch.Tensor:
+def shift_augment(x: "torch.Tensor", generator: "torch.Generator", pad: int = 1) -> "torch.Tensor":
     """Shift every image by up to ``pad`` pixels in each direction, filling with zeros.
 
     The digits are tiny and few; small translations are the augmentation that keeps a ResNet of
     a few hundred thousand weights from memorising them.
     """
+    import torch
+
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -93,6 +103,8 @@ def mnist1d(seed: int = 42):
     settings (templates, noise, shear, translation; seed 42), with 4,000 training and 6,000
     test sequences. Takes about 6 s; cached in the process.
     """
+    import torch
+
     x_train, y_train, x_test, y_test = _mnist1d_arrays(seed)
 
     def as_tensor(x):

@@ -84,3 +84,5 @@ class Status(enum.IntEnum):
     TRAILING_DATA = 11   #: bytes after the last section
     BAD_PROGRAM = 12     #: the program breaks a rule of docs/INFERENCE.md, or the coded sections
                          #: do not follow it (made by whatever runs the program: the engine)
+    BAD_IMAGES = 13      #: the board's image set is missing or malformed, or its images are not
+                         #: the program's input (made by the inference system, docs/BOARD.md)
