@@ -1,6 +1,7 @@
 """The iCEBreaker (iCE40UP5K): the board system and the decoder harness on the real chip.
 
-:class:`ICEBreakerTop` is :class:`hw.system.BoardSystem` plus what only a real iCE40 has: the
+:class:`ICEBreakerTop` is a board system (:class:`hw.system.InferenceSystem` by default, or the
+CRC system :class:`hw.system.BoardSystem`) plus what only a real iCE40 has: the
 PLL from the 12 MHz oscillator (``SB_PLL40_PAD``, dividers found as icestorm's ``icepll`` finds
 them), the power-on reset that keeps block RAM out of use for its first microseconds, and the
 pins of ``amaranth_boards.icebreaker``. :class:`DecoderHarness` puts the decoder alone on the
@@ -14,7 +15,7 @@ from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instanc
     ResetSignal, Signal
 from amaranth.lib import io
 
-from hw.system import BoardSystem, measured_decoder, measured_engine
+from hw.system import BoardSystem, InferenceSystem, measured_decoder, measured_engine
 from sw.params import CodecParams
 
 __all__ = ["ICEBreakerTop", "DecoderHarness", "EngineHarness", "pll_settings"]
@@ -82,21 +83,28 @@ def _core_clock(m: Module, platform, pll: dict) -> None:
 
 
 class ICEBreakerTop(Elaboratable):
-    """The iCEBreaker design: PLL, power-on reset, pins, and :class:`BoardSystem`.
+    """The iCEBreaker design: PLL, power-on reset, pins, and a board system.
 
     Parameters
     ----------
-    params, lanes, quad, wide_crc
-        As :class:`BoardSystem`.
+    params, lanes, quad
+        As :class:`InferenceSystem` and :class:`BoardSystem`.
     frequency : float
         Requested core clock (Hz); the PLL gives the nearest it can (``self.frequency``).
+    inference : bool
+        :class:`InferenceSystem` (classify the images in flash) or the CRC system
+        :class:`BoardSystem` (decode once, digest the weights).
+    wide_crc : bool
+        As :class:`BoardSystem` (the CRC system only).
     """
 
-    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
-                 frequency: float = 48e6, quad: bool = True, wide_crc: bool = False):
+    def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, *,
+                 frequency: float = 36e6, quad: bool = True, inference: bool = True,
+                 wide_crc: bool = False):
         self.params = params
         self.lanes = lanes
         self.quad = quad
+        self.inference = inference
         self.wide_crc = wide_crc
         self.pll = pll_settings(12e6, frequency)
         self.frequency = self.pll["frequency"]
@@ -105,9 +113,13 @@ class ICEBreakerTop(Elaboratable):
         m = Module()
         _core_clock(m, platform, self.pll)
 
-        m.submodules.system = system = BoardSystem(
-            self.params, self.lanes, clk_freq=self.frequency, quad=self.quad,
-            wide_crc=self.wide_crc)
+        if self.inference:
+            system = InferenceSystem(self.params, self.lanes, clk_freq=self.frequency,
+                                     quad=self.quad)
+        else:
+            system = BoardSystem(self.params, self.lanes, clk_freq=self.frequency,
+                                 quad=self.quad, wide_crc=self.wide_crc)
+        m.submodules.system = system
 
         if self.quad:
             # dq as raw ports with one buffer per pin: the reader enables each lane on its own

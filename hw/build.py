@@ -8,11 +8,12 @@ used.
 Outputs in ``--out``:
 
 * ``top.bin``: the bitstream (``top.bit`` on ECP5 boards);
-* ``flash.bin``: bitstream at 0 and the model (length-prefixed container) at 1 MiB, the image
-  to write with ``iceprog flash.bin`` (docs/BOARD.md);
+* ``flash.bin``: bitstream at 0, the test images at 768 KiB (the inference system) and the
+  model (length-prefixed container) at 1 MiB, the image to write with ``iceprog flash.bin``
+  (docs/BOARD.md);
 * ``model.sbit``: the container that went into the image;
-* ``report.json``: resources used and available, Fmax per clock, timing verdict, lanes, model
-  name and size, and the UART line the board must print for this model;
+* ``report.json``: resources used and available (and the engine's share), Fmax per clock,
+  timing verdict, lanes, model name and size, and the UART lines the board must print;
 * ``build/``: the tools' inputs and logs (``top.rpt`` Yosys, ``top.tim`` nextpnr).
 """
 
@@ -26,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from sw.board import FLASH_OFFSET, expected_report, flash_image, format_line
+import numpy as np
+
+from sw.board import (FLASH_OFFSET, IMAGES_OFFSET, default_images, expected_inference,
+                      expected_report, flash_image, format_line, image_set, inference_lines)
 from sw.format import Status
 from sw.params import CodecParams
 
@@ -69,6 +73,20 @@ def _cell_counts(stat_path: Path) -> dict:
     stat = json.loads(stat_path.read_text())
     design = stat.get("design") or next(iter(stat["modules"].values()))
     return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+
+
+def _module_share(stat_path: Path, suffix: str) -> dict:
+    """Cells of the module whose name ends with ``suffix`` (kept with ``keep_hierarchy``), in
+    :func:`_resources`' terms: ``luts``, ``ffs``, ``carries``, ``ebr``, ``spram``, ``dsp``."""
+    stat = json.loads(stat_path.read_text())
+    name = next((n for n in stat.get("modules", {}) if n.rstrip("\\").endswith(suffix)), None)
+    if name is None:
+        return None
+    cells = {k: int(v) for k, v in stat["modules"][name].get("num_cells_by_type", {}).items()}
+    return {"module": name.lstrip("\\"), "luts": cells.get("SB_LUT4", 0),
+            "ffs": sum(n for t, n in cells.items() if t.startswith("SB_DFF")),
+            "carries": cells.get("SB_CARRY", 0), "ebr": cells.get("SB_RAM40_4K", 0),
+            "spram": cells.get("SB_SPRAM256KA", 0), "dsp": cells.get("SB_MAC16", 0)}
 
 
 def _failure_reason(log_path: Path, returncode: int) -> str:
@@ -166,10 +184,13 @@ def _critical_path(nextpnr: dict, clock: str) -> dict:
     return None
 
 
-#: The default build: 2 lanes, which leave the UP5K room and timing margin (the 4-lane system
-#: takes 89 % of its logic cells; docs/BOARD.md), and on the board the flash and the CRC, not
-#: the decoder, bound the rate.
+#: Decoder lanes of the CRC system: 2, which leave the UP5K room and timing margin (the 4-lane
+#: system takes 89 % of its logic cells; docs/BOARD.md), and on the board the flash and the
+#: CRC, not the decoder, bound the rate.
 DEFAULT_LANES = 2
+#: Decoder lanes of the inference system: its engine takes at most one weight a cycle, which
+#: one lane gives, and the engine needs the chip's room.
+DEFAULT_INFERENCE_LANES = 1
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:
@@ -258,15 +279,20 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
             "fmax_mhz": {seed: round(tried[seed], 2) for seed in order}}
 
 
-def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: bytes = None,
+def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = None,
           model_name: str = None, out_dir, frequency: float = None,
-          quad: bool = True,
+          quad: bool = True, crc_system: bool = False,
           wide_crc: bool = False, decoder_only: bool = False, engine_only: bool = False,
-          seeds: int = 1,
+          images: int = None, seeds: int = 1,
           params: CodecParams = CodecParams(), log=print) -> dict:
-    """Build the board system; return the report (also written to ``out_dir/report.json``).
+    """Build a board system; return the report (also written to ``out_dir/report.json``).
 
-    ``decoder_only`` builds the board's decoder harness instead
+    On the iCEBreaker the default is the inference system (:class:`hw.system.InferenceSystem`):
+    the flash image holds the model and the first ``images`` held-out digits (all 450 by
+    default), and the report gives the engine's share of the resources and its cycles per
+    image. ``crc_system`` builds the CRC system instead (:class:`hw.system.BoardSystem`, the
+    only one on ECP5 boards). ``lanes`` defaults to :data:`DEFAULT_INFERENCE_LANES` or
+    :data:`DEFAULT_LANES`. ``decoder_only`` builds the board's decoder harness instead
     (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
     decoder's own resources and Fmax, no flash image. ``engine_only`` builds the inference
     engine's harness likewise (:class:`boards.icebreaker.EngineHarness`, iCE40 only; report
@@ -294,6 +320,10 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         raise BuildError(f"--engine-only is built for the iCEBreaker only, not {board}")
     if family == "ecp5":
         quad = False     # boards.ulx3s: the ULX3S reads its flash with 0x03
+        crc_system = True
+    inference = not (crc_system or decoder_only or engine_only)
+    if lanes is None:
+        lanes = DEFAULT_INFERENCE_LANES if inference else DEFAULT_LANES
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise BuildError(f"seeds must be a whole number from 1 to 100, not {seeds!r}")
     try:
@@ -310,7 +340,17 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         from sw.board import default_container
         log("training the default model (sklearn digits MLP)...")
         model_name, container = default_container(params)
-    if container is not None:
+    if container is not None and inference:
+        try:
+            pixels, labels = default_images(container, images)
+            image_set_bytes = image_set(pixels, labels)
+        except ValueError as error:
+            raise BuildError(str(error)) from None
+        expected = expected_inference(container, pixels, labels, params)
+        if expected.status != Status.OK:
+            log(f"warning: this container and these images give {expected.status.name}; "
+                f"the board will light its red LED")
+    elif container is not None:
         expected = expected_report(container, params)
         if expected.status != Status.OK:
             log(f"warning: the golden model rejects this container ({expected.status.name}); "
@@ -339,7 +379,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
             top = EngineHarness(lanes, frequency=frequency)
         else:
             top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad,
-                                wide_crc=wide_crc)
+                                inference=inference, wide_crc=wide_crc)
         platform = ICEBreakerPlatform()
         synth_opts = "-dsp"
         bitstream_name = "top.bin"
@@ -348,7 +388,9 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         plan = platform.prepare(
             top, name="top",
             synth_opts=synth_opts,
-            script_after_read=YOSYS_TABLE_RAMS,
+            # the engine kept as a module of its own, so that Yosys' statistics give its share
+            script_after_read=YOSYS_TABLE_RAMS + (
+                "\nsetattr -mod -set keep_hierarchy 1 *.engine" if inference else ""),
             script_after_synth="tee -q -o top.stat.json stat -json",
             nextpnr_opts="--report top.report.json --timing-allow-fail")
     except Exception as error:   # elaboration errors of the design itself
@@ -367,6 +409,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
     resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr, family)
+    engine_share = _module_share(build_dir / "top.stat.json", ".engine") if inference else None
     # nextpnr also times a "clock" made of the constant-0 net on the clock pins of the
     # unregistered SB_MAC16 (DSP) blocks; it is no clock of the design.
     # nextpnr-ecp5 names a clock after its global net ("$glbnet$clk"); report the net's name.
@@ -382,7 +425,8 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     shutil.copy(build_dir / bitstream_name, out_dir / bitstream_name)
     if container is not None:
         try:
-            image = flash_image(container, bitstream)
+            image = flash_image(container, bitstream,
+                                images=image_set_bytes if inference else None)
         except ValueError as error:    # a bitstream longer than the model offset
             raise BuildError(str(error)) from None
         (out_dir / "flash.bin").write_bytes(image)
@@ -392,7 +436,7 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
     report = {
         "board": board,
         "design": ("decoder harness" if decoder_only else "engine" if engine_only
-                   else "board system"),
+                   else "inference system" if inference else "crc system"),
         "device": f"{platform.device}-{platform.package}",
         "lanes": lanes,
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
@@ -410,7 +454,21 @@ def build(*, board: str = "icebreaker", lanes: int = DEFAULT_LANES, container: b
         "build_seconds": round(seconds, 1),
         "files": {"bitstream": bitstream_name},
     }
-    if container is not None:
+    if container is not None and inference:
+        from sw.container import read_container
+        program = read_container(container).program
+        report["model"] = {"name": model_name or "container", "bytes": len(container),
+                           "flash_offset": FLASH_OFFSET,
+                           "weights": sum(int(np.prod(op.weight_shape)) for op in program.ops
+                                          if op.weight_shape),
+                           "multiply_accumulates": program.multiply_accumulates}
+        report["images"] = {"count": len(pixels), "flash_offset": IMAGES_OFFSET,
+                            "bytes": len(image_set_bytes), "correct": expected.correct}
+        report["engine"] = engine_share
+        report["expected_lines"] = inference_lines(expected)
+        report["files"].update({"flash_image": "flash.bin", "model": "model.sbit"})
+        del report["weight_crc"]
+    elif container is not None:
         report["model"] = {"name": model_name or "container", "bytes": len(container),
                            "flash_offset": FLASH_OFFSET, "weights": expected.weights,
                            "layers": expected.layers}
@@ -447,19 +505,30 @@ def summary(report: dict) -> str:
         lines.append(f"  placement kept: seed {report['placement_seed']} of "
                      + ", ".join(f"{seed} {fmax:.2f}" for seed, fmax
                                  in report["seeds_tried"].items()) + " MHz")
+    engine = report.get("engine")
+    if engine:
+        lines.append(f"  engine share: {engine['luts']} LUT4, {engine['ffs']} FF, "
+                     f"{engine['ebr']} EBR, {engine['spram']} SPRAM, {engine['dsp']} DSP")
     lines.append(f"  build {report['build_seconds']:.0f} s"
-                 + (f"; board must print: {report['expected_line']}" if model else ""))
+                 + (f"; board must print: {report['expected_line']}"
+                    if "expected_line" in report else ""))
+    if "expected_lines" in report:
+        expected = report["expected_lines"]
+        lines.append(f"  board must print {len(expected) - 1} image lines, then: {expected[-1]}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hw.build",
-        description="Build the subbit board system: bitstream, flash image and report.")
+        description="Build a subbit board system (by default the inference system: the board "
+                    "classifies the held-out digits while its decoder expands the weights): "
+                    "bitstream, flash image and report.")
     parser.add_argument("--board", help=f"target board ({', '.join(BOARDS)}); "
                         "without a value of its own, lists them", nargs="?", const="")
-    parser.add_argument("--lanes", type=int, default=DEFAULT_LANES,
-                        help="decoder lanes (default %(default)s)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help=f"decoder lanes (default {DEFAULT_INFERENCE_LANES} for the inference "
+                             f"system, {DEFAULT_LANES} for the others)")
     parser.add_argument("--container", metavar="FILE",
                         help="model to put in flash (default: a small trained digits MLP)")
     parser.add_argument("--out", metavar="DIR",
@@ -470,6 +539,11 @@ def main(argv=None) -> int:
                              + ")")
     parser.add_argument("--single-spi", action="store_true",
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
+    parser.add_argument("--crc-system", action="store_true",
+                        help="build the CRC system (decode the container once, print a digest "
+                             "of the weights) instead of the inference system")
+    parser.add_argument("--images", type=int, metavar="K",
+                        help="put the first K held-out digits in flash (default: all 450)")
     parser.add_argument("--wide-crc", action="store_true",
                         help="CRC a whole beat of weights per cycle (more LUTs) instead of one")
     parser.add_argument("--decoder-only", action="store_true",
@@ -505,7 +579,8 @@ def main(argv=None) -> int:
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
                        out_dir=args.out,
                        frequency=None if args.frequency is None else args.frequency * 1e6,
-                       quad=not args.single_spi, wide_crc=args.wide_crc,
+                       quad=not args.single_spi, crc_system=args.crc_system,
+                       wide_crc=args.wide_crc, images=args.images,
                        decoder_only=args.decoder_only, engine_only=args.engine_only,
                        seeds=args.seeds)
     except (BuildError, ValueError, OSError) as error:

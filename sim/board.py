@@ -119,7 +119,7 @@ def build_and_run(*, verilog: str, dut_module: str, ports: dict, test_module: st
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
-    from .testbench import VERILATOR_BUILD_ARGS, verilator_environment
+    from .testbench import verilator_build, verilator_environment
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -139,22 +139,17 @@ def build_and_run(*, verilog: str, dut_module: str, ports: dict, test_module: st
         sources[2] = build_dir / "qspi_flash.v"
         sources[2].write_text(verilator_flash_model())
         environment.update(verilator_environment())
-        saved = dict(os.environ)
-        os.environ.update(verilator_environment())
-        try:
-            runner.build(sources=sources, hdl_toplevel="tb", build_dir=build_dir,
-                         timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log",
-                         build_args=VERILATOR_BUILD_ARGS + TIMING_BUILD_ARGS)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        # only what the tests touch is public: the wrapper's ports and the flash's array
+        verilator_build(sources, "tb", build_dir, public=[("tb", "*"), ("qspi_flash", "memory")],
+                        build_args=TIMING_BUILD_ARGS)
     else:
         # -g2005: under -g2012 Amaranth's `always @*` blocks miss the time-zero trigger.
         runner.build(sources=sources, hdl_toplevel="tb", build_dir=build_dir,
                      timescale=("1ns", "1ps"), build_args=["-g2005"], always=True,
                      log_file=build_dir / "build.log")
     results = runner.test(
-        test_module=test_module, hdl_toplevel="tb", build_dir=build_dir, test_dir=build_dir,
+        test_module=test_module, hdl_toplevel="tb", hdl_toplevel_lang="verilog",
+        build_dir=build_dir, test_dir=build_dir,
         testcase=testcase, timescale=("1ns", "1ps"), log_file=build_dir / "sim.log",
         extra_env=environment)
     tests, failures = get_results(results)

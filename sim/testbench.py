@@ -479,3 +479,39 @@ def choose_simulator(name: str) -> str:
 #: single-translation-unit build.
 VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
                         "--x-assign", "fast", "--x-initial", "fast"]
+
+
+def verilator_build(sources: list, toplevel: str, build_dir: Path, *, public: list,
+                    build_args: list = (), log_file: Path = None) -> None:
+    """Compile ``sources`` with Verilator for cocotb, making only ``public`` visible to it.
+
+    cocotb's runner builds with ``--public-flat-rw``, which makes every signal of the design
+    reachable through VPI and keeps Verilator from optimising any of it away: the inference
+    system ran at ~25,000 cycles a second so and ~230,000 with only the testbench's ports and
+    the flash model's array public. ``public`` lists ``(module, variable)`` pairs (``*``
+    patterns allowed) for a Verilator control file. The result is what the runner's
+    ``test()`` runs (``build_dir/<toplevel>``).
+    """
+    import cocotb_tools.config
+
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    control = build_dir / "public.vlt"
+    control.write_text("`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{module}" -var "{variable}"\n' for module, variable in public))
+    libs = cocotb_tools.config.libs_dir
+    command = [
+        "verilator", "-cc", "--exe", "-Mdir", str(build_dir), "--top-module", toplevel,
+        "--vpi", "--prefix", "Vtop", "-o", toplevel,
+        "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator",
+        *VERILATOR_BUILD_ARGS, *build_args, "--timescale", "1ns/1ps",
+        str(cocotb_tools.config.share_dir / "lib" / "verilator" / "verilator.cpp"),
+        str(control), *(str(s) for s in sources)]
+    environment = dict(os.environ)
+    environment.update(verilator_environment())
+    with open(log_file or build_dir / "build.log", "w") as log:
+        for step in (command, ["make", "-j", str(os.cpu_count() or 1), "-C", str(build_dir),
+                               "-f", "Vtop.mk"]):
+            if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT,
+                              env=environment).returncode != 0:
+                raise RuntimeError(f"the Verilator build failed; see {log.name}")

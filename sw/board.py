@@ -448,18 +448,27 @@ def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), lev
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="board_command", metavar="ACTION", required=True)
-    image = sub.add_parser("image", help="flash image for iceprog: bitstream + model at 1 MiB, "
-                           "or the model alone (write it at 1 MiB)")
+    image = sub.add_parser("image", help="flash image for iceprog: bitstream + images + model, "
+                           "or the images and the model alone (write them at 768 KiB)")
     image.add_argument("container", metavar="CONTAINER")
     image.add_argument("--bitstream", metavar="BIN",
-                       help="bitstream to place at address 0; without it the output is the model "
-                            "region alone, for iceprog -o 1M")
+                       help="bitstream to place at address 0; without it the output starts at "
+                            "the images (iceprog -o 768k), or at the model with --crc-system "
+                            "(iceprog -o 1M)")
     image.add_argument("-o", "--out", required=True, metavar="FILE")
-    expect = sub.add_parser("expect", help="the line the board must print for CONTAINER")
+    expect = sub.add_parser("expect", help="the lines the board must print for CONTAINER")
     expect.add_argument("container", metavar="CONTAINER")
     expect.add_argument("--check", metavar="LINE",
-                        help="compare with a line received from the board; exit 1 if it differs")
+                        help="(--crc-system) compare with a line received from the board; exit "
+                             "1 if it differs")
+    expect.add_argument("--received", metavar="FILE",
+                        help="compare with what the board printed (a capture of its UART); "
+                             "exit 1 if it differs")
     for action in (image, expect):
+        action.add_argument("--images", type=int, metavar="K",
+                            help="the first K held-out digits (default: all 450)")
+        action.add_argument("--crc-system", action="store_true",
+                            help="the CRC system's flash image and line (decode once, digest)")
         action.add_argument("--precision-bits", type=int, default=CodecParams().precision_bits,
                             metavar="P", help="the decoder's P (default %(default)s)")
         action.add_argument("--states", type=int, default=CodecParams().state_count,
@@ -475,21 +484,45 @@ def run(args) -> int:
     params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
     container = _read(args.container)
     if args.board_command == "image":
-        if args.bitstream:
-            image = flash_image(container, _read(args.bitstream))
-            command = f"iceprog {args.out}"
+        if args.crc_system:
+            images = None
         else:
+            images = image_set(*default_images(container, args.images))
+        if args.bitstream:
+            image = flash_image(container, _read(args.bitstream), images=images)
+            command = f"iceprog {args.out}"
+        elif images is None:
             image = model_region(container)
             command = f"iceprog -o {FLASH_OFFSET >> 20}M {args.out}"
+        else:
+            image = images_region(container, images)
+            command = f"iceprog -o {IMAGES_OFFSET >> 10}k {args.out}"
         Path(args.out).write_bytes(image)
-        print(f"{args.out}: {len(image)} bytes, model ({len(container)} bytes) for flash "
-              f"address {FLASH_OFFSET:#x}; write with: {command}")
+        what = (f"model ({len(container)} bytes) at {FLASH_OFFSET:#x}" if images is None else
+                f"images ({len(images)} bytes) at {IMAGES_OFFSET:#x} and model "
+                f"({len(container)} bytes) at {FLASH_OFFSET:#x}")
+        print(f"{args.out}: {len(image)} bytes, {what}; write with: {command}")
         return 0
-    line = format_line(expected_report(container, params))
-    if args.check is None:
-        print(line)
-        return 0
-    problems = check_line(args.check, container, params)
+    if args.crc_system:
+        line = format_line(expected_report(container, params))
+        if args.check is None and args.received is None:
+            print(line)
+            return 0
+        received = args.check if args.check is not None else \
+            _read(args.received).decode("ascii", errors="replace")
+        problems = check_line(received, container, params)
+    else:
+        if args.check is not None:
+            raise ValueError("--check takes the CRC system's one line; give the inference "
+                             "system's output with --received FILE")
+        expected = expected_inference(container, *default_images(container, args.images),
+                                      params)
+        if args.received is None:
+            for line in inference_lines(expected):
+                print(line)
+            return 0
+        problems = check_inference(_read(args.received).decode("ascii", errors="replace"),
+                                   expected)
     for problem in problems:
         print(problem)
     print("match" if not problems else "MISMATCH")

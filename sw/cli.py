@@ -30,7 +30,7 @@ COMMANDS = {
               "and export its container"),
     "compress": ("sw.compress", "post-training quantization of any model to a bits/weight "
                  "budget"),
-    "board": ("sw.board", "iCEBreaker flash image, and the UART line the board must print"),
+    "board": ("sw.board", "iCEBreaker flash image, and the UART lines the board must print"),
 }
 
 

