@@ -305,22 +305,28 @@ class InferenceEngine(wiring.Component):
         # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered in and out ------
         # Every product but the MAC's goes through it: the header's and DECODE's sizes, and
         # the requantization's terms, each a 16x16 product of magnitudes with a sign and an
-        # offset of 0 or 16 bits. Its operands are registered every cycle from what the state
-        # names (a_src, b_src, magnitudes taken when *_signed), the product two cycles later.
+        # offset of 0 or 16 bits. What the state names (a_src, b_src) is registered every
+        # cycle, then its magnitude (when *_signed), then the product: three cycles. (The
+        # magnitude's carry chain right behind the state's multiplexer made 30 MHz.)
         a_src = Signal(16)
         a_signed = Signal()
         b_src = Signal(16)
         b_signed = Signal()
+        a_reg = Signal(16)
+        b_reg = Signal(16)
+        a_negative = Signal()
+        b_negative = Signal()
         op_a = Signal(16)
         op_b = Signal(16)
         multiplied = Signal(32)
-        negative_1 = Signal()            # the sign of the product in op_a x op_b
-        negative_2 = Signal()            # ... of the product in `multiplied`
-        sign_a = a_signed & a_src[15]
-        sign_b = b_signed & b_src[15]
-        m.d.sync += [op_a.eq(Mux(sign_a, -a_src, a_src)), op_b.eq(Mux(sign_b, -b_src, b_src)),
-                     negative_1.eq(sign_a ^ sign_b),
-                     multiplied.eq(op_a * op_b), negative_2.eq(negative_1)]
+        negative_2 = Signal()            # the sign of the product in op_a x op_b
+        negative_3 = Signal()            # ... of the product in `multiplied`
+        m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
+                     b_reg.eq(b_src), b_negative.eq(b_signed & b_src[15]),
+                     op_a.eq(Mux(a_negative, -a_reg, a_reg)),
+                     op_b.eq(Mux(b_negative, -b_reg, b_reg)),
+                     negative_2.eq(a_negative ^ b_negative),
+                     multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
 
         # -- requantization: one accumulating adder ------------------------------------------
         # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
@@ -335,19 +341,22 @@ class InferenceEngine(wiring.Component):
         term_high = Signal()             # ... whose offset is 16 bits
         term_1 = Signal()
         high_1 = Signal()
-        term_2 = Signal()                # `multiplied` is a term to add
+        term_2 = Signal()
         high_2 = Signal()
+        term_3 = Signal()                # `multiplied` is a term to add
+        high_3 = Signal()
         add_one = Signal()               # the rounding's + 1, this cycle
         m.d.sync += [term_1.eq(add_term), high_1.eq(term_high),
-                     term_2.eq(term_1), high_2.eq(high_1)]
+                     term_2.eq(term_1), high_2.eq(high_1),
+                     term_3.eq(term_2), high_3.eq(high_2)]
         shift_count = Signal(6)
         placed = Signal(48)
-        m.d.comb += placed.eq(Mux(high_2, multiplied << 16, multiplied))
-        addend = Mux(add_one, 0, Mux(negative_2, ~placed, placed))
-        carry_in = Mux(add_one, 1, negative_2)
+        m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
+        addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
+        carry_in = Mux(add_one, 1, negative_3)
         # the carry-in as a low bit of both operands: one adder for +-placed and +1
         summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
-        with m.If(term_2 | add_one):
+        with m.If(term_3 | add_one):
             m.d.sync += total.eq(summed)
 
         # clamp(total >> 1): its bits from k up (k = 8 for U8, 7 for S8, 15 for S16) must all
@@ -393,6 +402,8 @@ class InferenceEngine(wiring.Component):
             # ---- the program ----
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
+                # unconditional: behind the word's tests they were a long enable chain
+                m.d.sync += [fetch.eq(0), cycles.eq(0), program_cursor.eq(0)]
                 with m.If(value_valid):
                     # a coded section before the program: the program is not the first
                     # section (docs/INFERENCE.md, rule 5)
@@ -407,8 +418,7 @@ class InferenceEngine(wiring.Component):
                         with m.If(self.program.payload.partial):
                             fail(Status.BAD_PROGRAM)
                         with m.Else():
-                            m.d.sync += [fetch.eq(0), busy.eq(1), cycles.eq(0),
-                                         program_cursor.eq(0)]
+                            m.d.sync += busy.eq(1)
                             m.next = "HEADER"
             with m.State("HEADER"):
                 # word f - 1 of the header is read at fetch f; C*H*W on the multiplier
@@ -423,13 +433,12 @@ class InferenceEngine(wiring.Component):
                         m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
                     with m.Case(4):
                         m.d.sync += width.eq(word)
-                    with m.Case(5):
+                    with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
                         m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
-                        m.d.sync += size_carry.eq(multiplied[16] & width[0])
-                    with m.Case(6):
-                        m.d.sync += cursor.eq(word)
-                    with m.Case(7):
+                        m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
+                                     cursor.eq(word)]
+                    with m.Case(9):
                         m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
                         m.next = "PIXELS"
             # ---- the image ----
@@ -491,42 +500,42 @@ class InferenceEngine(wiring.Component):
                     with m.Case(18):
                         m.d.sync += b_high.eq(word)
                     with m.Case(OP_WORDS):
-                        m.d.sync += single_multiplier.eq(word == 1)
+                        m.d.sync += [single_multiplier.eq(word == 1), fetch.eq(0)]
                         m.next = "DECODE"
             with m.State("DECODE"):
-                # H*W, H'*W' and C*H*W on the multiplier, two cycles each, overlapped
-                m.d.comb += [a_src.eq(height), b_src.eq(width)]
-                m.d.sync += [
-                    first_offset.eq(Mux(pad, -(width + 1), 0)),
-                    row_back.eq(width - (kernel - 1)),
-                    kernel_span.eq(Mux(kernel == 3, (width + 1) << 1, 0)),
-                    last_ox.eq(out_width - 1), last_oy.eq(out_height - 1),
-                    position.eq(0),
-                ]
-                first_out_channel()
-                m.next = "DECODE2"
-            with m.State("DECODE2"):
-                m.d.comb += [a_src.eq(out_height), b_src.eq(out_width)]
-                m.next = "DECODE3"
-            with m.State("DECODE3"):
-                m.d.comb += [a_src.eq(in_channels), b_src.eq(multiplied[:16])]
-                m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
-                m.next = "DECODE4"
-            with m.State("DECODE4"):
-                m.d.sync += [
-                    last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
-                    channel_step.eq(channel_stride - kernel_span),
-                ]
-                m.next = "DECODE5"
-            with m.State("DECODE5"):
-                m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
-                with m.If(is_pool):
-                    m.d.sync += [cursor.eq(input_address), pool_sum.eq(0)]
-                    m.next = "POOL"
-                with m.Elif(has_bias):
-                    m.next = "BIAS"
-                with m.Else():
-                    m.next = "CHANNEL"
+                # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
+                # fetch counts the steps
+                m.d.sync += fetch.eq(fetch + 1)
+                with m.Switch(fetch):
+                    with m.Case(0):
+                        m.d.comb += [a_src.eq(height), b_src.eq(width)]
+                        m.d.sync += [
+                            first_offset.eq(Mux(pad, -(width + 1), 0)),
+                            row_back.eq(width - (kernel - 1)),
+                            kernel_span.eq(Mux(kernel == 3, (width + 1) << 1, 0)),
+                            last_ox.eq(out_width - 1), last_oy.eq(out_height - 1),
+                            position.eq(0),
+                        ]
+                        first_out_channel()
+                    with m.Case(1):
+                        m.d.comb += [a_src.eq(out_height), b_src.eq(out_width)]
+                    with m.Case(3):
+                        m.d.comb += [a_src.eq(in_channels), b_src.eq(multiplied[:16])]
+                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                    with m.Case(4):
+                        m.d.sync += [
+                            last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
+                            channel_step.eq(channel_stride - kernel_span),
+                        ]
+                with m.If(fetch == 6):
+                    m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
+                    with m.If(is_pool):
+                        m.d.sync += [cursor.eq(input_address), pool_sum.eq(0)]
+                        m.next = "POOL"
+                    with m.Elif(has_bias):
+                        m.next = "BIAS"
+                    with m.Else():
+                        m.next = "CHANNEL"
             # ---- a layer's biases, before its weights ----
             with m.State("BIAS"):
                 # out_channel counts them, and is 0 again for the first channel
@@ -588,7 +597,7 @@ class InferenceEngine(wiring.Component):
                     fail(Status.BAD_PROGRAM)
             # ---- requantize the channel's accumulators, one position at a time ----
             # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
-            # outputs; each term's operands are set two cycles before it is added.
+            # outputs; each term's operands are set three cycles before it is added.
             bias_value = Mux(has_bias, bias_read.data, 0)
             accumulator = accumulator_read.data
             with m.State("RQ0"):
@@ -621,6 +630,8 @@ class InferenceEngine(wiring.Component):
             with m.State("RQ5"):
                 m.next = "RQ6"
             with m.State("RQ6"):
+                m.next = "RQ7"
+            with m.State("RQ7"):
                 # the last term is added this cycle
                 m.d.sync += add_one.eq(shift_count == 0)
                 m.next = "RQ_SHIFT"
