@@ -8,7 +8,7 @@ its channel before taking the next one (the loop over positions is the innermost
 decoder's backpressure paces it; only the accumulators of one output channel, the biases of
 one layer and the activations are stored.
 
-This first engine computes one product per cycle (a digits-ResNet image is about 3.1 M
+This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
 cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
 several output positions of the same weight at once.
 """
