@@ -8,7 +8,7 @@ its channel before taking the next one (the loop over positions is the innermost
 decoder's backpressure paces it; only the accumulators of one output channel, the biases of
 one layer and the activations are stored.
 
-This first engine computes one product per cycle (a digits-ResNet image is about 3.1 M
+This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
 cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
 several output positions of the same weight at once.
 """
@@ -106,6 +106,13 @@ class InferenceEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.lanes
+        # Widths from the parameters: an address, a size up to the memory, a channel, an
+        # accumulator position (or a pool's plane, at most 256 values), an output row/column.
+        AW = max(1, (self.memory_words - 1).bit_length())
+        SZ = self.memory_words.bit_length()
+        CW = max(1, (self.max_channels - 1).bit_length())
+        PW = max(8, (self.max_positions - 1).bit_length())
+        XW = max(1, (self.max_positions - 1).bit_length())
 
         # -- memories ------------------------------------------------------------------------
         m.submodules.program_ram = program_ram = Memory(
@@ -130,11 +137,11 @@ class InferenceEngine(wiring.Component):
             shape=signed(32), depth=self.max_positions, init=[])
         accumulator_write = accumulator_ram.write_port()
         # transparent: the MAC loop reads a position the cycle its last sum is written when a
-        # channel has a single output position
+        # channel has a single output position, and so does the requantization's first read
         accumulator_read = accumulator_ram.read_port(transparent_for=(accumulator_write,))
 
-        address = Signal(16)             # the activation memory's one address
-        cursor = Signal(16)              # ... when a loop walks it; states override it
+        address = Signal(AW)             # the activation memory's one address
+        cursor = Signal(AW)              # ... when a loop walks it; states override it
         m.d.comb += [address.eq(cursor),
                      activation_ram.addr.eq(address),
                      self.activations.payload.address.eq(address),
@@ -147,6 +154,7 @@ class InferenceEngine(wiring.Component):
         busy = Signal()
         m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
                      self.status.busy.eq(busy)]
+        # also the answer's count: it stops with busy, so the prediction needs no copy
         cycles = Signal(32)
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
@@ -186,202 +194,216 @@ class InferenceEngine(wiring.Component):
 
         # The bound of the section being consumed: a section that ends early
         # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
-        bound = Signal(16)
         # |value| > bound, as two comparisons side by side instead of a negation followed by a
         # comparison (that chain was on the critical path)
-        negative_bound = Signal(signed(17))
+        bound = Signal(15)
+        negative_bound = Signal(signed(16))
         out_of_bound = Signal()
         m.d.comb += out_of_bound.eq((value > bound) | (value < negative_bound))
 
-        # -- the program header and the current operation ------------------------------------
+        # -- the program and the current operation -------------------------------------------
         program_count = Signal(range(self.program_words + 1))
-        last_op = Signal(signed(9))      # op_count - 1 (op_count is the header's word, 8 bits)
-        input_size = Signal(17)
-        input_address = Signal(16)
+        last_op = Signal(8)              # op_count - 1
         op_index = Signal(8)
-        op_base = Signal(range(self.program_words + 1))   # first word of the current record
         # The program RAM's read address, a counter: the header and a record are read word
-        # after word and the per-channel multipliers channel after channel. (As op_base +
-        # OP_WORDS + out_channel it was the critical path, 26 MHz.)
-        program_cursor = Signal.like(op_base)
+        # after word, then it stays on the current channel's multiplier (A is read from the
+        # RAM, not kept), stepping a word a channel when each channel has its own.
+        program_cursor = Signal(range(self.program_words + 1))
         m.d.comb += program_read.addr.eq(program_cursor)
-        # Fields read only in part are kept in part, and fields only compared with constants
-        # as the comparisons' results (decoded as the word arrives): ~90 flip-flops fewer.
-        narrow = {"kernel": 2, "flags": 2, "shift": 6, "skip_shift": 5}
-        record = {name: Signal(narrow.get(name, 16), name=f"op_{name}") for name in _RECORD
-                  if name not in ("opcode", "output_type", "stride")}
-        decoded = {
-            "opcode": {"is_conv": Opcode.CONV, "is_linear": Opcode.LINEAR,
-                       "is_pool": Opcode.POOL},
-            "output_type": {"type_u8": ValueType.U8, "type_s8": ValueType.S8},
-            "stride": {"stride_is_2": 2},
-            "multiplier_count": {"single_multiplier": 1},
-        }
-        flags = {flag: Signal(name=f"op_{flag}") for fields in decoded.values()
-                 for flag in fields}
-        fetch = Signal(range(OP_WORDS + 2))
+        word = program_read.data
+        fetch = Signal(range(OP_WORDS + 1))
 
-        is_conv = flags["is_conv"]
-        is_linear = flags["is_linear"]
-        has_bias = record["flags"][0]
-        has_skip = record["flags"][1]
-        bias_multiplier = Signal(signed(32))
-        m.d.comb += bias_multiplier.eq(Cat(record["bias_low"], record["bias_high"]))
-
-        # Loop bounds of the current operation, made ready in DECODE. A linear layer runs as a
-        # 1x1 convolution over C*H*W channels of one pixel each.
-        channels = Signal(16)            # inner-product channels: in_channels, or C*H*W
-        height = Signal(16)
-        width = Signal(16)
-        channel_stride = Signal(17)      # H*W: words from one input channel to the next
-        kernel = Signal(2)
+        # Record fields, each narrowed to what it can hold in this engine's memories, and
+        # fields used only through a derived value kept as that value (decoded as the word
+        # arrives). Wider values in a program wrap; docs/INFERENCE.md says which are checked.
+        is_conv = Signal()
+        is_linear = Signal()
+        is_pool = Signal()
+        type_u8 = Signal()
+        type_s8 = Signal()
         stride2 = Signal()
-        out_height = Signal(16)
-        out_width = Signal(16)
-        # Each loop's last index, registered once per operation: comparing a counter with
-        # `bound - 1` computed in the same cycle put a subtractor and a long LUT chain in front
-        # of the FSM (16 MHz). Signed and a bit wider, as Amaranth's `bound - 1` is, so that a
-        # zero bound never matches, as before.
-        last_out_channel = Signal(signed(17))
-        last_channel = Signal(signed(17))
-        last_plane = Signal(signed(18))      # channel_stride - 1
-        last_position = Signal(signed(18))   # positions - 1
-        last_ox = Signal(signed(17))
-        last_oy = Signal(signed(17))
-        on_last_ox = Signal()                # ox == last_ox, oy == last_oy: set with them, so
-        on_last_oy = Signal()                # that MAC's decisions start from flip-flops
-        last_input = Signal(signed(18))      # input_size - 1
-        skip_cursor = Signal(16)             # skip address of the value being requantized
-        # out_channel == last_out_channel and in_channel == last_channel, kept beside the
-        # counters (set with them) so that no 16-bit comparison sits in the WEIGHT checks
-        on_last_out_channel = Signal()
-        on_last_channel = Signal()
-        low = Signal(signed(17))         # the output type's range
-        high = Signal(signed(17))
+        single_multiplier = Signal()
+        has_bias = Signal()
+        has_skip = Signal()
+        in_channels = Signal(SZ)
+        height = Signal(SZ)              # the input's height and width (a linear layer's
+        width = Signal(SZ)               # positions are 0 only: H and W never exclude them)
+        kernel = Signal(2)               # 1 for a linear layer: a 1x1 conv over C*H*W channels
+        last_out_channel = Signal(CW)
+        input_address = Signal(AW)
+        output_address = Signal(AW)      # output address of the next value written
+        skip_cursor = Signal(AW)         # skip address of the value being requantized
+        weight_bound = Signal(15)
+        shift = Signal(6)
+        skip_shift = Signal(5)
+        b_low = Signal(16)               # bias_multiplier B, two words
+        b_high = Signal(16)
 
-        # -- loop counters -------------------------------------------------------------------
-        out_channel = Signal(16)
-        in_channel = Signal(16)
+        # Loop bounds of the current operation, made ready in DECODE, and the counters. Each
+        # loop's end is a flag set with its counter (on_last_*), so that no comparison of a
+        # counter with a bound sits in front of the FSM's decisions. Counters count down to a
+        # constant, and a bound's test for zero is a reduction: Yosys' opt_share merged
+        # `x + 1 == last` and `last == 0` into one comparator behind the FSM's multiplexers
+        # (21-26 MHz).
+        channel_stride = Signal(AW)      # H*W: words from one input channel to the next
+        last_channel = Signal(AW)        # inner-product channels - 1: C - 1, or C*H*W - 1
+        last_position = Signal(PW)       # H'*W' - 1, or a pool's H*W - 1
+        last_ox = Signal(XW)
+        last_oy = Signal(XW)
+        out_channel = Signal(CW)
+        # inner-product channels still to take after the current one: counting down, its end
+        # is a comparison with a constant (as an up-counter's `+ 1 == last` it shared an
+        # adder behind the FSM's multiplexers: 21 MHz)
+        channels_left = Signal(AW)
+        first_in_channel = Signal()
         ky = Signal(2)
         kx = Signal(2)
-        oy = Signal(16)
-        ox = Signal(16)
-        position = Signal(17)
+        oy_left = Signal(XW)             # output rows and columns still to go after this one
+        ox_left = Signal(XW)
+        position = Signal(PW)
+        on_last_ox = Signal()
+        on_last_oy = Signal()
+        out_left = Signal(CW)            # output channels still to go after this one
+        on_last_out_channel = Signal()
+        on_last_channel = Signal()
         # The read address of output (0, 0) for the next weight: kept as a running value,
-        # stepped as (kx, ky, in_channel) advance by per-operation constants, instead of
-        # channel_base + (ky - pad) * width + (kx - pad) formed in WEIGHT (26 MHz).
-        weight_start = Signal(signed(20))
-        first_offset = Signal(signed(20))   # -(pad * width + pad): (0, 0) of a plane's first
-        row_back = Signal(signed(20))       # width - (kernel - 1): kx back to 0, ky + 1
-        kernel_span = Signal(signed(20))    # (kernel - 1) * (width + 1)
-        channel_step = Signal(signed(20))   # channel_stride - kernel_span: the next plane
-        row = Signal(signed(18))            # input row of (oy, ky)
-        column = Signal(signed(18))         # input column of (ox, kx)
-        row_address = Signal(signed(20))    # where the current output row's reads start (the
-                                            # cursor walks the row from there)
-        # The checks of a value BIAS or WEIGHT takes, acted on the next cycle (in BIAS,
-        # CHANNEL or MAC): between the decoder's value and the FSM they were the critical
-        # path (23 MHz, then 27). A bad section still stops the engine with BAD_PROGRAM, a
-        # cycle later; what it wrote meanwhile (a bias, a partial sum) is internal.
+        # stepped as (kx, ky, channel) advance by per-operation constants. Addresses are
+        # modulo the memory: what wraps below 0 is padding, never read.
+        weight_start = Signal(AW)
+        first_offset = Signal(AW)        # -(pad * width + pad): (0, 0) of a plane's first
+        row_back = Signal(AW)            # width - (kernel - 1): kx back to 0, ky + 1
+        kernel_span = Signal(AW)         # (kernel - 1) * (width + 1)
+        channel_step = Signal(AW)        # channel_stride - kernel_span: the next plane
+        row = Signal(signed(SZ + 1))     # input row of (oy, ky)
+        column = Signal(signed(SZ + 1))  # input column of (ox, kx)
+        column_start = Signal(signed(2))  # kx - pad of the weight being applied
+        row_address = Signal(AW)         # where the current output row's reads start
+        # The checks of a value BIAS or WEIGHT takes, acted on the next cycle: between the
+        # decoder's value and the FSM they were the critical path. A bad section still stops
+        # the engine with BAD_PROGRAM, a cycle later; what it wrote meanwhile is internal.
         fault = Signal()
-        output_address = Signal(17)         # output address of the value being written
-        first_weight = Signal()             # the weight being applied is the channel's first
         weight = Signal(signed(16))
+        weight_first = Signal()          # the weight being applied is its channel's first
+        weight_last = Signal()           # ... its channel's last
 
         # MAC pipeline: stage 1 holds the position whose input and accumulator are being read.
-        # It is valid only the cycle after a MAC cycle issued it.
+        # The weight is zeroed there for a padding position, so that the SPRAM's data goes
+        # straight into the multiplier.
         s1_valid = Signal()
-        s1_position = Signal(17)
-        s1_inside = Signal()
+        s1_position = Signal(PW)
         s1_first = Signal()
         s1_weight = Signal(signed(16))
         product = Signal(signed(32))
-        m.d.comb += product.eq(s1_weight * Mux(s1_inside, activation_read_data, 0))
+        m.d.comb += product.eq(s1_weight * activation_read_data)
         with m.If(s1_valid):
             m.d.comb += [accumulator_write.addr.eq(s1_position),
                          accumulator_write.data.eq(
                              Mux(s1_first, 0, accumulator_read.data) + product),
                          accumulator_write.en.eq(1)]
-
-        # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered product ---------
-        # Every product but the MAC's goes through it, a 16-bit piece at a time: the header's
-        # and DECODE's sizes, the bias term (|bias| x |B|, B of 32 bits) and the
-        # requantization (|accumulator| x multiplier, the accumulator of 32 bits). Operands
-        # are magnitudes, so one signedness serves all; the sign is applied to the sum.
-        multiply_a = Signal(16)
-        multiply_b = Signal(16)
-        multiplied = Signal(32)
-        m.d.sync += multiplied.eq(multiply_a * multiply_b)
-        wide_low = Signal(32)            # the low piece's product, while the high one runs
-        wide = Signal(48)                # |X| x Y of a 32-bit X, from its two pieces
-        wide_negative = Signal()
-        wide_term = Signal(signed(50))   # +-wide (as ~wide + 1: one adder with the sum)
-        m.d.comb += wide_term.eq(Mux(wide_negative, ~wide.as_signed(), wide))
-
-        # |B|, |bias| and |accumulator| each from its own source: one unit shared behind a
-        # state-selected multiplexer was the critical path (31 MHz)
-        def magnitude_of(x):
-            return Mux(x < 0, -x, x)
-
-        bias_term = Signal(signed(50))   # bias x B + the rounding constant, per channel
-        multiplier = Signal(16)
-        skip_value = Signal(signed(16))
-        magnitude_in = Signal(32)        # |accumulator| or |bias|, for its pieces
-        negative_in = Signal()
-        base = Signal(signed(50))        # bias_term + skip << T, beside the multiply
-        skip_term = Signal(signed(47))   # skip << T a cycle before: the shift, then the add
-        b_magnitude = Signal(32)         # |B|, once per operation
-        b_negative = Signal()
-        total = Signal(signed(50))
-        # clamp(total >> S) without shifting all 50 bits or comparing them with low and high:
-        # with k the output type's bits above the sign (8 for U8, 7 for S8, 15 for S16),
-        # total >> S > high exactly when total >= 2**(S+k), and total >> S < low exactly when
-        # total < -2**(S+k) (U8: total < 0); that is, when the bits from S+k up are not all
-        # copies of the sign. range_mask marks those bits, once per operation. Only the 16
-        # bits of the shifted value that are written are formed, coarsest stage first so
-        # that each stage is no wider than what the next needs.
-        range_mask = Signal(50)
-        unsigned_output = Signal()
-        sign = total[49]
-        over = Signal()
-        under = Signal()
-        window = total
-        for bit in reversed(range(6)):
-            window = Mux(record["shift"][bit], window >> (1 << bit), window)
-        # registered (RQ_CLAMP): from total through the clamp to the SPRAM's data input, far
-        # across the chip, was the critical path (26 MHz)
-        clamped = Signal(signed(16))
-        m.d.comb += [
-            over.eq(~sign & (total & range_mask).any()),
-            under.eq(sign & (unsigned_output | (~total & range_mask).any())),
-        ]
-        pool_sum = Signal(signed(24))
-        best_value = Signal(signed(17))
-        best_label = Signal(16)
-        prediction = Signal(Prediction)
-        m.d.comb += self.prediction.payload.eq(prediction)
-
         m.d.sync += s1_valid.eq(0)
 
-        # range_mask[i] = S + k <= i, formed from the record's registers outside the FSM (only
-        # its register's enable is DECODE's) and from equalities only: written as '<=', Yosys
-        # made each of the 50 a carry chain (247 SB_CARRY)
-        range_start = Signal(7)
-        m.d.comb += range_start.eq(record["shift"] + Mux(flags["type_u8"], 8,
-                                                         Mux(flags["type_s8"], 7, 15)))
-        eighth = [range_start[3:] == j for j in range(7)]
-        below = [Const(0, 1)] + [Cat(*eighth[:j]).any() for j in range(1, 7)]
-        within = [Cat(*[range_start[:3] == t for t in range(r + 1)]).any() for r in range(8)]
-        next_range_mask = Cat(below[i >> 3] | (eighth[i >> 3] & within[i & 7]) for i in range(50))
+        # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered in and out ------
+        # Every product but the MAC's goes through it: the header's and DECODE's sizes, and
+        # the requantization's terms, each a 16x16 product of magnitudes with a sign and an
+        # offset of 0 or 16 bits. What the state names (a_src, b_src) is registered every
+        # cycle, then its magnitude (when *_signed), then the product: three cycles. (The
+        # magnitude's carry chain right behind the state's multiplexer made 30 MHz.)
+        a_src = Signal(16)
+        a_signed = Signal()
+        b_src = Signal(16)
+        b_signed = Signal()
+        a_reg = Signal(16)
+        b_reg = Signal(16)
+        a_negative = Signal()
+        b_negative = Signal()
+        op_a = Signal(16)
+        op_b = Signal(16)
+        multiplied = Signal(32)
+        negative_2 = Signal()            # the sign of the product in op_a x op_b
+        negative_3 = Signal()            # ... of the product in `multiplied`
+        m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
+                     b_reg.eq(b_src), b_negative.eq(b_signed & b_src[15]),
+                     op_a.eq(Mux(a_negative, -a_reg, a_reg)),
+                     op_b.eq(Mux(b_negative, -b_reg, b_reg)),
+                     negative_2.eq(a_negative ^ b_negative),
+                     multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
+
+        # -- requantization: one accumulating adder ------------------------------------------
+        # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
+        # unsigned low half: every piece's magnitude fits 16 bits), then shifted right in
+        # place (16 or 1 bit a cycle) by S - 1, plus 1, and once more: the rounding
+        # floor((x + 2**(S-1)) / 2**S) = floor((floor(x / 2**(S-1)) + 1) / 2), without a
+        # rounding term or a barrel shifter. |total| < 2**47 (docs/INFERENCE.md, "Bounds").
+        # Everything the adder takes is a register (the terms' tags travel with their
+        # operands): a state decoded in front of its 48-bit carry chain made 25 MHz.
+        total = Signal(signed(48))
+        add_term = Signal()              # the state loads the operands of a term...
+        term_high = Signal()             # ... whose offset is 16 bits
+        term_1 = Signal()
+        high_1 = Signal()
+        term_2 = Signal()
+        high_2 = Signal()
+        term_3 = Signal()                # `multiplied` is a term to add
+        high_3 = Signal()
+        add_one = Signal()               # the rounding's + 1, this cycle
+        m.d.sync += [term_1.eq(add_term), high_1.eq(term_high),
+                     term_2.eq(term_1), high_2.eq(high_1),
+                     term_3.eq(term_2), high_3.eq(high_2)]
+        shift_count = Signal(6)
+        placed = Signal(48)
+        m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
+        addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
+        carry_in = Mux(add_one, 1, negative_3)
+        # the carry-in as a low bit of both operands: one adder for +-placed and +1
+        summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
+        with m.If(term_3 | add_one):
+            m.d.sync += total.eq(summed)
+
+        # clamp(total >> 1): its bits from k up (k = 8 for U8, 7 for S8, 15 for S16) must all
+        # copy the sign, else it saturates
+        result = total >> 1
+        sign = total[47]
+        type_s16 = ~type_u8 & ~type_s8
+        high_any = result[15:].any() | (~type_s16 & result[8:15].any()) | (type_s8 & result[7])
+        high_all = result[15:].all() & (type_s16 | result[8:15].all()) & (~type_s8 | result[7])
+        over = ~sign & high_any
+        under = sign & (type_u8 | ~high_all)
+        high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
+        low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
+        clamped = Mux(over, high, Mux(under, low, result[:16]))
+
+        pool_sum = Signal(signed(16))    # fits S16 (docs/INFERENCE.md, "Bounds")
+        best_value = Signal(signed(16))
+        best_label = Signal(CW)
+        argmax_label = Signal(CW)        # index of the value arriving this cycle
+        argmax_valid = Signal()
+        m.d.comb += [self.prediction.payload.label.eq(best_label),
+                     self.prediction.payload.cycles.eq(cycles)]
+
+        def first_out_channel():
+            m.d.sync += [out_channel.eq(0), out_left.eq(last_out_channel),
+                         on_last_out_channel.eq(~last_out_channel.any())]
+
+        def next_out_channel():
+            m.d.sync += [out_channel.eq(out_channel + 1), out_left.eq(out_left - 1),
+                         on_last_out_channel.eq(out_left == 1)]
 
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
             m.next = "ERROR"
 
+        load_weight = Signal()
+        pad = kernel >> 1
+        m.d.comb += bias_read.addr.eq(out_channel)
+        out_height = Mux(is_conv, Mux(stride2, (height + 1) >> 1, height), 1)
+        out_width = Mux(is_conv, Mux(stride2, (width + 1) >> 1, width), 1)
+
         with m.FSM():
             # ---- the program ----
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
+                # unconditional: behind the word's tests they were a long enable chain
+                m.d.sync += [fetch.eq(0), cycles.eq(0), program_cursor.eq(0)]
                 with m.If(value_valid):
                     # a coded section before the program: the program is not the first
                     # section (docs/INFERENCE.md, rule 5)
@@ -396,31 +418,28 @@ class InferenceEngine(wiring.Component):
                         with m.If(self.program.payload.partial):
                             fail(Status.BAD_PROGRAM)
                         with m.Else():
-                            m.d.sync += [fetch.eq(0), busy.eq(1), cycles.eq(0),
-                                         program_cursor.eq(0)]
+                            m.d.sync += busy.eq(1)
                             m.next = "HEADER"
             with m.State("HEADER"):
-                # words 0 (op_count), 1-3 (C, H, W) and 5 (input_address), a cycle after
-                # their address
+                # word f - 1 of the header is read at fetch f; C*H*W on the multiplier
                 m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
-                word = program_read.data
                 size_carry = Signal()    # bit 16 of C*H times bit 0 of W: bit 16 of C*H*W
                 with m.Switch(fetch):
                     with m.Case(1):
                         m.d.sync += last_op.eq(word[:8] - 1)
                     with m.Case(2):
-                        m.d.sync += input_size.eq(word)
+                        m.d.sync += in_channels.eq(word)
                     with m.Case(3):
-                        m.d.comb += [multiply_a.eq(input_size), multiply_b.eq(word)]
+                        m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
                     with m.Case(4):
-                        # C*H is ready; its low 17 bits times W give C*H*W's low 17 bits
-                        m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(word)]
-                        m.d.sync += size_carry.eq(multiplied[16] & word[0])
-                    with m.Case(5):
-                        m.d.sync += input_size.eq(multiplied + (size_carry << 16))
+                        m.d.sync += width.eq(word)
                     with m.Case(6):
-                        m.d.sync += [input_address.eq(word), position.eq(0), cursor.eq(word),
-                                     last_input.eq(input_size - 1)]
+                        # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
+                        m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
+                        m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
+                                     cursor.eq(word)]
+                    with m.Case(9):
+                        m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
                         m.next = "PIXELS"
             # ---- the image ----
             with m.State("PIXELS"):
@@ -428,221 +447,205 @@ class InferenceEngine(wiring.Component):
                 with m.If(self.pixels.valid):
                     m.d.comb += [activation_write_data.eq(self.pixels.payload),
                                  activation_write_en.eq(1)]
-                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                    with m.If(position == last_input):
-                        m.d.sync += [op_index.eq(0), op_base.eq(HEADER_WORDS), fetch.eq(0),
+                    m.d.sync += [cursor.eq(cursor + 1), channels_left.eq(channels_left - 1)]
+                    with m.If(channels_left == 0):
+                        m.d.sync += [op_index.eq(0), fetch.eq(0),
                                      program_cursor.eq(HEADER_WORDS)]
                         m.next = "FETCH"
-            # ---- the next operation's record ----
+            # ---- the next operation's record: word f - 1 at fetch f ----
             with m.State("FETCH"):
-                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
-                for name, offset in _RECORD.items():
-                    with m.If(fetch == offset + 1):
-                        if name in record:
-                            m.d.sync += record[name].eq(program_read.data)
-                        for flag, constant in decoded.get(name, {}).items():
-                            m.d.sync += flags[flag].eq(program_read.data == constant)
-                with m.If(fetch == OP_WORDS):
-                    m.next = "DECODE"
+                # the cursor stops on the record's first multiplier
+                with m.If(fetch < OP_WORDS):
+                    m.d.sync += program_cursor.eq(program_cursor + 1)
+                m.d.sync += fetch.eq(fetch + 1)
+                with m.Switch(fetch):
+                    with m.Case(1):
+                        m.d.sync += [is_conv.eq(word == Opcode.CONV),
+                                     is_linear.eq(word == Opcode.LINEAR),
+                                     is_pool.eq(word == Opcode.POOL)]
+                    with m.Case(2):
+                        m.d.sync += [type_u8.eq(word == ValueType.U8),
+                                     type_s8.eq(word == ValueType.S8)]
+                    with m.Case(3):
+                        m.d.sync += in_channels.eq(word)
+                    with m.Case(4):
+                        m.d.sync += height.eq(word)
+                    with m.Case(5):
+                        m.d.sync += width.eq(word)
+                    with m.Case(6):
+                        m.d.sync += last_out_channel.eq(word - 1)
+                    with m.Case(7):
+                        m.d.sync += kernel.eq(Mux(is_conv, word, 1))
+                    with m.Case(8):
+                        m.d.sync += stride2.eq(is_conv & (word == 2))
+                    with m.Case(9):
+                        m.d.sync += input_address.eq(word)
+                    with m.Case(10):
+                        m.d.sync += output_address.eq(word)
+                    with m.Case(11):
+                        m.d.sync += skip_cursor.eq(word)
+                    with m.Case(12):
+                        m.d.sync += [has_bias.eq(word[0]), has_skip.eq(word[1])]
+                    with m.Case(13):
+                        m.d.sync += weight_bound.eq(word)
+                    with m.Case(14):
+                        # the bias bound, for the section taken first
+                        m.d.sync += [bound.eq(word), negative_bound.eq(-word[:15])]
+                    with m.Case(15):
+                        m.d.sync += shift.eq(word)
+                    with m.Case(16):
+                        m.d.sync += skip_shift.eq(word)
+                    with m.Case(17):
+                        m.d.sync += b_low.eq(word)
+                    with m.Case(18):
+                        m.d.sync += b_high.eq(word)
+                    with m.Case(OP_WORDS):
+                        m.d.sync += [single_multiplier.eq(word == 1), fetch.eq(0)]
+                        m.next = "DECODE"
             with m.State("DECODE"):
-                # H*W, then C*H*W and H'*W' a cycle each on the shared multiplier
-                m.d.comb += [multiply_a.eq(record["in_height"]), multiply_b.eq(record["in_width"])]
-                m.d.sync += [
-                    height.eq(Mux(is_linear, 1, record["in_height"])),
-                    width.eq(Mux(is_linear, 1, record["in_width"])),
-                    b_negative.eq(bias_multiplier < 0), b_magnitude.eq(magnitude_of(bias_multiplier)),
-                    program_cursor.eq(op_base + OP_WORDS),     # the first channel's multiplier
-                    last_out_channel.eq(record["out_channels"] - 1),
-                    kernel.eq(Mux(is_conv, record["kernel"], 1)),
-                    stride2.eq(is_conv & flags["stride_is_2"]),
-                    out_height.eq(Mux(is_conv, Mux(flags["stride_is_2"],
-                                                   (record["in_height"] + 1) >> 1,
-                                                   record["in_height"]), 1)),
-                    out_width.eq(Mux(is_conv, Mux(flags["stride_is_2"],
-                                                  (record["in_width"] + 1) >> 1,
-                                                  record["in_width"]), 1)),
-                ]
-                with m.If(flags["type_u8"]):
-                    m.d.sync += [low.eq(0), high.eq(255)]
-                with m.Elif(flags["type_s8"]):
-                    m.d.sync += [low.eq(-128), high.eq(127)]
-                with m.Else():
-                    m.d.sync += [low.eq(-32768), high.eq(32767)]
-                m.d.sync += [range_mask.eq(next_range_mask),
-                             unsigned_output.eq(flags["type_u8"])]
-                m.next = "DECODE_HW"
-            with m.State("DECODE_HW"):
-                m.d.comb += [multiply_a.eq(multiplied[:16]), multiply_b.eq(record["in_channels"])]
-                pad = kernel >> 1
-                m.d.sync += [first_offset.eq(Mux(pad, -(width + 1), 0)),
-                             row_back.eq(width - (kernel - 1)),
-                             kernel_span.eq(Mux(kernel == 3, (width + 1) << 1,
-                                                Mux(kernel == 2, width + 1, 0))),
-                             channel_stride.eq(Mux(is_linear, 1, multiplied)),
-                             last_plane.eq(Mux(is_linear, 1, multiplied[:17]) - 1),
-                             last_ox.eq(out_width - 1), last_oy.eq(out_height - 1)]
-                m.next = "DECODE_CHW"
-            with m.State("DECODE_CHW"):
-                m.d.comb += [multiply_a.eq(out_height), multiply_b.eq(out_width)]
-                m.d.sync += [channels.eq(Mux(is_linear, multiplied, record["in_channels"])),
-                             last_channel.eq(Mux(is_linear, multiplied[:16],
-                                                 record["in_channels"]) - 1)]
-                m.next = "DECODE2"
-            with m.State("DECODE2"):
-                m.d.sync += [last_position.eq(multiplied[:17] - 1),   # H'*W' - 1
-                             channel_step.eq(channel_stride - kernel_span),
-                             out_channel.eq(0), skip_cursor.eq(record["skip_address"]),
-                             on_last_out_channel.eq(last_out_channel == 0),
-                             output_address.eq(record["output_address"]), position.eq(0)]
-                with m.If(flags["is_pool"]):
-                    m.d.sync += [cursor.eq(record["input_address"]), pool_sum.eq(0)]
-                    m.next = "POOL"
-                with m.Elif(has_bias):
-                    m.d.sync += [bound.eq(record["bias_bound"]),
-                                 negative_bound.eq(-record["bias_bound"])]
-                    m.next = "BIAS"
-                with m.Else():
-                    m.next = "CHANNEL"
+                # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
+                # fetch counts the steps
+                m.d.sync += fetch.eq(fetch + 1)
+                with m.Switch(fetch):
+                    with m.Case(0):
+                        m.d.comb += [a_src.eq(height), b_src.eq(width)]
+                        m.d.sync += [
+                            first_offset.eq(Mux(pad, -(width + 1), 0)),
+                            row_back.eq(width - (kernel - 1)),
+                            kernel_span.eq(Mux(kernel == 3, (width + 1) << 1, 0)),
+                            last_ox.eq(out_width - 1), last_oy.eq(out_height - 1),
+                            position.eq(0),
+                        ]
+                        first_out_channel()
+                    with m.Case(1):
+                        m.d.comb += [a_src.eq(out_height), b_src.eq(out_width)]
+                    with m.Case(3):
+                        m.d.comb += [a_src.eq(in_channels), b_src.eq(multiplied[:16])]
+                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                    with m.Case(4):
+                        m.d.sync += [
+                            last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
+                            channel_step.eq(channel_stride - kernel_span),
+                        ]
+                with m.If(fetch == 6):
+                    m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
+                    with m.If(is_pool):
+                        m.d.sync += [cursor.eq(input_address), pool_sum.eq(0)]
+                        m.next = "POOL"
+                    with m.Elif(has_bias):
+                        m.next = "BIAS"
+                    with m.Else():
+                        m.next = "CHANNEL"
             # ---- a layer's biases, before its weights ----
             with m.State("BIAS"):
-                # the layer's last bias: position counts them from 0 (a down-counter of 32
-                # bits did this before)
-                last_bias = position == last_out_channel
-                m.d.comb += [bias_write.addr.eq(position), bias_write.data.eq(value)]
+                # out_channel counts them, and is 0 again for the first channel
+                m.d.comb += [bias_write.addr.eq(out_channel), bias_write.data.eq(value)]
                 with m.If(value_valid):
                     m.d.comb += [take_value.eq(1), bias_write.en.eq(1)]
-                    m.d.sync += [fault.eq((value_first != (position == 0)) |
-                                          (value_last != last_bias) | out_of_bound),
-                                 position.eq(position + 1)]
-                    with m.If(last_bias):
+                    m.d.sync += fault.eq((value_first != ~out_channel.any()) |
+                                         (value_last != on_last_out_channel) | out_of_bound)
+                    next_out_channel()
+                    with m.If(on_last_out_channel):
+                        first_out_channel()
                         m.next = "CHANNEL"
                 with m.If(fault):
                     fail(Status.BAD_PROGRAM)
-            # ---- one output channel: its bias term, then every weight over every position ----
+            # ---- one output channel: every weight over every position, then requantize ----
             with m.State("CHANNEL"):
-                m.d.comb += bias_read.addr.eq(out_channel)
-                m.d.sync += [in_channel.eq(0), on_last_channel.eq(last_channel == 0),
-                             ky.eq(0), kx.eq(0), first_weight.eq(1),
-                             weight_start.eq(record["input_address"] + first_offset)]
-                m.next = "CHANNEL2"
+                m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
+                             on_last_channel.eq(~last_channel.any()),
+                             ky.eq(0), kx.eq(0), bound.eq(weight_bound),
+                             negative_bound.eq(-weight_bound),
+                             weight_start.eq(input_address + first_offset)]
+                m.next = "WEIGHT"
                 with m.If(fault):          # the layer's last bias
                     fail(Status.BAD_PROGRAM)
-            with m.State("CHANNEL2"):
-                with m.If(~flags["single_multiplier"]):
-                    m.d.sync += program_cursor.eq(program_cursor + 1)   # the next channel's
-                m.d.sync += [magnitude_in.eq(magnitude_of(bias_read.data)),
-                             negative_in.eq((bias_read.data < 0) ^ b_negative),
-                             multiplier.eq(program_read.data), bound.eq(record["weight_bound"]),
-                             negative_bound.eq(-record["weight_bound"])]
-                m.next = "CHANNEL3"
-            with m.State("CHANNEL3"):
-                # |bias| < 2**16 and |B| <= 2**31: two pieces of B
-                m.d.comb += [multiply_a.eq(magnitude_in), multiply_b.eq(b_magnitude[:16])]
-                m.next = "CHANNEL4"
-            with m.State("CHANNEL4"):
-                m.d.comb += [multiply_a.eq(magnitude_in), multiply_b.eq(b_magnitude[16:])]
-                m.d.sync += wide_low.eq(multiplied)
-                m.next = "CHANNEL5"
-            with m.State("CHANNEL5"):
-                m.d.sync += [wide.eq((multiplied << 16) + wide_low),
-                             wide_negative.eq(negative_in & has_bias)]
-                with m.If(~has_bias):
-                    m.d.sync += wide.eq(0)
-                m.next = "CHANNEL6"
-            with m.State("CHANNEL6"):
-                # the rounding constant rides with the bias: one term per channel
-                m.d.sync += bias_term.eq(wide_term + wide_negative
-                                         + ((Const(1, 47) << record["shift"][:6]) >> 1))
-                m.next = "WEIGHT"
             with m.State("WEIGHT"):
-                # take the next weight; (ky, kx) and in_channel say where it applies
                 with m.If(value_valid):
-                    m.d.comb += take_value.eq(1)
-                    starts = (out_channel == 0) & (in_channel == 0) & (ky == 0) & (kx == 0)
-                    ends = on_last_out_channel & on_last_channel & \
-                        (ky == kernel - 1) & (kx == kernel - 1)
-                    pad = kernel >> 1
-                    # ky - pad and kx - pad are -1, 0 or 1
-                    m.d.sync += [
-                        fault.eq((value_first != starts) | (value_last != ends) |
-                                        out_of_bound),
-                        weight.eq(value), oy.eq(0), ox.eq(0), position.eq(0),
-                        on_last_ox.eq(last_ox == 0), on_last_oy.eq(last_oy == 0),
-                        row.eq(ky - pad), column.eq(kx - pad),
-                        row_address.eq(weight_start), cursor.eq(weight_start),
-                    ]
+                    m.d.comb += load_weight.eq(1)
                     m.next = "MAC"
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
                 inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
-                m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_inside.eq(inside),
-                             s1_first.eq(first_weight), s1_weight.eq(weight)]
+                m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
+                             s1_weight.eq(Mux(inside, weight, 0))]
                 m.d.comb += accumulator_read.addr.eq(position)
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
                 with m.If(on_last_ox):
                     next_row = row_address + Mux(stride2, width << 1, width)
-                    m.d.sync += [ox.eq(0), column.eq(kx - (kernel >> 1)), oy.eq(oy + 1),
-                                 on_last_ox.eq(last_ox == 0),
-                                 on_last_oy.eq(oy + 1 == last_oy),
+                    m.d.sync += [ox_left.eq(last_ox), column.eq(column_start),
+                                 oy_left.eq(oy_left - 1),
+                                 on_last_ox.eq(~last_ox.any()),
+                                 on_last_oy.eq(oy_left == 1),
                                  row.eq(row + step), row_address.eq(next_row),
                                  cursor.eq(next_row)]
                     with m.If(on_last_oy):
                         # this weight is done: the next one, or the channel's requantization
-                        m.d.sync += first_weight.eq(0)
-                        last_kx = kx == kernel - 1
-                        last_ky = ky == kernel - 1
-                        m.d.sync += weight_start.eq(weight_start + Mux(
-                            ~last_kx, 1, Mux(~last_ky, row_back, channel_step)))
-                        with m.If(~last_kx):
-                            m.d.sync += kx.eq(kx + 1)
-                            m.next = "WEIGHT"
-                        with m.Elif(~last_ky):
-                            m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                            m.next = "WEIGHT"
-                        with m.Elif(~on_last_channel):
-                            m.d.sync += [kx.eq(0), ky.eq(0), in_channel.eq(in_channel + 1),
-                                         on_last_channel.eq(in_channel + 1 == last_channel)]
-                            m.next = "WEIGHT"
-                        with m.Else():
+                        with m.If(weight_last):
                             m.d.sync += position.eq(0)
-                            m.next = "DRAIN"
+                            m.next = "RQ0"
+                        with m.Elif(value_valid):
+                            m.d.comb += load_weight.eq(1)
+                        with m.Else():
+                            m.next = "WEIGHT"
                 with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), column.eq(column + step),
-                                 on_last_ox.eq(ox + 1 == last_ox),
+                    m.d.sync += [ox_left.eq(ox_left - 1), column.eq(column + step),
+                                 on_last_ox.eq(ox_left == 1),
                                  cursor.eq(cursor + step)]
                 with m.If(fault):   # last, so that it decides the next state
                     fail(Status.BAD_PROGRAM)
-            with m.State("DRAIN"):
-                m.next = "RQ_READ"   # the channel's last sum is written this cycle
             # ---- requantize the channel's accumulators, one position at a time ----
-            with m.State("RQ_READ"):
-                m.d.comb += [accumulator_read.addr.eq(position),
-                             address.eq(skip_cursor)]
-                m.next = "RQ_MULTIPLY"
-            with m.State("RQ_MULTIPLY"):
-                m.d.sync += [magnitude_in.eq(magnitude_of(accumulator_read.data)),
-                             negative_in.eq(accumulator_read.data < 0),
-                             skip_value.eq(Mux(has_skip, activation_read_data, 0))]
-                m.next = "RQ_LOW"
-            with m.State("RQ_LOW"):
-                m.d.comb += [multiply_a.eq(magnitude_in[:16]), multiply_b.eq(multiplier)]
-                m.d.sync += skip_term.eq(skip_value << record["skip_shift"])
-                m.next = "RQ_HIGH"
-            with m.State("RQ_HIGH"):
-                m.d.comb += [multiply_a.eq(magnitude_in[16:]), multiply_b.eq(multiplier)]
-                m.d.sync += [wide_low.eq(multiplied), base.eq(bias_term + skip_term)]
-                m.next = "RQ_WIDE"
-            with m.State("RQ_WIDE"):
-                m.d.sync += [wide.eq((multiplied << 16) + wide_low),
-                             wide_negative.eq(negative_in)]
-                m.next = "RQ_SUM"
-            with m.State("RQ_SUM"):
-                m.d.sync += total.eq(base + wide_term + wide_negative)
-                m.next = "RQ_CLAMP"
-            with m.State("RQ_CLAMP"):
-                m.d.sync += clamped.eq(Mux(over, high, Mux(under, low, window[:16])))
-                m.next = "RQ_WRITE"
+            # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
+            # outputs; each term's operands are set three cycles before it is added.
+            bias_value = Mux(has_bias, bias_read.data, 0)
+            accumulator = accumulator_read.data
+            with m.State("RQ0"):
+                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
+                             a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
+                             add_term.eq(1)]
+                m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
+                m.next = "RQ1"
+            with m.State("RQ1"):
+                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
+                             a_src.eq(bias_value), a_signed.eq(1),
+                             b_src.eq(b_high), b_signed.eq(1), add_term.eq(1), term_high.eq(1)]
+                m.next = "RQ2"
+            with m.State("RQ2"):
+                # A stays on the program RAM's output for the whole channel
+                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
+                             a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
+                m.next = "RQ3"
+            with m.State("RQ3"):
+                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
+                             a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
+                             add_term.eq(1), term_high.eq(1)]
+                m.next = "RQ4"
+            with m.State("RQ4"):
+                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
+                             a_src.eq(Mux(has_skip, activation_read_data, 0)), a_signed.eq(1),
+                             b_src.eq(Const(1, 16) << skip_shift[:4]),
+                             add_term.eq(1), term_high.eq(skip_shift[4])]
+                m.next = "RQ5"
+            with m.State("RQ5"):
+                m.next = "RQ6"
+            with m.State("RQ6"):
+                m.next = "RQ7"
+            with m.State("RQ7"):
+                # the last term is added this cycle
+                m.d.sync += add_one.eq(shift_count == 0)
+                m.next = "RQ_SHIFT"
+            with m.State("RQ_SHIFT"):
+                # add_one is set for the cycle after the last shift
+                with m.If(add_one):
+                    m.d.sync += add_one.eq(0)
+                    m.next = "RQ_WRITE"
+                with m.Elif(shift_count[4:].any()):
+                    m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
+                                 add_one.eq(shift_count == 16)]
+                with m.Else():
+                    m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
+                                 add_one.eq(shift_count == 1)]
             with m.State("RQ_WRITE"):
                 # the output and the skip tensor are walked in address order, channel after
                 # channel: two counters instead of sums of addresses
@@ -651,19 +654,20 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [position.eq(position + 1), output_address.eq(output_address + 1),
                              skip_cursor.eq(skip_cursor + 1)]
                 with m.If(position == last_position):
-                    m.d.sync += [out_channel.eq(out_channel + 1),
-                                 on_last_out_channel.eq(out_channel + 1 == last_out_channel)]
+                    next_out_channel()
+                    with m.If(~single_multiplier):
+                        m.d.sync += program_cursor.eq(program_cursor + 1)   # the next A
                     with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
                         m.next = "CHANNEL"
                 with m.Else():
-                    m.next = "RQ_READ"
+                    m.next = "RQ0"
             # ---- global sum pooling: channel by channel, one value a cycle ----
             with m.State("POOL"):
                 # the cursor runs over the channel's plane; each value arrives a cycle later
                 m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                with m.If(position == last_plane):
+                with m.If(position == last_position):
                     m.next = "POOL_LAST"
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
@@ -675,36 +679,37 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
                              activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
-                             position.eq(0), out_channel.eq(out_channel + 1),
-                             on_last_out_channel.eq(out_channel + 1 == last_out_channel)]
+                             position.eq(0)]
+                next_out_channel()
                 with m.If(on_last_out_channel):
                     m.next = "NEXT"
                 with m.Else():
                     m.next = "POOL"
             # ---- the next operation, or the answer ----
             with m.State("NEXT"):
-                next_base = op_base + OP_WORDS + record["multiplier_count"]
+                # the program cursor stands on the last multiplier read (a pool has none)
                 m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
-                             op_base.eq(next_base), program_cursor.eq(next_base)]
+                             program_cursor.eq(program_cursor +
+                                               (single_multiplier & ~is_pool))]
                 with m.If(op_index == last_op):
-                    m.d.sync += [position.eq(0), cursor.eq(record["output_address"]),
-                                 best_label.eq(0)]
+                    # the last output is (classes, 1, 1), just written, ending at
+                    # output_address: scanned from its start
+                    m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
+                                 out_channel.eq(0), argmax_valid.eq(0)]
                     m.next = "ARGMAX"
                 with m.Else():
                     m.next = "FETCH"
             with m.State("ARGMAX"):
-                m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                with m.If(position != 0):
-                    with m.If((position == 1) | (activation_read_data > best_value)):
+                m.d.sync += [cursor.eq(cursor + 1), out_channel.eq(out_channel + 1),
+                             argmax_label.eq(out_channel), argmax_valid.eq(1)]
+                with m.If(argmax_valid):
+                    with m.If((argmax_label == 0) | (activation_read_data > best_value)):
                         m.d.sync += [best_value.eq(activation_read_data),
-                                     best_label.eq(position - 1)]
-                with m.If(position == record["out_channels"]):
-                    m.next = "ANSWER"
+                                     best_label.eq(argmax_label)]
+                    with m.If(argmax_label == last_out_channel):
+                        m.d.sync += busy.eq(0)
+                        m.next = "ANSWER"
             with m.State("ANSWER"):
-                m.d.sync += [prediction.label.eq(best_label), prediction.cycles.eq(cycles),
-                             busy.eq(0)]
-                m.next = "ANSWER2"
-            with m.State("ANSWER2"):
                 m.d.comb += self.prediction.valid.eq(1)
                 with m.If(self.prediction.ready):
                     m.d.sync += program_count.eq(0)
@@ -713,4 +718,34 @@ class InferenceEngine(wiring.Component):
                 # refuse quietly: take and drop every input, so nothing upstream waits forever
                 m.d.comb += self.pixels.ready.eq(1)
                 m.d.sync += busy.eq(0)
+        # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
+        # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
+        # it is taken, so that a linear layer's MAC takes a weight every cycle. After the FSM:
+        # in MAC it overrides the position's stepping.
+        with m.If(load_weight):
+            m.d.comb += take_value.eq(1)
+            kernel_last = kernel - 1
+            last_kx = kx == kernel_last
+            last_ky = ky == kernel_last
+            channel_first = first_in_channel & (ky == 0) & (kx == 0)
+            channel_last = on_last_channel & last_kx & last_ky
+            m.d.sync += [
+                fault.eq((value_first != (channel_first & ~out_channel.any())) |
+                         (value_last != (channel_last & on_last_out_channel)) | out_of_bound),
+                weight.eq(value), weight_first.eq(channel_first), weight_last.eq(channel_last),
+                oy_left.eq(last_oy), ox_left.eq(last_ox), position.eq(0),
+                on_last_ox.eq(~last_ox.any()), on_last_oy.eq(~last_oy.any()),
+                row.eq(ky - pad), column.eq(kx - pad), column_start.eq(kx - pad),
+                row_address.eq(weight_start), cursor.eq(weight_start),
+                weight_start.eq(weight_start + Mux(
+                    ~last_kx, 1, Mux(~last_ky, row_back, channel_step))),
+            ]
+            with m.If(~last_kx):
+                m.d.sync += kx.eq(kx + 1)
+            with m.Elif(~last_ky):
+                m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+            with m.Else():
+                m.d.sync += [kx.eq(0), ky.eq(0), channels_left.eq(channels_left - 1),
+                             first_in_channel.eq(0), on_last_channel.eq(channels_left == 1)]
+
         return m
