@@ -577,11 +577,11 @@ class InferenceSystem(wiring.Component):
     quad : bool
         Quad I/O flash reads (``0xEB``) or single (``0x03``).
     truncation_idle_cycles : int
-        Quiet cycles, with every flash word delivered, before the container is called
-        truncated.
-    starvation_cycles : int
-        Cycles the engine may go without answering once the decoder has finished: a program
-        asking for more weights than the container holds would wait forever (``BAD_PROGRAM``).
+        Quiet cycles, with every flash word delivered and no decoder output, before the system
+        gives up waiting: ``TRUNCATED`` while the decoder still expects words; ``BAD_PROGRAM``
+        once it has checked the whole container and the engine has not answered (a program
+        asking for more weights than the container holds, or spending longer than this after
+        its last weight).
     spram : bool or None
         The image store and the engine's activations as ``SB_SPRAM256KA`` (``None``: on iCE40).
 
@@ -606,8 +606,7 @@ class InferenceSystem(wiring.Component):
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, *,
                  clk_freq: float, baud: int = 115200, container_offset: int = FLASH_OFFSET,
                  images_offset: int = IMAGES_OFFSET, quad: bool = True,
-                 truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES,
-                 starvation_cycles: int = 1 << 22, spram: bool = None):
+                 truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES, spram: bool = None):
         params.check_lanes(lanes)
         self.params = params
         self.lanes = lanes
@@ -617,7 +616,6 @@ class InferenceSystem(wiring.Component):
         self.images_offset = images_offset
         self.quad = quad
         self.truncation_idle_cycles = truncation_idle_cycles
-        self.starvation_cycles = starvation_cycles
         self.spram = spram
         self.divisor = round(clk_freq / baud)
         super().__init__()
@@ -673,13 +671,12 @@ class InferenceSystem(wiring.Component):
             m.d.sync += idle.eq(0)
         with m.Elif(idle != self.truncation_idle_cycles):
             m.d.sync += idle.eq(idle + 1)
-        starving = Signal(range(self.starvation_cycles + 1))
         decoded = Signal()              # the decoder checked the whole container: OK
         answered = Signal()             # the engine's answer for this image is in
 
         m.d.comb += [
             report.status.eq(code), report.image.eq(image), report.correct.eq(correct),
-            report.images.eq(image), getattr(report, "class").eq(predicted),
+            getattr(report, "class").eq(predicted),
             report.label.eq(store.label), report.image_cycles.eq(image_cycles),
             report.cycles.eq(cycles),
             self.uart_tx.eq(report.tx),
@@ -699,7 +696,7 @@ class InferenceSystem(wiring.Component):
                     m.next = "RESTART"
             with m.State("RESTART"):
                 m.d.comb += [restart.eq(1), store.next.eq(1)]
-                m.d.sync += [idle.eq(0), starving.eq(0), decoded.eq(0), answered.eq(0)]
+                m.d.sync += [idle.eq(0), decoded.eq(0), answered.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += engine.prediction.ready.eq(~answered)
@@ -708,17 +705,13 @@ class InferenceSystem(wiring.Component):
                                  image_cycles.eq(engine.prediction.payload.cycles)]
                 with m.If(decoder.status.done & ~decoder.status.error):
                     m.d.sync += decoded.eq(1)
-                with m.If(decoded & ~answered):
-                    m.d.sync += starving.eq(starving + 1)
                 # the first error wins; the decoder's before the engine's in the same cycle
                 with m.If(decoder.status.done & decoder.status.error):
                     fail(decoder.status.code)
                 with m.Elif(engine.status.error):
                     fail(engine.status.code)
                 with m.Elif(idle == self.truncation_idle_cycles):
-                    fail(Status.TRUNCATED)
-                with m.Elif(starving == self.starvation_cycles):
-                    fail(Status.BAD_PROGRAM)
+                    fail(Mux(decoded, Status.BAD_PROGRAM, Status.TRUNCATED))
                 # the engine asks for more pixels than an image has, or answers before it
                 # took them all: the images are not the program's input
                 with m.Elif((store.delivered & engine.pixels.ready) |

@@ -64,14 +64,15 @@ STATUS_NAMES = {status.value: status.name for status in Status}
 #: Width in bits of every field a board line prints, as lower-case hex of ``bits / 4`` digits.
 #: ``status`` is also printed by name (``{name}``).
 FIELD_BITS = {"status": 8, "layers": 16, "weights": 32, "crc": 32, "cycles": 32,
-              "image": 16, "class": 16, "label": 16, "image_cycles": 32, "images": 16,
-              "correct": 16}
+              "image": 16, "class": 16, "label": 8, "image_cycles": 32, "correct": 16}
 #: The lines (docs/BOARD.md), each sent with ``\r\n``. The hardware's ROM
 #: (``hw.system.ReportLine``) is made from these templates.
 CRC_LINE = ("subbit {name} status={status} layers={layers} weights={weights} crc={crc} "
             "cycles={cycles}")
 IMAGE_LINE = "subbit image={image} class={class} label={label} cycles={image_cycles}"
-FINAL_LINE = "subbit {name} status={status} images={images} correct={correct} cycles={cycles}"
+#: ``image`` counts the images answered: the index of the image a line reports, and on the final
+#: line how many were answered.
+FINAL_LINE = "subbit {name} status={status} images={image} correct={correct} cycles={cycles}"
 
 
 def line_fields(template: str) -> list:
@@ -354,7 +355,7 @@ def inference_lines(report: InferenceReport) -> list:
     """The board's lines (without ``\\r\\n``); unknown cycles print as ``?`` digits."""
     lines = [render_line(IMAGE_LINE, {"image": x.image, "class": x.predicted, "label": x.label,
                                       "image_cycles": x.cycles}) for x in report.lines]
-    lines.append(render_line(FINAL_LINE, {"status": int(report.status), "images": report.images,
+    lines.append(render_line(FINAL_LINE, {"status": int(report.status), "image": report.images,
                                           "correct": report.correct, "cycles": report.cycles}))
     return lines
 
@@ -371,7 +372,7 @@ def parse_inference(text: str) -> InferenceReport:
         raise ValueError("no subbit line in the board's output")
     *images, final = lines[start:]
     values = parse_fields(FINAL_LINE, final)
-    report = InferenceReport(values["status"], values["images"], values["correct"],
+    report = InferenceReport(values["status"], values["image"], values["correct"],
                              values["cycles"])
     for line in images:
         x = parse_fields(IMAGE_LINE, line)
