@@ -21,8 +21,8 @@ from .params import CodecParams
 from .program import Program, ProgramError
 
 __all__ = [
-    "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container", "SectionInfo", "ContainerError",
-    "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
+    "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container",
+    "SectionInfo", "ContainerError", "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
     "read_container",
     "parse",
 ]
@@ -61,7 +61,8 @@ class _SymbolCoded:
         if self.symbols.size > MAX_SECTION_SYMBOLS:
             raise ValueError(f"{self.name}: more than {MAX_SECTION_SYMBOLS} values in one tensor")
         if self.table is not None and self.table.levels != self.levels:
-            raise ValueError(f"{self.name}: table has {self.table.levels} levels, not {self.levels}")
+            raise ValueError(f"{self.name}: table has {self.table.levels} levels, "
+                             f"not {self.levels}")
 
 
 @dataclass(eq=False)
@@ -161,8 +162,8 @@ class MappedTensor(_SymbolCoded):
     def __post_init__(self):
         self.symbols = np.asarray(self.symbols)
         self.values = np.asarray(self.values)
-        if self.values.dtype.kind not in "iu" or \
-                RawDtype.of(self.values.dtype) not in VALUE_DTYPES:
+        # numpy's integer dtypes are 8 to 64 bits wide: each is one of VALUE_DTYPES
+        if self.values.dtype.kind not in "iu":
             raise ValueError(f"{self.name}: a value table of {self.values.dtype}, not of 8-64-bit "
                              f"integers")
         if self.values.ndim != 1 or not 1 <= len(self.values) <= MAX_LEVELS:

@@ -79,7 +79,8 @@ def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
     container's program (``BAD_PROGRAM``); the decoder alone makes none.
 
     ``keep_integers`` keeps every coded section's integers (``GoldenSection.integers``), which
-    takes 2 bytes per symbol the file declares, allocated as each section starts. Without it
+    takes 2 bytes per symbol the file declares (a MAPPED section's values, with
+    ``value_tables``, up to 8), allocated as each section starts. Without it
     the result holds only their ``count``, and memory does not grow with the symbol count.
     ``on_integers(index, first, integers)`` gets them chunk by chunk as they are emitted (int16,
     ``integers[i]`` is integer ``first + i`` of section ``index``), before the section's CRC

@@ -261,7 +261,8 @@ def test_bad_value_table_is_one_line(tmp_path):
     data = bytearray(write_container([MappedTensor.from_array(
         "t", np.array([-200, 200, 200, -200], np.int16))]))
     start = 20 + 4 * 32
-    values_at = start + 2 + 2 + 2 + 2 + 4 + 2 + 2       # kind, name, "t\0", ndim, dims, levels, dtype
+    # kind, name_bytes, "t\0", ndim, dims[0], levels, dtype
+    values_at = start + 2 + 2 + 2 + 2 + 4 + 2 + 2
     assert struct.unpack_from("<2h", data, values_at) == (-200, 200)
     struct.pack_into("<2h", data, values_at, 200, -200)
     end = len(data) - 4
