@@ -14,8 +14,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from sw.format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
-                       READABLE_VERSIONS, RawDtype, SectionKind, Status)
+from sw.format import (FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
+                       MAX_SECTION_SYMBOLS, READABLE_VERSIONS, RawDtype, SectionKind, Status)
 from sw.params import CodecParams
 
 from .crc import Crc32Word
@@ -162,8 +162,9 @@ class WeightDecoder(wiring.Component):
             "magic_low": lambda v: v == magic & 0xFFFF,
             "magic_high": lambda v: v == magic >> 16,
             "version": lambda v: Cat(*[v == x for x in READABLE_VERSIONS]).any(),
-            # PROGRAM sections exist from version 2 on
-            "version_programs": lambda v: v >= 2,
+            # PROGRAM sections exist from version 2 on, MAPPED ones from version 3
+            "version_programs": lambda v: v >= FIRST_VERSION[SectionKind.PROGRAM],
+            "version_mapped": lambda v: v >= FIRST_VERSION[SectionKind.MAPPED],
             "params": lambda v: Cat(v == params.state_bits, v == params.word_bits,
                                     v == P, v == K),
             "kind_bad": lambda v: v > max(SectionKind),
@@ -172,6 +173,8 @@ class WeightDecoder(wiring.Component):
             # engine's part.
             "kind_raw": lambda v: (v == SectionKind.RAW) | (v == SectionKind.PROGRAM),
             "kind_program": lambda v: v == SectionKind.PROGRAM,
+            # This decoder has no value tables: a MAPPED section is refused (UNSUPPORTED).
+            "kind_mapped": lambda v: v == SectionKind.MAPPED,
             "name_bad": lambda v: v > MAX_NAME_BYTES,
             "ndim_bad": lambda v: v > MAX_NDIM,
             "dtype_bad": lambda v: v > max(RawDtype),
@@ -229,6 +232,7 @@ class WeightDecoder(wiring.Component):
         raw = Signal()                   # a RAW or PROGRAM section
         is_program = Signal()            # a PROGRAM section: uint16 only; its words leave
         programs_allowed = Signal()      # the file's version has PROGRAM sections
+        mapped_allowed = Signal()        # ... and MAPPED ones
         levels = Signal(16)
         zero_point = Signal(signed(16))
         symbol_count = Signal(32)
@@ -567,7 +571,8 @@ class WeightDecoder(wiring.Component):
             "STATES", "HCRC0", "HCRC1", "HCRC", "KIND", "NAME_BYTES", "NAME", "NDIM", "DIMS",
             "LEVELS", "ZERO_POINT", "SCALE_COUNT", "SCALES", "COUNT0", "COUNT1", "FREQ",
             "FREQ_END", "PAYLOAD_WORDS0", "PAYLOAD_WORDS1", "PAYLOAD", "DTYPE", "DATA_BYTES0",
-            "DATA_BYTES1", "DATA", "SCRC0", "SCRC1", "SCRC", "FINAL", "DONE", "ERROR"])
+            "DATA_BYTES1", "DATA", "SCRC0", "SCRC1", "SCRC", "MAPPED", "FINAL", "DONE",
+            "ERROR"])
         header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
                          "SECTIONS", "STATES"}
         header_flag = Signal(init=1)
@@ -576,7 +581,8 @@ class WeightDecoder(wiring.Component):
 
         # States that take a word whenever one is there, as a flag of its own.
         takes_words = Signal(init=1)
-        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "FINAL", "DONE", "ERROR"}
+        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "MAPPED", "FINAL", "DONE",
+                      "ERROR"}
 
         # Every word the parser takes goes into the running CRC except the CRC fields
         # themselves (a flag of its own); a section's CRC starts at its KIND word (that
@@ -732,6 +738,7 @@ class WeightDecoder(wiring.Component):
         with p.state("VERSION"):
             with p.If(taken()):
                 p.set(programs_allowed, check["version_programs"])
+                p.set(mapped_allowed, check["version_mapped"])
                 with p.If(~check["version"]):
                     fail(Status.BAD_VERSION)
                 with p.Else():
@@ -796,10 +803,20 @@ class WeightDecoder(wiring.Component):
             with p.If(taken()):
                 p.set(raw, check["kind_raw"])
                 p.set(is_program, check["kind_program"])
-                with p.If(check["kind_bad"] | (check["kind_program"] & ~programs_allowed)):
+                with p.If(check["kind_bad"] | (check["kind_program"] & ~programs_allowed)
+                          | (check["kind_mapped"] & ~mapped_allowed)):
                     fail(Status.BAD_SECTION)
+                with p.Elif(check["kind_mapped"]):
+                    go("MAPPED")
                 with p.Else():
                     go("NAME_BYTES")
+        # A MAPPED section's symbols stand for the entries of a value table of up to 64-bit
+        # integers, which the 16-bit ``weights`` output cannot carry and a table RAM per lane
+        # would cost: the decoder refuses the section at its kind word, with a status of its
+        # own (a state of its own: each state fails with one status) rather than BAD_SECTION,
+        # so that a sound file is not reported as a damaged one.
+        with p.state("MAPPED"):
+            fail(Status.UNSUPPORTED)
 
         def name_bytes():
             load_left(w >> 1, check["one_or_two"], w[0])

@@ -385,6 +385,8 @@ _STATUS_MEANINGS = {
     Status.CRC_MISMATCH: "a header or section CRC-32 is wrong",
     Status.STATE_MISMATCH: "the final coder states are not the start value: the payload is "
                            "damaged",
+    Status.UNSUPPORTED: "a MAPPED section (values through a value table, format version 3), "
+                        "which this decoder does not implement",
 }
 
 

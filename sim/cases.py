@@ -10,11 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sw.codec import FrequencyTable
-from sw.container import CodedTensor, RawTensor, write_container
+from sw.container import CodedTensor, MappedTensor, RawTensor, write_container
+from sw.format import RawDtype, SectionKind
 from sw.params import CodecParams
 
 __all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container", "corrupt",
-           "program_container", "programmed_container", "Field", "header_fields", "set_field"]
+           "program_container", "programmed_container", "mapped_tensors", "mapped_container",
+           "Field", "header_fields", "set_field"]
 
 
 def quantized(rng, name, shape, levels, sigma=0.6):
@@ -54,6 +56,35 @@ def corner_tensors(rng, params: CodecParams):
         CodedTensor("two", rng.integers(0, 2, 33), 2, 1, table=FrequencyTable(
             np.array([1, params.total_frequency - 1]), params.precision_bits)),
     ]
+
+
+def mapped_tensors(rng):
+    """Integer tensors that only a value table codes (MAPPED sections), one of each kind: two
+    values far apart, an odd count of int8 values (the table's pad byte), uint64 values past
+    int64, int32 values of skewed frequencies, one value, no value at all."""
+    return [
+        MappedTensor.from_array("two", rng.choice(np.array([-200, 200], np.int16), 500)),
+        MappedTensor.from_array("int8_odd", rng.choice(np.array([-128, -1, 127], np.int8),
+                                                       (7, 11))),
+        MappedTensor.from_array("uint64", rng.choice(
+            np.array([0, 1 << 40, (1 << 64) - 1], np.uint64), 90)),
+        MappedTensor.from_array("skewed", rng.choice(np.array([-70000, 5, 123456], np.int32),
+                                                     (30, 40), p=[0.05, 0.9, 0.05])),
+        MappedTensor.from_array("constant", np.full(60, 1000, np.int16)),
+        MappedTensor.from_array("empty", np.zeros((0, 3), np.int32)),
+    ]
+
+
+def mapped_container(params: CodecParams = CodecParams(), seed: int = 3) -> bytes:
+    """A version-3 container: a CODED and a RAW section, then the MAPPED sections of
+    :func:`mapped_tensors`, a CODED one between them. A decoder without value tables (the
+    RTL) decodes the first section and refuses the third (UNSUPPORTED)."""
+    rng = np.random.default_rng(seed)
+    mapped = mapped_tensors(rng)
+    return write_container([quantized(rng, "layer", (16, 9), 4),
+                            RawTensor("bias", rng.normal(size=7).astype(np.float32)),
+                            *mapped[:3], skewed(rng, "skewed_coded", 400), *mapped[3:]],
+                           params)
 
 
 def random_container(seed: int, params: CodecParams, sections: int = 4, max_size: int = 300):
@@ -146,8 +177,9 @@ def header_fields(data: bytes) -> list:
     """Every header field of a well-formed container (docs/FORMAT.md), in file order.
 
     The file header's fields, then each section's: kind, name_bytes, ndim, dims, and the
-    coded (levels, zero_point, scale_count, symbol_count, the first frequency, payload_words)
-    or raw (dtype, data_bytes) fields.
+    coded (levels, zero_point, scale_count, symbol_count, the first frequency, payload_words),
+    mapped (levels, dtype, the first value's low word, symbol_count, the first frequency,
+    payload_words) or raw (dtype, data_bytes) fields.
     """
     fields = []
     state_count = struct.unpack_from("<H", data, 12)[0]
@@ -174,11 +206,17 @@ def header_fields(data: bytes) -> list:
         ndim = add("ndim", "H")
         for d in range(ndim):
             add(f"dims{d}", "I")
-        if kind == 0:
+        if kind in (SectionKind.CODED, SectionKind.MAPPED):
             levels = add("levels", "H")
-            add("zero_point", "h")
-            scale_count = add("scale_count", "H")
-            position += 4 * scale_count
+            if kind == SectionKind.CODED:
+                add("zero_point", "h")
+                scale_count = add("scale_count", "H")
+                position += 4 * scale_count
+            else:
+                values_bytes = levels * RawDtype(add("dtype", "H")).numpy.itemsize
+                end = position + values_bytes + (values_bytes & 1)
+                add("value0", "H")
+                position = end
             add("symbol_count", "I")
             if levels > 1:
                 add("frequency0", "H")

@@ -14,14 +14,15 @@ import numpy as np
 
 from . import codec, fastcodec
 from .codec import FrequencyTable, PayloadExhausted
-from .format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
-                     MAX_SECTIONS, READABLE_VERSIONS, VERSION, RawDtype, SectionKind, Status)
+from .format import (BASE_VERSION, FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
+                     MAX_SECTION_SYMBOLS, MAX_SECTIONS, READABLE_VERSIONS, VALUE_DTYPES, VERSION,
+                     RawDtype, SectionKind, Status)
 from .params import CodecParams
 from .program import Program, ProgramError
 
 __all__ = [
-    "CodedTensor", "RawTensor", "Tensor", "Container", "SectionInfo", "ContainerError",
-    "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
+    "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container",
+    "SectionInfo", "ContainerError", "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
     "read_container",
     "parse",
 ]
@@ -39,8 +40,33 @@ class ContainerError(ValueError):
         self.offset = offset
 
 
+class _SymbolCoded:
+    """What a CODED and a MAPPED tensor share: symbols ``0 .. levels-1``, coded with rANS."""
+
+    @property
+    def shape(self) -> tuple:
+        return self.symbols.shape
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.symbols.ravel(), minlength=self.levels)[:self.levels]
+
+    def coding_table(self, params: CodecParams) -> FrequencyTable:
+        if self.table is not None:
+            return self.table
+        return FrequencyTable.from_counts(self.counts(), params.precision_bits)
+
+    def _check_symbols(self):
+        if self.symbols.size and (self.symbols.min() < 0 or self.symbols.max() >= self.levels):
+            raise ValueError(f"{self.name}: symbols must lie in 0..{self.levels - 1}")
+        if self.symbols.size > MAX_SECTION_SYMBOLS:
+            raise ValueError(f"{self.name}: more than {MAX_SECTION_SYMBOLS} values in one tensor")
+        if self.table is not None and self.table.levels != self.levels:
+            raise ValueError(f"{self.name}: table has {self.table.levels} levels, "
+                             f"not {self.levels}")
+
+
 @dataclass(eq=False)
-class CodedTensor:
+class CodedTensor(_SymbolCoded):
     """A zero-point quantized tensor: ``integer = symbol - zero_point``, ``float = integer * scale``.
 
     Parameters
@@ -73,14 +99,9 @@ class CodedTensor:
         if not -32768 <= self.zero_point <= 32767 or self.levels - 1 - self.zero_point > 32767:
             raise ValueError(f"{self.name}: zero point {self.zero_point} with {self.levels} "
                              f"levels does not fit int16")
-        if self.symbols.size and (self.symbols.min() < 0 or self.symbols.max() >= self.levels):
-            raise ValueError(f"{self.name}: symbols must lie in 0..{self.levels - 1}")
-        if self.symbols.size > MAX_SECTION_SYMBOLS:
-            raise ValueError(f"{self.name}: more than {MAX_SECTION_SYMBOLS} weights in one tensor")
+        self._check_symbols()
         if self.scale.ndim != 1 or len(self.scale) not in {1, *self.symbols.shape[:1]}:
             raise ValueError(f"{self.name}: scale must have 1 or shape[0] values")
-        if self.table is not None and self.table.levels != self.levels:
-            raise ValueError(f"{self.name}: table has {self.table.levels} levels, not {self.levels}")
 
     @classmethod
     def from_integers(cls, name: str, integers, scale=1.0) -> "CodedTensor":
@@ -107,18 +128,6 @@ class CodedTensor:
         q = np.clip(np.rint(values / scale), -half, half).astype(np.int64)
         return cls(name, (q + half).astype(np.uint8), levels, half, np.array([scale]))
 
-    @property
-    def shape(self) -> tuple:
-        return self.symbols.shape
-
-    def counts(self) -> np.ndarray:
-        return np.bincount(self.symbols.ravel(), minlength=self.levels)[:self.levels]
-
-    def coding_table(self, params: CodecParams) -> FrequencyTable:
-        if self.table is not None:
-            return self.table
-        return FrequencyTable.from_counts(self.counts(), params.precision_bits)
-
     def integers(self) -> np.ndarray:
         return self.symbols.astype(np.int16) - np.int16(self.zero_point) \
             if self.symbols.size else np.zeros(self.shape, np.int16)
@@ -127,6 +136,66 @@ class CodedTensor:
         scale = self.scale.reshape((-1,) + (1,) * (self.symbols.ndim - 1)) \
             if len(self.scale) > 1 else self.scale[0]
         return (self.integers().astype(np.float32) * scale).astype(np.float32)
+
+
+@dataclass(eq=False)
+class MappedTensor(_SymbolCoded):
+    """An integer tensor of at most 256 distinct values, whatever their range: symbol ``s``
+    stands for ``values[s]`` (a MAPPED section, docs/FORMAT.md).
+
+    Parameters
+    ----------
+    name : str
+    symbols : array of int
+        Shaped like the tensor, every value in ``0 .. len(values)-1``.
+    values : 1-d array of an integer dtype
+        The value table: 1 to 256 entries, strictly increasing. Its dtype is the tensor's.
+    table : FrequencyTable, optional
+        The model to code with; by default the one that codes ``symbols`` smallest.
+    """
+
+    name: str
+    symbols: np.ndarray
+    values: np.ndarray
+    table: FrequencyTable = None
+
+    def __post_init__(self):
+        self.symbols = np.asarray(self.symbols)
+        self.values = np.asarray(self.values)
+        # numpy's integer dtypes are 8 to 64 bits wide: each is one of VALUE_DTYPES
+        if self.values.dtype.kind not in "iu":
+            raise ValueError(f"{self.name}: a value table of {self.values.dtype}, not of 8-64-bit "
+                             f"integers")
+        if self.values.ndim != 1 or not 1 <= len(self.values) <= MAX_LEVELS:
+            raise ValueError(f"{self.name}: a value table needs 1 to {MAX_LEVELS} entries")
+        if (self.values[1:] <= self.values[:-1]).any():
+            raise ValueError(f"{self.name}: the value table must be strictly increasing")
+        self._check_symbols()
+
+    @classmethod
+    def from_array(cls, name: str, array) -> "MappedTensor":
+        """Code an integer array losslessly through the table of its distinct values."""
+        array = np.asarray(array)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"{name}: a {array.dtype} tensor has no value table")
+        values, symbols = np.unique(array, return_inverse=True)
+        if len(values) > MAX_LEVELS:
+            raise ValueError(f"{name}: {len(values)} distinct values, more than {MAX_LEVELS}")
+        if not len(values):   # an empty tensor: one level, no symbol
+            values = np.zeros(1, array.dtype)
+        return cls(name, symbols.reshape(array.shape).astype(np.uint8), values)
+
+    @property
+    def levels(self) -> int:
+        return len(self.values)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def array(self) -> np.ndarray:
+        """The tensor's values, in its dtype."""
+        return self.values[self.symbols]
 
 
 @dataclass(eq=False)
@@ -145,7 +214,10 @@ class RawTensor:
         return self.data.shape
 
 
-Tensor = Union[CodedTensor, RawTensor]
+Tensor = Union[CodedTensor, MappedTensor, RawTensor]
+
+#: Tensors whose symbols are rANS coded.
+_CODED_TENSORS = (CodedTensor, MappedTensor)
 
 
 @dataclass
@@ -156,16 +228,17 @@ class SectionInfo:
     name: str
     offset: int
     size: int           #: all bytes of the section, CRC included
-    payload_bytes: int  #: coded payload (CODED) or tensor data (RAW)
-    table_bytes: int    #: frequency table
+    payload_bytes: int  #: coded payload (CODED, MAPPED) or tensor data (RAW)
+    table_bytes: int    #: frequency table, and value table (MAPPED)
     header_bytes: int   #: everything else: kind, name, shape, levels, scales, lengths, CRC
-    symbol_count: int = 0  #: symbols decoded (CODED)
+    symbol_count: int = 0  #: symbols decoded (CODED, MAPPED)
 
 
 @dataclass
 class Container:
     params: CodecParams
-    tensors: list       #: every CODED and RAW section's tensor, in file order (unless not kept)
+    tensors: list       #: every CODED, MAPPED and RAW section's tensor, in file order (unless
+                        #: not kept)
     sections: list      #: one :class:`SectionInfo` per tensor
     file_header_bytes: int
     size: int
@@ -175,8 +248,10 @@ class Container:
 
     @property
     def weight_count(self) -> int:
-        """Number of coded values (the weights); known also when the tensors were not kept."""
-        return sum(s.symbol_count for s in self.sections if s.kind == SectionKind.CODED)
+        """Number of coded values (the weights: CODED and MAPPED sections); known also when the
+        tensors were not kept."""
+        return sum(s.symbol_count for s in self.sections
+                   if s.kind in (SectionKind.CODED, SectionKind.MAPPED))
 
     @property
     def parameter_count(self) -> int:
@@ -225,6 +300,23 @@ def program_section_size(word_count: int, name: str = PROGRAM_NAME) -> int:
     return 2 + 2 + name_bytes + (name_bytes & 1) + 2 + 4 + 2 + 4 + 2 * word_count + 4
 
 
+def estimated_section_size(tensor: Tensor, params: CodecParams = CodecParams()) -> int:
+    """Bytes of ``tensor``'s section: exact for a RAW one; for a coded one (CODED, MAPPED) the
+    payload is estimated from the ideal code length under its table (the coder's payload
+    stays within a few words of it, docs/FORMAT.md)."""
+    head = len(_section_head(SectionKind.RAW, tensor.name, tensor.shape)) + 4   # and CRC
+    if isinstance(tensor, RawTensor):
+        return head + 2 + 4 + tensor.data.nbytes + (tensor.data.nbytes & 1)
+    if isinstance(tensor, CodedTensor):
+        fields = 2 + 2 + 2 + 4 * len(tensor.scale)
+    else:
+        fields = 2 + 2 + tensor.values.nbytes + (tensor.values.nbytes & 1)
+    table = tensor.coding_table(params)
+    payload = 2 * -(-int(np.ceil(table.cost_bits(tensor.counts()))) // 16)
+    frequencies = 2 * tensor.levels if tensor.levels > 1 else 0
+    return head + fields + 4 + frequencies + 4 + payload
+
+
 def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams(), *,
                     program: Program = None, fast: bool = True) -> bytes:
     """The container holding ``tensors`` in this order (docs/FORMAT.md).
@@ -232,6 +324,9 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     With a ``program`` it comes first, as the PROGRAM section, and the coded tensors must
     follow it as it consumes them (docs/INFERENCE.md; :func:`sw.lower.order_tensors` puts them
     so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every reader.
+
+    The file's version is :data:`~sw.format.BASE_VERSION` unless a :class:`MappedTensor` needs
+    version 3: a file without one stays readable by version-2 readers.
     """
     if len(tensors) + (program is not None) > MAX_SECTIONS:
         raise ValueError(f"more than {MAX_SECTIONS} sections")
@@ -243,7 +338,9 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
                 check.coded_section(tensor.name, tensor.symbols.size, tensor.shape,
                                     tensor.integers())
         check.finish()
-    coded = [t for t in tensors if isinstance(t, CodedTensor)]
+    coded = [t for t in tensors if isinstance(t, _CODED_TENSORS)]
+    version = max([BASE_VERSION] + [FIRST_VERSION[SectionKind.MAPPED]
+                                    for t in coded if isinstance(t, MappedTensor)])
     tables = [t.coding_table(params) for t in coded]
     sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
     if fast:
@@ -253,7 +350,7 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     payloads = iter(payloads)
     tables = iter(tables)
 
-    out = bytearray(MAGIC + struct.pack("<6H", VERSION, params.state_bits, params.word_bits,
+    out = bytearray(MAGIC + struct.pack("<6H", version, params.state_bits, params.word_bits,
                                         params.precision_bits, params.state_count,
                                         len(tensors) + (program is not None)))
     out += struct.pack(f"<{params.state_count}I", *(int(x) for x in states))
@@ -264,11 +361,17 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
         body += struct.pack("<HI", RawDtype.UINT16, 2 * len(words)) + words.tobytes()
         out += body + struct.pack("<I", zlib.crc32(body))
     for tensor in tensors:
-        if isinstance(tensor, CodedTensor):
+        if isinstance(tensor, _CODED_TENSORS):
             table, payload = next(tables), np.asarray(next(payloads), dtype="<u2")
-            body = _section_head(SectionKind.CODED, tensor.name, tensor.shape)
-            body += struct.pack("<HhH", tensor.levels, tensor.zero_point, len(tensor.scale))
-            body += tensor.scale.astype("<f4").tobytes()
+            if isinstance(tensor, CodedTensor):
+                body = _section_head(SectionKind.CODED, tensor.name, tensor.shape)
+                body += struct.pack("<HhH", tensor.levels, tensor.zero_point, len(tensor.scale))
+                body += tensor.scale.astype("<f4").tobytes()
+            else:
+                dtype = RawDtype.of(tensor.dtype)
+                body = _section_head(SectionKind.MAPPED, tensor.name, tensor.shape)
+                body += struct.pack("<HH", tensor.levels, dtype)
+                body += _pad_even(tensor.values.astype(dtype.numpy).tobytes())
             body += struct.pack("<I", tensor.symbols.size)
             if tensor.levels > 1:
                 body += table.frequencies.astype("<u2").tobytes()
@@ -309,7 +412,8 @@ class _Stream:
 
 def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
           software_checks: bool = True, check_program: bool = True,
-          on_section=None, keep_symbols: bool = True, on_symbols=None) -> Container:
+          on_section=None, keep_symbols: bool = True, on_symbols=None,
+          value_tables: bool = True) -> Container:
     """Read a container in stream order; raise :class:`ContainerError` at the first problem.
 
     ``params``, when given, is the decoder's: a container with other parameters is refused.
@@ -324,6 +428,8 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     coded sections after it (``BAD_PROGRAM``): those of whatever runs the program. Without
     them the program is data like a RAW section's, as it is to the weight decoder alone.
     ``on_section(section)`` is called with each :class:`StreamSection` as it is read.
+    ``value_tables`` false reads as a decoder built without them (the RTL): a MAPPED section is
+    refused with ``UNSUPPORTED`` at its ``kind`` word (docs/FORMAT.md, "Checks").
 
     Coded sections are decoded :data:`sw.codec.CHUNK_SYMBOLS` symbols at a time;
     ``on_symbols(section, first, symbols)`` gets each chunk as it is decoded, before the
@@ -375,7 +481,7 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
 
     for index in range(section_count):
         section, info = _parse_section(stream, index, params, coder_states, fast, version,
-                                       keep_symbols, on_symbols)
+                                       keep_symbols, on_symbols, value_tables)
         if section.kind == SectionKind.PROGRAM:
             program_section = info
         else:
@@ -493,26 +599,31 @@ class StreamSection:
     kind: SectionKind
     raw_name: bytes
     shape: tuple
-    levels: int = 0
-    zero_point: int = 0
-    scale: np.ndarray = None
-    symbols: np.ndarray = None  #: flat, in stream order (CODED, when kept)
-    symbol_count: int = 0       #: CODED
+    levels: int = 0             #: CODED, MAPPED
+    zero_point: int = 0         #: CODED
+    scale: np.ndarray = None    #: CODED
+    symbols: np.ndarray = None  #: flat, in stream order (CODED, MAPPED, when kept)
+    symbol_count: int = 0       #: CODED, MAPPED
     peak: int = 0               #: CODED: the largest ``|symbol - zero_point|`` decoded
-    dtype: RawDtype = None
+    dtype: RawDtype = None      #: of the data (RAW, PROGRAM) or of the value table (MAPPED)
     data: bytes = None          #: the tensor's bytes (RAW), or the program's (PROGRAM)
+    values: np.ndarray = None   #: the value table (MAPPED)
 
 
 def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_states, fast: bool,
-                   version: int, keep_symbols: bool = True, on_symbols=None):
+                   version: int, keep_symbols: bool = True, on_symbols=None,
+                   value_tables: bool = True):
     """Read one section up to and including its CRC; returns it and its byte accounting."""
     start = stream.position
     where = f"section {index}"
     kind = stream.unpack("H")
-    if kind not in tuple(SectionKind) or (kind == SectionKind.PROGRAM and version < 2):
+    if kind not in tuple(SectionKind) or version < FIRST_VERSION[SectionKind(kind)]:
         stream.fail(Status.BAD_SECTION, f"{where}: unknown kind {kind} in a version {version} "
                     f"file")
     kind = SectionKind(kind)
+    if kind == SectionKind.MAPPED and not value_tables:
+        stream.fail(Status.UNSUPPORTED, f"{where}: a MAPPED section (value table), which this "
+                    f"decoder does not implement")
     name_length = stream.unpack("H")
     if name_length > MAX_NAME_BYTES:
         stream.fail(Status.BAD_SECTION, f"{where}: name of {name_length} bytes")
@@ -524,22 +635,39 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
     section = StreamSection(index, kind, raw_name, shape)
     table_bytes = 0
 
-    if kind == SectionKind.CODED:
-        levels, zero_point, scale_count = stream.unpack("HhH")
-        if not 1 <= levels <= MAX_LEVELS:
-            stream.fail(Status.BAD_SECTION, f"{where}: {levels} levels")
-        if levels - 1 - zero_point > 32767:
-            stream.fail(Status.BAD_SECTION, f"{where}: zero point {zero_point} overflows int16")
-        if scale_count == 0:
-            stream.fail(Status.BAD_SECTION, f"{where}: no scale")
-        scale = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
+    if kind in (SectionKind.CODED, SectionKind.MAPPED):
+        zero_point, scale = 0, None
+        if kind == SectionKind.CODED:
+            levels, zero_point, scale_count = stream.unpack("HhH")
+            if not 1 <= levels <= MAX_LEVELS:
+                stream.fail(Status.BAD_SECTION, f"{where}: {levels} levels")
+            if levels - 1 - zero_point > 32767:
+                stream.fail(Status.BAD_SECTION, f"{where}: zero point {zero_point} overflows int16")
+            if scale_count == 0:
+                stream.fail(Status.BAD_SECTION, f"{where}: no scale")
+            scale = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
+        else:
+            levels, dtype = stream.unpack("HH")
+            if not 1 <= levels <= MAX_LEVELS:
+                stream.fail(Status.BAD_SECTION, f"{where}: {levels} levels")
+            if dtype not in VALUE_DTYPES:
+                stream.fail(Status.BAD_SECTION, f"{where}: a value table of dtype {dtype}, not "
+                            f"of an integer one")
+            section.dtype = RawDtype(dtype)
+            values_bytes = levels * section.dtype.numpy.itemsize
+            table_bytes += values_bytes + (values_bytes & 1)
+            section.values = np.frombuffer(stream.take(values_bytes + (values_bytes & 1)),
+                                           dtype=section.dtype.numpy, count=levels)
+            if (section.values[1:] <= section.values[:-1]).any():
+                stream.fail(Status.BAD_TABLE, f"{where}: the value table is not strictly "
+                            f"increasing")
         symbol_count = stream.unpack("I")
         if symbol_count > MAX_SECTION_SYMBOLS:
             stream.fail(Status.BAD_SECTION, f"{where}: {symbol_count} symbols")
         if levels > 1:
             table_start = stream.position
             frequencies = np.frombuffer(stream.take(2 * levels), dtype="<u2").astype(np.int64)
-            table_bytes = stream.position - table_start
+            table_bytes += stream.position - table_start
             if frequencies.sum() != params.total_frequency:
                 stream.fail(Status.BAD_TABLE, f"{where}: frequencies sum to {frequencies.sum()}, "
                             f"not {params.total_frequency}")
@@ -579,7 +707,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         stream.take(2 * payload_words)
         payload_bytes = 2 * payload_words
         section.symbols = kept
-        if symbol_count:
+        if symbol_count and kind == SectionKind.CODED:
             section.peak = max(abs(seen[0] - zero_point), abs(seen[1] - zero_point))
     else:
         # RAW and PROGRAM: a PROGRAM section's data are u16 words
@@ -613,10 +741,13 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
     element_count = 1
     for dim in shape:
         element_count *= dim
-    if section.kind == SectionKind.CODED:
+    if section.kind in (SectionKind.CODED, SectionKind.MAPPED):
         if element_count != section.symbol_count:
             stream.fail(Status.BAD_SECTION, f"{where}: shape {shape} does not hold "
-                        f"{section.symbol_count} weights")
+                        f"{section.symbol_count} values")
+        if section.kind == SectionKind.MAPPED:
+            return MappedTensor(name, section.symbols.reshape(shape), section.values) \
+                if build else None
         if len(section.scale) not in {1, *shape[:1]}:
             stream.fail(Status.BAD_SECTION, f"{where}: {len(section.scale)} scales for shape {shape}")
         return CodedTensor(name, section.symbols.reshape(shape), section.levels,

@@ -5,6 +5,10 @@ order with the same parser as :func:`sw.container.read_container`, minus the che
 whole tensor in hand (docs/FORMAT.md, "Checks"), and reports the first error as a
 :class:`sw.format.Status`, exactly as the RTL's status output does.
 
+The RTL has no value tables: it refuses a MAPPED section with ``UNSUPPORTED`` at its ``kind``
+word, and so does the golden model unless ``value_tables=True`` asks for a decoder that has
+them (the streaming part of the software readers, which then emit the mapped values).
+
 A system that runs the container's program (docs/INFERENCE.md) also makes the program's checks
 (``BAD_PROGRAM``); the weight decoder alone passes the PROGRAM section on its CRC, and
 ``check_program=False`` models that.
@@ -35,7 +39,9 @@ class GoldenSection:
     zero_point: int = 0
     integers: np.ndarray = None  #: int16, ``symbol - zero_point``, in stream order (CODED, kept)
     words: np.ndarray = None     #: uint16, the program's words (PROGRAM only)
-    count: int = 0               #: integers emitted (CODED), kept or not
+    count: int = 0               #: integers (CODED) or values (MAPPED) emitted, kept or not
+    values: np.ndarray = None    #: ``value_table[symbol]`` in its dtype, in stream order
+                                 #: (MAPPED, with value tables, kept)
 
 
 @dataclass
@@ -43,6 +49,7 @@ class GoldenResult:
     status: Status
     message: str
     sections: list  #: every section fully read before the first error, as :class:`GoldenSection`
+    offset: int = None  #: the byte at which the error was found (``None`` when ``OK``)
 
     @property
     def coded(self) -> list:
@@ -63,7 +70,7 @@ class GoldenResult:
 
 def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
                   check_program: bool = True, keep_integers: bool = True,
-                  on_integers=None) -> GoldenResult:
+                  on_integers=None, value_tables: bool = False) -> GoldenResult:
     """Decode ``data`` as the hardware does; never raises on a bad container.
 
     ``params`` are the decoder's (the generator's); a container made with others is refused
@@ -72,33 +79,52 @@ def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
     container's program (``BAD_PROGRAM``); the decoder alone makes none.
 
     ``keep_integers`` keeps every coded section's integers (``GoldenSection.integers``), which
-    takes 2 bytes per symbol the file declares, allocated as each section starts. Without it
+    takes 2 bytes per symbol the file declares (a MAPPED section's values, with
+    ``value_tables``, up to 8), allocated as each section starts. Without it
     the result holds only their ``count``, and memory does not grow with the symbol count.
     ``on_integers(index, first, integers)`` gets them chunk by chunk as they are emitted (int16,
     ``integers[i]`` is integer ``first + i`` of section ``index``), before the section's CRC
     has arrived, as the hardware emits them: a section that then fails has had part of its
     output passed on, and is not among ``sections``.
+
+    ``value_tables`` decodes MAPPED sections (``GoldenSection.values``, when kept; they are not
+    passed to ``on_integers``) where the RTL, and by default this model, reports
+    ``UNSUPPORTED``.
     """
     sections = []
     kept = {}
 
     def chunk(section, first, symbols):
-        integers = symbols.astype(np.int16) - np.int16(section.zero_point)
+        if not keep_integers and (on_integers is None or section.kind == SectionKind.MAPPED):
+            return   # nobody takes this output: not worth making
+        if section.kind == SectionKind.MAPPED:
+            output = section.values[symbols]
+        else:
+            output = symbols.astype(np.int16) - np.int16(section.zero_point)
         if keep_integers:
             if section.index not in kept:
                 kept.clear()
-                kept[section.index] = np.empty(section.symbol_count, np.int16)
-            kept[section.index][first:first + len(integers)] = integers
-        if on_integers is not None:
-            on_integers(section.index, first, integers)
+                kept[section.index] = np.empty(section.symbol_count, output.dtype)
+            kept[section.index][first:first + len(output)] = output
+        if on_integers is not None and section.kind == SectionKind.CODED:
+            on_integers(section.index, first, output)
+
+    def emitted(section, dtype):
+        """The section's output as kept (all of it), or ``None`` when not kept."""
+        output = kept.pop(section.index, None) if keep_integers else None
+        if keep_integers and output is None:
+            output = np.zeros(0, dtype)
+        return output
 
     def emit(section):
         if section.kind == SectionKind.CODED:
-            integers = kept.pop(section.index, None) if keep_integers else None
-            if keep_integers and integers is None:
-                integers = np.zeros(0, np.int16)
             sections.append(GoldenSection(section.index, section.kind, section.zero_point,
-                                          integers, count=section.symbol_count))
+                                          emitted(section, np.int16),
+                                          count=section.symbol_count))
+        elif section.kind == SectionKind.MAPPED:
+            sections.append(GoldenSection(section.index, section.kind,
+                                          count=section.symbol_count,
+                                          values=emitted(section, section.values.dtype)))
         elif section.kind == SectionKind.PROGRAM:
             sections.append(GoldenSection(section.index, section.kind,
                                           words=np.frombuffer(section.data[:len(section.data) & ~1],
@@ -108,7 +134,7 @@ def golden_decode(data: bytes, params: CodecParams = None, *, fast: bool = True,
 
     try:
         parse(data, params, fast=fast, software_checks=False, check_program=check_program,
-              on_section=emit, keep_symbols=False, on_symbols=chunk)
+              on_section=emit, keep_symbols=False, on_symbols=chunk, value_tables=value_tables)
     except ContainerError as error:
-        return GoldenResult(error.status, str(error), sections)
+        return GoldenResult(error.status, str(error), sections, error.offset)
     return GoldenResult(Status.OK, "ok", sections)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import (MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM, MAX_SECTION_SYMBOLS,
-                     READABLE_VERSIONS, RawDtype, SectionKind)
+from .format import (FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
+                     MAX_SECTION_SYMBOLS, READABLE_VERSIONS, VALUE_DTYPES, RawDtype, SectionKind)
 from .params import CodecParams
 
 __all__ = ["DEFAULT_MAX_VALUES", "SectionHeader", "HeaderScan", "scan_headers", "check_size", "byte_size",
@@ -37,16 +37,16 @@ class SectionHeader:
     kind: SectionKind
     offset: int                 #: byte offset of its ``kind`` field
     shape: tuple = ()
-    symbol_count: int = 0       #: CODED: symbols the decoder will produce
-    levels: int = 0             #: CODED
-    payload_words: int = 0      #: CODED: 16-bit payload words
-    dtype: RawDtype = None      #: RAW
+    symbol_count: int = 0       #: CODED, MAPPED: symbols the decoder will produce
+    levels: int = 0             #: CODED, MAPPED
+    payload_words: int = 0      #: CODED, MAPPED: 16-bit payload words
+    dtype: RawDtype = None      #: RAW, and MAPPED (its value table's, so its tensor's)
     data_bytes: int = 0         #: RAW
 
     @property
     def values(self) -> int:
         """Values decoding this section produces: its symbols, or its raw elements."""
-        if self.kind == SectionKind.CODED:
+        if self.kind in (SectionKind.CODED, SectionKind.MAPPED):
             return self.symbol_count
         if self.kind == SectionKind.PROGRAM:
             return 0   # the program is no tensor: decode does not output it
@@ -140,7 +140,7 @@ def scan_headers(data: bytes) -> HeaderScan:
         for index in range(scan.section_count):
             offset = position
             kind = take("H")
-            if kind not in tuple(SectionKind) or (kind == SectionKind.PROGRAM and version < 2):
+            if kind not in tuple(SectionKind) or version < FIRST_VERSION[SectionKind(kind)]:
                 raise _Short(f"section {index}: unknown kind {kind}")
             name_bytes = take("H")
             if name_bytes > MAX_NAME_BYTES:
@@ -157,6 +157,14 @@ def scan_headers(data: bytes) -> HeaderScan:
                         or scale_count == 0:
                     raise _Short(f"section {index}: bad levels, zero point or scale count")
                 skip(4 * scale_count)
+            if section.kind == SectionKind.MAPPED:
+                levels, dtype = take("HH")
+                if not 1 <= levels <= MAX_LEVELS or dtype not in VALUE_DTYPES:
+                    raise _Short(f"section {index}: bad levels or value dtype")
+                section.dtype = RawDtype(dtype)
+                values_bytes = levels * section.dtype.numpy.itemsize
+                skip(values_bytes + (values_bytes & 1))
+            if section.kind in (SectionKind.CODED, SectionKind.MAPPED):
                 symbol_count = take("I")
                 if symbol_count > MAX_SECTION_SYMBOLS:
                     raise _Short(f"section {index}: {symbol_count} symbols")
@@ -226,13 +234,16 @@ def decoded_arrays(container, dequantize: bool) -> dict:
     Returns
     -------
     dict of str to numpy.ndarray
-        Raw tensors as stored (copies, so they are writable).
+        Raw tensors as stored (copies, so they are writable), MAPPED ones in their dtype
+        (they have no scale: ``dequantize`` leaves them as they are).
     """
-    from .container import CodedTensor
+    from .container import CodedTensor, MappedTensor
     arrays = {}
     for tensor in container.tensors:
         if isinstance(tensor, CodedTensor):
             arrays[tensor.name] = tensor.dequantize() if dequantize else tensor.integers()
+        elif isinstance(tensor, MappedTensor):
+            arrays[tensor.name] = tensor.array()
         else:
             arrays[tensor.name] = tensor.data.copy()
     return arrays

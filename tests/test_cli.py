@@ -206,3 +206,71 @@ def test_startup_measurement_of_bench():
     from sw.bench.codec import startup_seconds
     verify, numpy_import, size = startup_seconds(repeats=1)
     assert 0 < numpy_import and 0 < verify < 30 and size == 222
+
+
+@pytest.fixture
+def sparse_integers():
+    """Integer tensors outside one 256-value window: only a value table codes them."""
+    rng = np.random.default_rng(3)
+    return {
+        "two": rng.choice(np.array([-200, 200], np.int16), 10_000),          # the issue's
+        "ids": rng.choice(np.array([-70000, 5, 123456], np.int32), (50, 40), p=[.05, .9, .05]),
+        "huge": rng.choice(np.array([0, (1 << 64) - 1], np.uint64), 300),
+        "few": np.array([-5000, 5000, 7], np.int64),    # the table costs more than raw
+        "near": np.arange(10, dtype=np.int8),            # one window: CODED, as before
+    }
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_value_table_round_trip(tmp_path, sparse_integers, suffix, capsys):
+    """encode uses a value table where it pays; decode gives back exact values and dtypes."""
+    from sw.container import read_container
+    from sw.format import SectionKind
+    from sw.tensorio import load_tensors, save_tensors
+    source, coded, out = tmp_path / f"m{suffix}", tmp_path / "m.sbit", tmp_path / f"o{suffix}"
+    save_tensors(source, sparse_integers)
+    assert main(["encode", str(source), "-o", str(coded)]) == 0
+    assert "4 coded tensors" in capsys.readouterr().out
+    container = read_container(coded.read_bytes())
+    kinds = {info.name: info.kind for info in container.sections}
+    assert kinds == {"two": SectionKind.MAPPED, "ids": SectionKind.MAPPED,
+                     "huge": SectionKind.MAPPED, "few": SectionKind.RAW,
+                     "near": SectionKind.CODED}
+    # 16 bits/value raw before; about one bit now (plus the section's 30 bytes)
+    two = next(info for info in container.sections if info.name == "two")
+    assert 8 * two.size / 10_000 < 1.05
+    assert main(["verify", str(coded)]) == 0
+    assert main(["inspect", str(coded)]) == 0
+    report = capsys.readouterr().out
+    assert "2v" in report and "two int16 -200..200" in report
+    for extra in ([], ["--dequantize"]):
+        assert main(["decode", str(coded), "-o", str(out), *extra]) == 0
+        decoded = load_tensors(out)
+        for name in ("two", "ids", "huge", "few"):
+            assert decoded[name].dtype == sparse_integers[name].dtype, name
+            np.testing.assert_array_equal(decoded[name], sparse_integers[name])
+
+
+def test_bad_value_table_is_one_line(tmp_path):
+    """A value table made non-increasing (its CRC made right): one line, exit status 1, from
+    verify and decode alike."""
+    import struct
+    import zlib
+
+    from sw.container import MappedTensor, write_container
+    data = bytearray(write_container([MappedTensor.from_array(
+        "t", np.array([-200, 200, 200, -200], np.int16))]))
+    start = 20 + 4 * 32
+    # kind, name_bytes, "t\0", ndim, dims[0], levels, dtype
+    values_at = start + 2 + 2 + 2 + 2 + 4 + 2 + 2
+    assert struct.unpack_from("<2h", data, values_at) == (-200, 200)
+    struct.pack_into("<2h", data, values_at, 200, -200)
+    end = len(data) - 4
+    struct.pack_into("<I", data, end, zlib.crc32(data[start:end]))
+    path = tmp_path / "bad.sbit"
+    path.write_bytes(bytes(data))
+    for args in (("verify", path), ("decode", path, "-o", tmp_path / "o.npz")):
+        result = run_cli(*args)
+        assert result.returncode == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "value table is not strictly increasing" in result.stderr, result.stderr

@@ -62,3 +62,20 @@ def test_header_layout_and_overhead():
     assert struct.unpack_from("<I", data, header - 4)[0] == zlib.crc32(data[:header - 4])
     # FORMAT.md "Overhead": 24 + name + 4 ndim + 4 scale_count + 2 levels around the payload.
     assert len(data) == header + 24 + 2 + 4 * 2 + 4 + 2 * 3
+
+
+def test_mapped_example_bytes():
+    """FORMAT.md's MAPPED example is what the writer writes, up to the payload."""
+    from sw.container import MappedTensor
+    block = FORMAT[FORMAT.index("Example: an int16 tensor"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    lines = block.strip().splitlines()
+    expected = bytes.fromhex(lines[0].replace("|", "") + lines[2].split("|")[0])
+    data = write_container([MappedTensor.from_array("t", np.array([-200, 200, 200], np.int16))])
+    section = data[20 + 4 * 32:]
+    assert section[:len(expected)] == expected
+    assert struct.unpack_from("<H", data, 4)[0] == 3
+    # FORMAT.md "Overhead": 22 + name + 4 ndim + values + 2 levels around the payload.
+    payload_words = struct.unpack_from("<I", section, len(expected))[0]
+    assert len(section) == 22 + 2 + 4 + 4 + 2 * 2 + 2 * payload_words

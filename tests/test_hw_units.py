@@ -21,8 +21,8 @@ from hw.decoder import WeightDecoder
 from hw.onehot import OneHotMachine
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift, popcount
 from hw.wordbuf import WordBuffer
-from sim.cases import (corner_tensors, corrupt, program_container, programmed_container,
-                       random_container, uniform)
+from sim.cases import (corner_tensors, corrupt, mapped_container, program_container,
+                       programmed_container, random_container, uniform)
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
@@ -456,7 +456,9 @@ def field_cases():
     # Offsets for K = 32: file header 148 bytes, then kind, name_bytes, "w\0", ndim, dims[0].
     yield "magic", patched(coded, 0, "B", ord("X")), Status.BAD_MAGIC
     yield "version_0", with_header_crc(patched(coded, 4, "H", 0)), Status.BAD_VERSION
-    yield "version_3", with_header_crc(patched(coded, 4, "H", 3)), Status.BAD_VERSION
+    yield "version_4", with_header_crc(patched(coded, 4, "H", 4)), Status.BAD_VERSION
+    # version 3 adds the MAPPED kind only: a version-2 layout reads as it always did
+    yield "version_3", with_header_crc(patched(coded, 4, "H", 3)), Status.OK
     # version 1 has no PROGRAM sections, and is read as it always was
     yield "version_1", with_header_crc(patched(coded, 4, "H", 1)), Status.OK
     yield "state_bits", patched(coded, 6, "H", 31), Status.PARAM_MISMATCH
@@ -465,7 +467,12 @@ def field_cases():
     yield "state_count", patched(coded, 12, "H", 0), Status.PARAM_MISMATCH
     yield "state", patched(coded, 16 + 4 * 7, "I", 0xFFFF), Status.BAD_STATE
     yield "header_crc", patched(coded, 144, "B", coded[144] ^ 1), Status.CRC_MISMATCH
-    yield "kind", patched(coded, 148, "H", 3), Status.BAD_SECTION
+    yield "kind", patched(coded, 148, "H", 4), Status.BAD_SECTION
+    # MAPPED (3) in a version-2 file is an unknown kind; in a version-3 one this decoder, which
+    # has no value tables, refuses it (UNSUPPORTED) at the kind word, whatever follows
+    yield "kind_mapped_version_2", patched(coded, 148, "H", 3), Status.BAD_SECTION
+    yield "kind_mapped_version_3", with_header_crc(patched(patched(coded, 148, "H", 3), 4, "H",
+                                                           3)), Status.UNSUPPORTED
     yield "name_bytes", patched(coded, 150, "H", 1025), Status.BAD_SECTION
     yield "ndim", patched(coded, 154, "H", 9), Status.BAD_SECTION
     yield "levels_0", patched(coded, 160, "H", 0), Status.BAD_SECTION
@@ -494,6 +501,11 @@ def field_cases():
     yield "program_crc", patched(programmed, 175, "B", programmed[175] ^ 4), Status.CRC_MISMATCH
     yield "program_in_version_1", with_header_crc(patched(programmed, 4, "H", 1)), \
         Status.BAD_SECTION
+    # A MAPPED section after a CODED and a RAW one: their output, then UNSUPPORTED; the same
+    # file made version 2 is BAD_SECTION there.
+    mapped = mapped_container(params)
+    yield "mapped", mapped, Status.UNSUPPORTED
+    yield "mapped_in_version_2", with_header_crc(patched(mapped, 4, "H", 2)), Status.BAD_SECTION
 
 
 def with_header_crc(data: bytes, state_count: int = 32) -> bytes:

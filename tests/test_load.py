@@ -59,3 +59,41 @@ def test_scan_stops_where_a_field_is_refused():
     assert [s.index for s in scan.sections] == [0]
     assert not scan_headers(b"SBIT").complete
     assert "bad magic" in scan_headers(b"").problem
+
+
+def test_scan_of_mapped_sections():
+    """MAPPED sections: their symbol counts and value dtype, so decode sizes their output in
+    the tensors' own dtypes; the damaged ones are covered as the reader reads them."""
+    from sim.cases import mapped_container
+    data = mapped_container(PARAMS)
+    scan = scan_headers(data)
+    container = read_container(data)
+    assert scan.complete and scan.values == container.parameter_count
+    mapped = [s for s in scan.sections if s.kind == SectionKind.MAPPED]
+    assert [s.dtype.numpy.name for s in mapped] == ["int16", "int8", "uint64", "int32", "int16",
+                                                    "int32"]
+    assert [s.symbol_count for s in mapped] == [500, 77, 90, 1200, 60, 0]
+    rng = np.random.default_rng(9)
+    for case in range(60):
+        damaged = corrupt(data, rng, ["flip", "truncate", "word"][case % 3])
+        read = []
+        try:
+            parse(damaged, software_checks=False, on_section=read.append)
+        except ValueError:
+            pass
+        scanned = {s.index: s for s in scan_headers(damaged).sections}
+        for section in read:
+            if section.kind == SectionKind.MAPPED:
+                assert scanned[section.index].symbol_count == len(section.symbols)
+                assert scanned[section.index].dtype == section.dtype
+
+
+def test_load_arrays_keeps_mapped_dtypes(tmp_path):
+    from sim.cases import mapped_container
+    from sw.load import load_arrays
+    path = tmp_path / "m.sbit"
+    path.write_bytes(mapped_container(PARAMS))
+    arrays = load_arrays(path)
+    assert arrays["uint64"].dtype == np.uint64 and arrays["uint64"].max() == (1 << 64) - 1
+    assert set(arrays["two"].tolist()) == {-200, 200} and arrays["two"].dtype == np.int16
+    assert arrays["layer"].dtype == np.float32       # CODED: dequantized

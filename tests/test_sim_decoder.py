@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from hw.decoder import PIPELINE_DEPTH
-from sim.cases import (corner_tensors, corrupt, program_container, quantized, random_container,
-                       skewed, uniform)
+from sim.cases import (corner_tensors, corrupt, mapped_container, program_container, quantized,
+                       random_container, skewed, uniform)
 from sim.testbench import Case, run_cases
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
@@ -59,6 +59,8 @@ def test_rtl_matches_golden(lanes):
         Case("program", programmed, 0.2, 0.3, seed=lanes),
         # a bit of the program's data flipped: its words leave, then its CRC fails
         Case("program_crc", bytes(damaged_program)),
+        # a CODED and a RAW section, then a MAPPED one: refused at its kind word
+        Case("mapped", mapped_container(params, seed=lanes), 0.2, 0.3, seed=lanes),
     ]
     for seed in range(6):
         container, _ = random_container(1000 * lanes + seed, params, sections=4)
@@ -76,6 +78,8 @@ def test_rtl_matches_golden(lanes):
     assert program.status == Status.OK and program.program_words == 116
     assert program_crc.status == Status.CRC_MISMATCH and program_crc.program_words == 116
     assert program_crc.golden_program_words == 0
+    mapped = next(r for r in results if r.name == "mapped")
+    assert mapped.status == Status.UNSUPPORTED and mapped.values == 16 * 9
 
 
 def test_ice40_netlist_matches_golden():
@@ -90,12 +94,14 @@ def test_ice40_netlist_matches_golden():
     cases = [Case("corner_stalls", corner, 0.2, 0.3, seed=1),
              Case("random", container),
              Case("flip", corrupt(container, rng, "flip"), 0.1, 0.1, seed=2),
-             Case("program", program_container(40, params), 0.2, 0.2, seed=3)]
+             Case("program", program_container(40, params), 0.2, 0.2, seed=3),
+             Case("mapped", mapped_container(params), 0.2, 0.2, seed=4)]
     results = run_cases(params, 4, cases, netlist=True)
     assert_all_agree(results)
     assert results[0].status == Status.OK and results[0].values > 4000
     assert results[2].golden_status != Status.OK
     assert results[3].status == Status.OK and results[3].program_words == 116
+    assert results[4].status == Status.UNSUPPORTED and results[4].values == 16 * 9
 
 
 def test_counts_past_sixteen_bits():

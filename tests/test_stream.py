@@ -186,3 +186,41 @@ def test_expected_report_streamed_equals_whole():
     report = expected_report(damaged, params)
     assert report.status == golden.status == Status.TRUNCATED
     assert (report.weights, report.crc) == (kept.size, zlib.crc32(kept.tobytes()))
+
+
+def hostile_mapped(params=CodecParams()) -> bytes:
+    """A MAPPED section of one uint64 value declaring 2**28 symbols (no payload), CRC right."""
+    from sw.container import MappedTensor
+    data = bytearray(write_container([MappedTensor.from_array(
+        "w", np.full(16, (1 << 64) - 1, np.uint64))], params))
+    start = 20 + 4 * params.state_count
+    # kind, name_bytes, "w\0", ndim, dims[0], levels, dtype, values[0], then symbol_count
+    struct.pack_into("<I", data, start + 8, MAX_SECTION_SYMBOLS)
+    struct.pack_into("<I", data, start + 24, MAX_SECTION_SYMBOLS)
+    struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[start:len(data) - 4]))
+    return bytes(data)
+
+
+def test_hostile_mapped_file_in_bounded_memory(tmp_path, capsys):
+    """The streaming readers with value tables hold a few chunks, not 2 GiB of uint64 values;
+    the RTL's model (and so ``expected_report``) stops at the kind word."""
+    from sw.cli import main
+    data = hostile_mapped()
+    result, peak = peak_bytes(lambda: golden_decode(data, keep_integers=False,
+                                                    value_tables=True))
+    assert result.status == Status.OK and peak < BOUND, peak
+    assert result.sections[0].count == MAX_SECTION_SYMBOLS and result.sections[0].values is None
+    container, peak = peak_bytes(lambda: parse(data, keep_symbols=False))
+    assert container.weight_count == MAX_SECTION_SYMBOLS and peak < BOUND, peak
+    path = tmp_path / "hostile.sbit"
+    path.write_bytes(data)
+    code, peak = peak_bytes(lambda: main(["verify", str(path)]))
+    assert code == 0 and peak < BOUND, peak
+    assert f"{MAX_SECTION_SYMBOLS} weights" in capsys.readouterr().out
+    report, peak = peak_bytes(lambda: expected_report(data))
+    assert report.status == Status.UNSUPPORTED and report.weights == 0 and peak < BOUND
+    # decode sizes the uint64 output from the headers and refuses it, in one line, before
+    # allocating anything (2**28 is the default limit itself: a lower one here)
+    assert main(["decode", str(path), "-o", str(tmp_path / "o.npz"), "--max-values",
+                 "1000"]) == 1
+    assert "declares 268,435,456 values" in capsys.readouterr().err

@@ -13,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("-o", "--output", metavar="OUT", required=True,
                         help="OUT.npz or OUT.safetensors")
     parser.add_argument("--dequantize", action="store_true",
-                        help="write coded tensors as float32 (integer x scale)")
+                        help="write coded tensors as float32 (integer x scale); tensors coded "
+                             "through a value table keep their integer dtype")
     parser.add_argument("--max-values", type=int, default=DEFAULT_MAX_VALUES, metavar="N",
                         help="refuse, before decoding, a file that declares more values than "
                              "this (default %(default)s = 2**28)")
@@ -29,8 +30,9 @@ def run(args) -> int:
     # of one level has no payload, so a tiny file can declare 2**28 values per section.
     scan = scan_headers(data)
     item = 4 if args.dequantize else 2
-    size = sum(s.symbol_count * item if s.kind == SectionKind.CODED else s.data_bytes
-               for s in scan.sections)
+    size = sum(s.symbol_count * item if s.kind == SectionKind.CODED
+               else s.symbol_count * s.dtype.numpy.itemsize if s.kind == SectionKind.MAPPED
+               else s.data_bytes for s in scan.sections)
     print(f"{args.input}: {len(scan.sections)} tensors, {scan.values:,} values, "
           f"{byte_size(size)} decoded")
     check_size(scan, args.max_values, args.input)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from ..codec import entropy_bits
-from ..container import CodedTensor
+from ..container import CodedTensor, MappedTensor
 from ..format import SectionKind
 from . import read_file, read_with_progress
 
@@ -43,25 +43,33 @@ def run(args) -> int:
     entropy_total = 0.0
     for tensor, info in zip(container.tensors, container.sections):
         shape = "x".join(map(str, tensor.shape)) or "scalar"
-        if isinstance(tensor, CodedTensor):
+        if isinstance(tensor, (CodedTensor, MappedTensor)):
             count = tensor.symbols.size
             entropy = entropy_bits(tensor.counts())
             entropy_total += entropy
             bits = 8 * info.size / count if count else float("nan")
             overhead = f"{100 * (8 * info.size - entropy) / entropy:7.2f}" if entropy else "      -"
-            print(f"{tensor.name[:28]:<28} {shape[:18]:<18} {tensor.levels:>6} "
+            # "v": the levels are a value table's entries (MAPPED)
+            levels = f"{tensor.levels}v" if isinstance(tensor, MappedTensor) else tensor.levels
+            print(f"{tensor.name[:28]:<28} {shape[:18]:<18} {levels:>6} "
                   f"{entropy / count if count else 0:8.4f} {bits:8.4f} {overhead} "
                   f"{info.payload_bytes:>8} {info.table_bytes:>6} {info.header_bytes:>6}")
         else:
             print(f"{tensor.name[:28]:<28} {shape[:18]:<18} {'raw':>6} {'':>8} {'':>8} {'':>7} "
                   f"{info.payload_bytes:>8} {0:>6} {info.header_bytes:>6}")
-    coded = [s for s in container.sections if s.kind == SectionKind.CODED]
+    coded = [s for s in container.sections if s.kind in (SectionKind.CODED, SectionKind.MAPPED)]
     payload = sum(s.payload_bytes for s in coded)
     tables = sum(s.table_bytes for s in coded)
     headers = container.file_header_bytes + sum(s.header_bytes for s in container.sections)
     raw = sum(s.payload_bytes for s in container.sections if s.kind == SectionKind.RAW)
     weights = container.weight_count
     print("-" * len(columns))
+    mapped = [t for t in container.tensors if isinstance(t, MappedTensor)]
+    if mapped:
+        shown = ", ".join(f"{t.name} {t.dtype} {t.values[0]}..{t.values[-1]}" for t in mapped[:4])
+        more = f" and {len(mapped) - 4} more" if len(mapped) > 4 else ""
+        print(f"levels 'Nv': coded through a table of N values (MAPPED, version 3; the RTL "
+              f"decoder refuses these): {shown}{more}")
     print(f"weights {weights}, other parameters {container.parameter_count - weights}")
     print(f"bytes: payload {payload}, tables {tables}, headers {headers}, raw tensors {raw}, "
           f"total {container.size}; headers+tables {100 * (headers + tables) / container.size:.2f} %")
