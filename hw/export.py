@@ -371,7 +371,8 @@ def _readme(name: str, params: CodecParams, lanes: int, buffer_depth: int, comma
 
 #: Statuses the decoder never raises: software readers' (TRUNCATED, TRAILING_DATA) and the
 #: inference engine's (BAD_PROGRAM), docs/FORMAT.md.
-_NOT_THE_DECODERS = (Status.TRUNCATED, Status.TRAILING_DATA, Status.BAD_PROGRAM)
+_NOT_THE_DECODERS = (Status.TRUNCATED, Status.TRAILING_DATA, Status.BAD_PROGRAM,
+                     Status.BAD_IMAGES)
 
 _STATUS_MEANINGS = {
     Status.OK: "the whole container decoded and every check passed",
