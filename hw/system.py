@@ -137,11 +137,11 @@ class ReportLine(wiring.Component):
         # The byte holding the digit the ROM names, registered every cycle whatever the state
         # (HEX uses the one selected in DECODE): a 30-way nibble select, the FSM's decode and
         # the conversion behind the ROM in one cycle were the board logic's slowest path.
-        with m.Switch(entry[1:6]):
-            for index in range(len(fields) // 8):
-                with m.Case(index):
-                    m.d.sync += byte.eq(fields[8 * index:8 * index + 8])
-        m.d.sync += high.eq(entry[0])
+        # (a binary tree of multiplexers: a Switch made a one-hot pmux of twice the LUTs)
+        bytes_ = (len(fields) + 7) // 8
+        m.d.sync += [byte.eq(Cat(fields, Const(0, 8 * bytes_ - len(fields)))
+                             .word_select(entry[1:1 + max(1, (bytes_ - 1).bit_length())], 8)),
+                     high.eq(entry[0])]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -421,10 +421,11 @@ class ImageStore(wiring.Component):
     """The test images in one SPRAM block: loaded once from flash, then streamed one at a time.
 
     ``load`` takes the image set region's words (docs/BOARD.md, ``sw.board.image_set``): the
-    image count, the pixels per image, then the records, which the store keeps. ``next`` then
-    streams the next image's pixels (``U8``, C order) on ``pixels`` and reads its label; the
-    images follow each other in flash order. Holding the images on the chip keeps the flash
-    free for the container, which the decoder reads again for every image.
+    image count, the pixels per image, then the records, which the store keeps until
+    ``load_end``. ``next`` then streams the next image's pixels (``U8``, C order) on
+    ``pixels`` and reads its label; the images follow each other in flash order. Holding the
+    images on the chip keeps the flash free for the container, which the decoder reads again
+    for every image.
 
     Parameters
     ----------
@@ -436,13 +437,15 @@ class ImageStore(wiring.Component):
     Attributes
     ----------
     load : In(stream.Signature(16))
+    load_end : In(1)
+        No word of the region is left to come.
     loaded : Out(1)
-        Every record is in; ``next`` may be used from now on.
+        The region is in; ``next`` may be used from now on.
     error : Out(1)
-        The image set is empty, has images of no pixels, or does not fit (sticky; ``load``
-        then takes and drops every word).
+        The image set is empty, has images of no pixels, does not fit, or ends inside a record
+        that was asked for (sticky; ``load`` then takes and drops every word).
     count : Out(16)
-        Images held.
+        Images in the set (as its header says).
     next : In(1)
         Stream the next image (taken when ``loaded`` and not streaming).
     pixels : Out(stream.Signature(unsigned(8)))
@@ -456,6 +459,7 @@ class ImageStore(wiring.Component):
         self.spram = spram
         super().__init__({
             "load": In(stream.Signature(16)),
+            "load_end": In(1),
             "loaded": Out(1),
             "error": Out(1),
             "count": Out(16),
@@ -470,15 +474,12 @@ class ImageStore(wiring.Component):
         m.submodules.ram = ram = SinglePortRam(self.capacity, spram=self.spram)
 
         pixel_count = Signal(16)
-        last_word = Signal(16)           # record words - 1
+        # while loading the next word to write, then the word being streamed (after an
+        # image's label: the next image's first word)
         address = Signal(range(self.capacity + 1))
-        word_in_record = Signal(16)
-        records = Signal(16)
-        # streaming
-        base = Signal(range(self.capacity + 1))     # the next image's first word
-        word_address = Signal(range(self.capacity + 1))
-        byte = Signal(16)                # index in the record of the byte offered
-        word = Signal(16)
+        held = Signal.like(address)      # words loaded
+        remaining = Signal(16)           # pixels of the image still to offer
+        high = Signal()                  # the byte offered is its word's high byte
         m.d.comb += ram.addr.eq(address)
 
         with m.FSM():
@@ -490,62 +491,55 @@ class ImageStore(wiring.Component):
             with m.State("PIXELS"):
                 m.d.comb += self.load.ready.eq(1)
                 with m.If(self.load.valid):
-                    # (P + 2) // 2 words a record, less one; 17 bits so that P = 0xFFFF
-                    # does not wrap to a short record
-                    m.d.sync += [pixel_count.eq(self.load.payload),
-                                 last_word.eq(((self.load.payload + 2) >> 1) - 1)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [address.eq(0), word_in_record.eq(0), records.eq(0)]
-                with m.If((self.count == 0) | (pixel_count == 0) | (pixel_count > 0xFFFD)):
-                    m.next = "ERROR"
-                with m.Else():
-                    m.next = "LOAD"
+                    m.d.sync += pixel_count.eq(self.load.payload)
+                    with m.If((self.count == 0) | (self.load.payload == 0) |
+                              (self.load.payload > 0xFFFD)):
+                        m.next = "ERROR"
+                    with m.Else():
+                        m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.load.ready.eq(1)
                 with m.If(self.load.valid):
                     with m.If(address == self.capacity):
-                        m.next = "ERROR"          # more records than the store holds
+                        m.next = "ERROR"          # more than the store holds
                     with m.Else():
                         m.d.comb += [ram.write_data.eq(self.load.payload),
                                      ram.write_enable.eq(1)]
-                        m.d.sync += [address.eq(address + 1),
-                                     word_in_record.eq(word_in_record + 1)]
-                        with m.If(word_in_record == last_word):
-                            m.d.sync += [word_in_record.eq(0), records.eq(records + 1)]
-                            with m.If(records + 1 == self.count):
-                                m.d.sync += base.eq(0)
-                                m.next = "READY"
+                        m.d.sync += address.eq(address + 1)
+                with m.Elif(self.load_end):
+                    m.d.sync += [held.eq(address), address.eq(0)]
+                    m.next = "READY"
             with m.State("READY"):
                 m.d.comb += self.loaded.eq(1)
                 with m.If(self.next):
-                    m.d.sync += [word_address.eq(base), byte.eq(0)]
+                    m.d.sync += [remaining.eq(pixel_count), high.eq(0)]
                     m.next = "READ"
             with m.State("READ"):
-                m.d.comb += [self.loaded.eq(1), ram.addr.eq(word_address)]
-                m.next = "LATCH"
-            with m.State("LATCH"):
+                # the word at `address` is read in this cycle and stays on read_data while
+                # the address holds (no write, and a read every cycle)
                 m.d.comb += self.loaded.eq(1)
-                m.d.sync += word.eq(ram.read_data)
-                m.next = "OFFER"
+                with m.If(address == held):
+                    m.next = "ERROR"              # the record is not all there
+                with m.Else():
+                    m.next = "OFFER"
             with m.State("OFFER"):
                 m.d.comb += self.loaded.eq(1)
-                half = Mux(byte[0], word[8:], word[:8])
-                with m.If(byte == pixel_count):
+                half = Mux(high, ram.read_data[8:], ram.read_data[:8])
+                with m.If(remaining == 0):
                     # the byte after the pixels is the label; the next record follows
-                    m.d.sync += [self.label.eq(half), base.eq(word_address + 1)]
+                    m.d.sync += [self.label.eq(half), address.eq(address + 1)]
                     m.next = "DELIVERED"
                 with m.Else():
                     m.d.comb += [self.pixels.valid.eq(1), self.pixels.payload.eq(half)]
                     with m.If(self.pixels.ready):
-                        m.d.sync += byte.eq(byte + 1)
-                        with m.If(byte[0]):
-                            m.d.sync += word_address.eq(word_address + 1)
+                        m.d.sync += [remaining.eq(remaining - 1), high.eq(~high)]
+                        with m.If(high):
+                            m.d.sync += address.eq(address + 1)
                             m.next = "READ"
             with m.State("DELIVERED"):
                 m.d.comb += [self.loaded.eq(1), self.delivered.eq(1)]
                 with m.If(self.next):
-                    m.d.sync += [word_address.eq(base), byte.eq(0)]
+                    m.d.sync += [remaining.eq(pixel_count), high.eq(0)]
                     m.next = "READ"
             with m.State("ERROR"):
                 m.d.comb += [self.error.eq(1), self.load.ready.eq(1)]
@@ -642,10 +636,12 @@ class InferenceSystem(wiring.Component):
         region = Signal()               # 0 the image set, 1 the container
         m.d.comb += reader.region.eq(region)
         reading_images = Signal(init=1)
-        with m.If(reading_images):
-            wiring.connect(m, reader.words, store.load)
-        with m.Else():
-            wiring.connect(m, reader.words, skid.i)
+        # one payload to both; valid and ready say which takes it
+        m.d.comb += [store.load.payload.eq(reader.words.payload),
+                     skid.i.payload.eq(reader.words.payload),
+                     store.load.valid.eq(reader.words.valid & reading_images),
+                     skid.i.valid.eq(reader.words.valid & ~reading_images),
+                     reader.words.ready.eq(Mux(reading_images, store.load.ready, skid.i.ready))]
         wiring.connect(m, skid.o, decoder.words)
         wiring.connect(m, decoder.program, engine.program)
         wiring.connect(m, decoder.weights, engine.weights)
@@ -654,9 +650,10 @@ class InferenceSystem(wiring.Component):
         code = Signal(4)                # the final line's status
         image = Signal(16)              # the image running, and the images answered
         correct = Signal(16)
-        predicted = Signal(16)
-        image_cycles = Signal(32)
         cycles = Signal(32)
+        # The engine holds its answer (label, cycles) until it is taken, which is after the
+        # image's line: the line prints it from the engine's own register.
+        answer = engine.prediction.payload
         finished = Signal()
         m.d.comb += self.finished.eq(finished)
         verdict = Signal()
@@ -672,12 +669,11 @@ class InferenceSystem(wiring.Component):
         with m.Elif(idle != self.truncation_idle_cycles):
             m.d.sync += idle.eq(idle + 1)
         decoded = Signal()              # the decoder checked the whole container: OK
-        answered = Signal()             # the engine's answer for this image is in
 
         m.d.comb += [
             report.status.eq(code), report.image.eq(image), report.correct.eq(correct),
-            getattr(report, "class").eq(predicted),
-            report.label.eq(store.label), report.image_cycles.eq(image_cycles),
+            getattr(report, "class").eq(answer.label),
+            report.label.eq(store.label), report.image_cycles.eq(answer.cycles),
             report.cycles.eq(cycles),
             self.uart_tx.eq(report.tx),
         ]
@@ -687,8 +683,9 @@ class InferenceSystem(wiring.Component):
             m.next = "FINAL"
 
         with m.FSM():
+            m.d.comb += store.load_end.eq(reader.exhausted)
             with m.State("LOAD"):
-                with m.If(store.error | (reader.exhausted & ~store.loaded)):
+                with m.If(store.error):
                     fail(Status.BAD_IMAGES)
                 with m.Elif(store.loaded):
                     m.d.comb += reader.stop.eq(1)
@@ -696,13 +693,9 @@ class InferenceSystem(wiring.Component):
                     m.next = "RESTART"
             with m.State("RESTART"):
                 m.d.comb += [restart.eq(1), store.next.eq(1)]
-                m.d.sync += [idle.eq(0), decoded.eq(0), answered.eq(0)]
+                m.d.sync += [idle.eq(0), decoded.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += engine.prediction.ready.eq(~answered)
-                with m.If(engine.prediction.valid & ~answered):
-                    m.d.sync += [answered.eq(1), predicted.eq(engine.prediction.payload.label),
-                                 image_cycles.eq(engine.prediction.payload.cycles)]
                 with m.If(decoder.status.done & ~decoder.status.error):
                     m.d.sync += decoded.eq(1)
                 # the first error wins; the decoder's before the engine's in the same cycle
@@ -710,6 +703,8 @@ class InferenceSystem(wiring.Component):
                     fail(decoder.status.code)
                 with m.Elif(engine.status.error):
                     fail(engine.status.code)
+                with m.Elif(store.error):
+                    fail(Status.BAD_IMAGES)
                 with m.Elif(idle == self.truncation_idle_cycles):
                     fail(Mux(decoded, Status.BAD_PROGRAM, Status.TRUNCATED))
                 # the engine asks for more pixels than an image has, or answers before it
@@ -717,16 +712,18 @@ class InferenceSystem(wiring.Component):
                 with m.Elif((store.delivered & engine.pixels.ready) |
                             (engine.prediction.valid & ~store.delivered)):
                     fail(Status.BAD_IMAGES)
-                with m.Elif(decoded & answered):
+                with m.Elif(decoded & engine.prediction.valid):
                     m.next = "LINE"
             with m.State("LINE"):
                 m.d.comb += [report.select.eq(0), report.start.eq(1)]
                 with m.If(report.done):
                     m.d.sync += [image.eq(image + 1),
-                                 correct.eq(correct + (predicted == store.label))]
+                                 correct.eq(correct + (answer.label == store.label))]
                     m.next = "NEXT"
             with m.State("NEXT"):
-                # report.start is low for a cycle: the line printer is ready again
+                # the answer is printed: the engine may go on (to the next program); and
+                # report.start is low for a cycle, so the line printer is ready again
+                m.d.comb += engine.prediction.ready.eq(1)
                 with m.If(image == store.count):
                     m.d.sync += verdict.eq(1)
                     m.next = "FINAL"
