@@ -139,6 +139,8 @@ class InferenceEngine(wiring.Component):
         # transparent: the MAC loop reads a position the cycle its last sum is written when a
         # channel has a single output position, and so does the requantization's first read
         accumulator_read = accumulator_ram.read_port(transparent_for=(accumulator_write,))
+        # MAC and RQ read the position's sum; other states do not care what it reads, so the
+        # address is the position always (behind the state's decoding it was critical: 34.8 MHz)
 
         address = Signal(AW)             # the activation memory's one address
         cursor = Signal(AW)              # ... when a loop walks it; states override it
@@ -261,6 +263,7 @@ class InferenceEngine(wiring.Component):
         oy_left = Signal(XW)             # output rows and columns still to go after this one
         ox_left = Signal(XW)
         position = Signal(PW)
+        m.d.comb += accumulator_read.addr.eq(position)
         on_last_ox = Signal()
         on_last_oy = Signal()
         out_left = Signal(CW)            # output channels still to go after this one
@@ -350,6 +353,13 @@ class InferenceEngine(wiring.Component):
                      term_2.eq(term_1), high_2.eq(high_1),
                      term_3.eq(term_2), high_3.eq(high_2)]
         shift_count = Signal(6)
+        rq_step = Signal(8)              # one-hot: the term step of RQ (empty: shifting)
+        shifting = Signal()
+        rq_last = Signal()               # the position requantized is the channel's last
+        clamped_value = Signal(16)       # the value RQ_WRITE made, written the next cycle
+        write_pending = Signal()
+        write_address = Signal(AW)
+        m.d.sync += write_pending.eq(0)
         placed = Signal(48)
         m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
         addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
@@ -373,10 +383,12 @@ class InferenceEngine(wiring.Component):
         clamped = Mux(over, high, Mux(under, low, result[:16]))
 
         pool_sum = Signal(signed(16))    # fits S16 (docs/INFERENCE.md, "Bounds")
+        pool_end = Signal()
         best_value = Signal(signed(16))
         best_label = Signal(CW)
         argmax_label = Signal(CW)        # index of the value arriving this cycle
         argmax_valid = Signal()
+        argmax_end = Signal()
         m.d.comb += [self.prediction.payload.label.eq(best_label),
                      self.prediction.payload.cycles.eq(cycles)]
 
@@ -387,6 +399,14 @@ class InferenceEngine(wiring.Component):
         def next_out_channel():
             m.d.sync += [out_channel.eq(out_channel + 1), out_left.eq(out_left - 1),
                          on_last_out_channel.eq(out_left == 1)]
+
+        def start_channel():
+            # the first weight of an output channel is (kx, ky, channel) = (0, 0, 0)
+            m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
+                         on_last_channel.eq(~last_channel.any()),
+                         ky.eq(0), kx.eq(0), bound.eq(weight_bound),
+                         negative_bound.eq(-weight_bound),
+                         weight_start.eq(input_address + first_offset)]
 
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
@@ -505,7 +525,8 @@ class InferenceEngine(wiring.Component):
             with m.State("DECODE"):
                 # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
                 # fetch counts the steps
-                m.d.sync += fetch.eq(fetch + 1)
+                # a pool's first plane (unconditional: the cursor's enable was critical)
+                m.d.sync += [fetch.eq(fetch + 1), cursor.eq(input_address), pool_sum.eq(0)]
                 with m.Switch(fetch):
                     with m.Case(0):
                         m.d.comb += [a_src.eq(height), b_src.eq(width)]
@@ -530,12 +551,12 @@ class InferenceEngine(wiring.Component):
                 with m.If(fetch == 6):
                     m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
                     with m.If(is_pool):
-                        m.d.sync += [cursor.eq(input_address), pool_sum.eq(0)]
                         m.next = "POOL"
                     with m.Elif(has_bias):
                         m.next = "BIAS"
                     with m.Else():
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
             # ---- a layer's biases, before its weights ----
             with m.State("BIAS"):
                 # out_channel counts them, and is 0 again for the first channel
@@ -547,29 +568,22 @@ class InferenceEngine(wiring.Component):
                     next_out_channel()
                     with m.If(on_last_out_channel):
                         first_out_channel()
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
                 with m.If(fault):
                     fail(Status.BAD_PROGRAM)
             # ---- one output channel: every weight over every position, then requantize ----
-            with m.State("CHANNEL"):
-                m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
-                             on_last_channel.eq(~last_channel.any()),
-                             ky.eq(0), kx.eq(0), bound.eq(weight_bound),
-                             negative_bound.eq(-weight_bound),
-                             weight_start.eq(input_address + first_offset)]
-                m.next = "WEIGHT"
-                with m.If(fault):          # the layer's last bias
-                    fail(Status.BAD_PROGRAM)
             with m.State("WEIGHT"):
                 with m.If(value_valid):
                     m.d.comb += load_weight.eq(1)
                     m.next = "MAC"
+                with m.If(fault):          # the layer's last bias
+                    fail(Status.BAD_PROGRAM)
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
                 inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
                              s1_weight.eq(Mux(inside, weight, 0))]
-                m.d.comb += accumulator_read.addr.eq(position)
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
                 with m.If(on_last_ox):
@@ -583,8 +597,8 @@ class InferenceEngine(wiring.Component):
                     with m.If(on_last_oy):
                         # this weight is done: the next one, or the channel's requantization
                         with m.If(weight_last):
-                            m.d.sync += position.eq(0)
-                            m.next = "RQ0"
+                            m.d.sync += [position.eq(0), rq_step.eq(1)]
+                            m.next = "RQ"
                         with m.Elif(value_valid):
                             m.d.comb += load_weight.eq(1)
                         with m.Else():
@@ -600,86 +614,83 @@ class InferenceEngine(wiring.Component):
             # outputs; each term's operands are set three cycles before it is added.
             bias_value = Mux(has_bias, bias_read.data, 0)
             accumulator = accumulator_read.data
-            with m.State("RQ0"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
-                             add_term.eq(1)]
-                m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
-                m.next = "RQ1"
-            with m.State("RQ1"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(bias_value), a_signed.eq(1),
-                             b_src.eq(b_high), b_signed.eq(1), add_term.eq(1), term_high.eq(1)]
-                m.next = "RQ2"
-            with m.State("RQ2"):
-                # A stays on the program RAM's output for the whole channel
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
-                m.next = "RQ3"
-            with m.State("RQ3"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
-                             add_term.eq(1), term_high.eq(1)]
-                m.next = "RQ4"
-            with m.State("RQ4"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(Mux(has_skip, activation_read_data, 0)), a_signed.eq(1),
-                             b_src.eq(Const(1, 16) << skip_shift[:4]),
-                             add_term.eq(1), term_high.eq(skip_shift[4])]
-                m.next = "RQ5"
-            with m.State("RQ5"):
-                m.next = "RQ6"
-            with m.State("RQ6"):
-                m.next = "RQ7"
-            with m.State("RQ7"):
-                # the last term is added this cycle
-                m.d.sync += add_one.eq(shift_count == 0)
-                m.next = "RQ_SHIFT"
-            with m.State("RQ_SHIFT"):
+            with m.State("RQ"):
+                # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
+                # each is added three cycles later. Then, with rq_step empty, the shift.
+                m.d.comb += address.eq(skip_cursor)
+                m.d.sync += [rq_step.eq(rq_step << 1),
+                             rq_last.eq(position == last_position)]
+                with m.If(rq_step[0]):
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
+                                 add_term.eq(1)]
+                    m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
+                with m.If(rq_step[1]):
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
+                                 b_src.eq(b_high), b_signed.eq(1), add_term.eq(1),
+                                 term_high.eq(1)]
+                with m.If(rq_step[2]):
+                    # A stays on the program RAM's output for the whole channel
+                    m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
+                with m.If(rq_step[3]):
+                    m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
+                                 add_term.eq(1), term_high.eq(1)]
+                with m.If(rq_step[4]):
+                    m.d.comb += [a_src.eq(Mux(has_skip, activation_read_data, 0)),
+                                 a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
+                                 add_term.eq(1), term_high.eq(skip_shift[4])]
+                with m.If(rq_step[7]):
+                    # the last term is added this cycle
+                    m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
                 # add_one is set for the cycle after the last shift
-                with m.If(add_one):
-                    m.d.sync += add_one.eq(0)
-                    m.next = "RQ_WRITE"
-                with m.Elif(shift_count[4:].any()):
-                    m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
-                                 add_one.eq(shift_count == 16)]
-                with m.Else():
-                    m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
-                                 add_one.eq(shift_count == 1)]
+                with m.If(shifting):
+                    with m.If(add_one):
+                        m.d.sync += [add_one.eq(0), shifting.eq(0)]
+                        m.next = "RQ_WRITE"
+                    with m.Elif(shift_count[4:].any()):
+                        m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
+                                     add_one.eq(shift_count == 16)]
+                    with m.Else():
+                        m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
+                                     add_one.eq(shift_count == 1)]
             with m.State("RQ_WRITE"):
-                # the output and the skip tensor are walked in address order, channel after
-                # channel: two counters instead of sums of addresses
-                m.d.comb += [address.eq(output_address),
-                             activation_write_data.eq(clamped), activation_write_en.eq(1)]
-                m.d.sync += [position.eq(position + 1), output_address.eq(output_address + 1),
+                # the value is clamped into a register and written the next cycle, whatever
+                # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
+                # first cycle). The output and the skip tensor are walked in address order,
+                # channel after channel: two counters instead of sums of addresses.
+                m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
+                             write_address.eq(output_address),
+                             position.eq(position + 1), output_address.eq(output_address + 1),
                              skip_cursor.eq(skip_cursor + 1)]
-                with m.If(position == last_position):
+                with m.If(rq_last):
                     next_out_channel()
                     with m.If(~single_multiplier):
                         m.d.sync += program_cursor.eq(program_cursor + 1)   # the next A
                     with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
                 with m.Else():
-                    m.next = "RQ0"
+                    m.d.sync += rq_step.eq(1)
+                    m.next = "RQ"
             # ---- global sum pooling: channel by channel, one value a cycle ----
             with m.State("POOL"):
-                # the cursor runs over the channel's plane; each value arrives a cycle later
-                m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                with m.If(position == last_position):
-                    m.next = "POOL_LAST"
+                # the cursor runs over the channel's plane; each value arrives a cycle later.
+                # pool_end (registered) is the cycle after the plane's last read: its value is
+                # added and the cursor stays on the next plane.
+                m.d.sync += pool_end.eq(position == last_position)
+                with m.If(~pool_end):
+                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
-            with m.State("POOL_LAST"):
-                m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
-                m.next = "POOL_WRITE"
+                with m.If(pool_end):
+                    m.next = "POOL_WRITE"
             with m.State("POOL_WRITE"):
                 # the cursor already stands at the next channel's plane
                 m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
                              activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
-                             position.eq(0)]
+                             position.eq(0), pool_end.eq(0)]
                 next_out_channel()
                 with m.If(on_last_out_channel):
                     m.next = "NEXT"
@@ -691,24 +702,27 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
                              program_cursor.eq(program_cursor +
                                                (single_multiplier & ~is_pool))]
+                # the last output is (classes, 1, 1), just written, ending at
+                # output_address: scanned from its start (unconditional, as in DECODE)
+                m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
+                             argmax_valid.eq(0), argmax_end.eq(0)]
                 with m.If(op_index == last_op):
-                    # the last output is (classes, 1, 1), just written, ending at
-                    # output_address: scanned from its start
-                    m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
-                                 out_channel.eq(0), argmax_valid.eq(0)]
+                    first_out_channel()
                     m.next = "ARGMAX"
                 with m.Else():
                     m.next = "FETCH"
             with m.State("ARGMAX"):
-                m.d.sync += [cursor.eq(cursor + 1), out_channel.eq(out_channel + 1),
-                             argmax_label.eq(out_channel), argmax_valid.eq(1)]
+                # argmax_end: the value arriving is the last (out_channel was the last read)
+                m.d.sync += [cursor.eq(cursor + 1), argmax_label.eq(out_channel),
+                             argmax_valid.eq(1), argmax_end.eq(on_last_out_channel)]
+                next_out_channel()
                 with m.If(argmax_valid):
                     with m.If((argmax_label == 0) | (activation_read_data > best_value)):
                         m.d.sync += [best_value.eq(activation_read_data),
                                      best_label.eq(argmax_label)]
-                    with m.If(argmax_label == last_out_channel):
-                        m.d.sync += busy.eq(0)
-                        m.next = "ANSWER"
+                with m.If(argmax_end):
+                    m.d.sync += busy.eq(0)
+                    m.next = "ANSWER"
             with m.State("ANSWER"):
                 m.d.comb += self.prediction.valid.eq(1)
                 with m.If(self.prediction.ready):
@@ -718,6 +732,11 @@ class InferenceEngine(wiring.Component):
                 # refuse quietly: take and drop every input, so nothing upstream waits forever
                 m.d.comb += self.pixels.ready.eq(1)
                 m.d.sync += busy.eq(0)
+        # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
+        # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
+        with m.If(write_pending):
+            m.d.comb += [address.eq(write_address), activation_write_data.eq(clamped_value),
+                         activation_write_en.eq(1)]
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
         # it is taken, so that a linear layer's MAC takes a weight every cycle. After the FSM:
