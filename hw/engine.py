@@ -155,7 +155,7 @@ class InferenceEngine(wiring.Component):
         code = Signal(4)
         busy = Signal()
         m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
-                     self.status.busy.eq(busy)]
+                     self.status.busy.eq(busy & ~error)]
         # also the answer's count: it stops with busy, so the prediction needs no copy
         cycles = Signal(32)
         with m.If(busy):
@@ -233,7 +233,7 @@ class InferenceEngine(wiring.Component):
         kernel = Signal(2)               # 1 for a linear layer: a 1x1 conv over C*H*W channels
         last_out_channel = Signal(CW)
         input_address = Signal(AW)
-        output_address = Signal(AW)      # output address of the next value written
+        output_address = Signal(AW + 1)  # output address of the next value written
         skip_cursor = Signal(AW)         # skip address of the value being requantized
         weight_bound = Signal(15)
         shift = Signal(6)
@@ -408,6 +408,38 @@ class InferenceEngine(wiring.Component):
                          negative_bound.eq(-weight_bound),
                          weight_start.eq(input_address + first_offset)]
 
+        # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
+        # more than max_channels output channels or max_positions output positions, or a field
+        # wider than its register, sets `refused` as the header or record is read; the engine
+        # then stops with BAD_PROGRAM the next cycle, outside the FSM's decisions.
+        refused = Signal()
+
+        def check(condition):
+            with m.If(condition):
+                m.d.sync += refused.eq(1)
+
+        # The comparisons are registered every cycle, whatever the state, and tested a fetch
+        # later: `word` straight from the program RAM into `refused` was critical (32.4 MHz).
+        word_wide = Signal()             # the word does not fit a size register
+        word_beyond = Signal()           # ... is not an address of the memory
+        word_over_channels = Signal()
+        product_wide = Signal()          # `multiplied` >= 2**16 (C*H in the header)
+        positions_over = Signal()        # `multiplied` > max_positions (H'*W' in DECODE)
+        image_beyond = Signal()          # the image's end, cursor + C*H*W, beyond the memory
+        m.d.sync += [
+            word_wide.eq(word[SZ:].any()), word_beyond.eq(word >= self.memory_words),
+            word_over_channels.eq(word > self.max_channels),
+            product_wide.eq(multiplied[16:].any()),
+            positions_over.eq(multiplied > self.max_positions),
+            image_beyond.eq(multiplied[SZ:].any() |
+                            (cursor + multiplied[:SZ] > self.memory_words)),
+        ]
+        # An output is checked as it is written: its address has a bit more than the memory's,
+        # and a write at or beyond memory_words is refused (a product of the output's size at
+        # the record cost 110 LCs).
+        output_beyond = Signal()
+        m.d.sync += output_beyond.eq(output_address >= self.memory_words)
+
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
             m.next = "ERROR"
@@ -418,7 +450,7 @@ class InferenceEngine(wiring.Component):
         out_height = Mux(is_conv, Mux(stride2, (height + 1) >> 1, height), 1)
         out_width = Mux(is_conv, Mux(stride2, (width + 1) >> 1, width), 1)
 
-        with m.FSM():
+        with m.FSM() as fsm:
             # ---- the program ----
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
@@ -451,15 +483,22 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(3):
                         m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
+                        check(word_wide)                      # C
                     with m.Case(4):
                         m.d.sync += width.eq(word)
+                    with m.Case(5):
+                        check(word_wide)                      # W
                     with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
                         m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
                         m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
                                      cursor.eq(word)]
+                    with m.Case(7):
+                        check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
                         m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
+                    with m.Case(10):
+                        check(image_beyond)
                         m.next = "PIXELS"
             # ---- the image ----
             with m.State("PIXELS"):
@@ -490,12 +529,16 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(4):
                         m.d.sync += height.eq(word)
+                        check(word_wide)                      # C
                     with m.Case(5):
                         m.d.sync += width.eq(word)
+                        check(word_wide)                      # H
                     with m.Case(6):
                         m.d.sync += last_out_channel.eq(word - 1)
+                        check(word_wide)                      # W
                     with m.Case(7):
                         m.d.sync += kernel.eq(Mux(is_conv, word, 1))
+                        check(word_over_channels)
                     with m.Case(8):
                         m.d.sync += stride2.eq(is_conv & (word == 2))
                     with m.Case(9):
@@ -504,6 +547,7 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += output_address.eq(word)
                     with m.Case(11):
                         m.d.sync += skip_cursor.eq(word)
+                        check(word_beyond)                    # the output's address
                     with m.Case(12):
                         m.d.sync += [has_bias.eq(word[0]), has_skip.eq(word[1])]
                     with m.Case(13):
@@ -548,6 +592,8 @@ class InferenceEngine(wiring.Component):
                             last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
                             channel_step.eq(channel_stride - kernel_span),
                         ]
+                    with m.Case(5):
+                        check(positions_over)                 # H'*W'
                 with m.If(fetch == 6):
                     m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
                     with m.If(is_pool):
@@ -653,6 +699,7 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
                                      add_one.eq(shift_count == 1)]
             with m.State("RQ_WRITE"):
+                check(output_beyond)
                 # the value is clamped into a register and written the next cycle, whatever
                 # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
                 # first cycle). The output and the skip tensor are walked in address order,
@@ -686,6 +733,7 @@ class InferenceEngine(wiring.Component):
                 with m.If(pool_end):
                     m.next = "POOL_WRITE"
             with m.State("POOL_WRITE"):
+                check(output_beyond)
                 # the cursor already stands at the next channel's plane
                 m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
                              activation_write_en.eq(1)]
@@ -732,6 +780,17 @@ class InferenceEngine(wiring.Component):
                 # refuse quietly: take and drop every input, so nothing upstream waits forever
                 m.d.comb += self.pixels.ready.eq(1)
                 m.d.sync += busy.eq(0)
+        # A PROGRAM section's words after the program's last (a second program, rule 5) are
+        # refused as the capacity checks are; those that come once the answer is out are the
+        # next image's program.
+        with m.If(self.program.valid & ~fsm.ongoing("PROGRAM")):
+            m.d.sync += refused.eq(1)
+        with m.If(refused & ~error):
+            m.d.sync += [error.eq(1), code.eq(Status.BAD_PROGRAM)]
+        with m.If(error):
+            # whatever state the FSM is in: take and drop the pixels too, answer nothing
+            m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
+
         # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
         # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
         with m.If(write_pending):
