@@ -24,7 +24,7 @@ from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 from .decoder import ProgramWord, WeightBatch
 from .spram import SinglePortRam
 
-__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
+__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine", "engine_cycles"]
 
 
 #: An activation the engine writes (pixels and every operation's outputs), for observers.
@@ -46,6 +46,57 @@ _RECORD = {
 }
 
 
+def engine_cycles(program, lanes: int = 1) -> int:
+    """The ``cycles`` :class:`InferenceEngine` reports for one image of ``program`` (a
+    :class:`sw.program.Program`) when the pixels and the weights are never late: the cycles from
+    the program's last word to the answer, as the state machine below spends them.
+
+    The weights arrive in transfers of ``lanes`` values, a section's last one shorter; the
+    engine takes a value a cycle from a transfer, and the next transfer one cycle after its last
+    value (``weights.ready`` is an empty batch), so a value that starts a transfer is ready two
+    cycles after the previous one was taken.
+    """
+    from sw.program import Opcode as _Opcode
+
+    cycles = 11 + program.input_size           # HEADER (fetch 0..10), a pixel a cycle
+    ready = [-1]                               # the cycle the next value can be taken
+    index = [0]                                # the value's place in its section
+
+    def take(earliest, section_size):
+        at = max(earliest, ready[0])
+        index[0] += 1
+        batch_end = index[0] % lanes == 0 or index[0] == section_size
+        if index[0] == section_size:
+            index[0] = 0
+        ready[0] = at + (2 if batch_end else 1)
+        return at
+
+    for op in program.ops:
+        cycles += 21 + 7                       # FETCH (fetch 0..20), DECODE (fetch 0..6)
+        if op.opcode == _Opcode.POOL:
+            cycles += op.out_channels * (op.in_height * op.in_width + 2) + 1   # ..., NEXT
+            continue
+        channels = op.out_channels
+        if op.has_bias:                        # BIAS: a value a cycle from the first cycle
+            t = cycles - 1
+            for _ in range(channels):
+                t = take(t + 1, channels)
+            cycles = t + 1
+        positions = op.out_height * op.out_width
+        per_channel = op.fan_in
+        section = channels * per_channel
+        shifts = (op.shift - 1) // 16 + (op.shift - 1) % 16
+        requantize = positions * (10 + shifts)  # RQ (8 steps, shifts, + 1), RQ_WRITE
+        for _ in range(channels):
+            t = take(cycles, section)          # WEIGHT: taken in its first cycle if ready
+            for _ in range(per_channel - 1):
+                # MAC takes the next weight on its last position, else WEIGHT waits
+                t = take(t + positions, section)
+            cycles = t + positions + requantize + 1
+        cycles += 1                            # NEXT
+    return cycles + program.classes + 1        # ARGMAX
+
+
 class InferenceEngine(wiring.Component):
     """Runs the integer program of docs/INFERENCE.md, one product per cycle.
 
@@ -55,17 +106,16 @@ class InferenceEngine(wiring.Component):
         Of the decoder whose ``weights`` stream this engine takes.
     memory_words : int
         Activation memory (values of 16 bits): one SB_SPRAM256KA (16K words) on iCE40.
-        Addresses wrap at its power of two; this engine does not check a program against it.
+        A program with a tensor past it is refused with ``BAD_PROGRAM``.
     program_words : int
         Program RAM; a longer program is refused with ``BAD_PROGRAM``. The defaults of this
         and the next two are what the UP5K build keeps in 8 block RAMs (512 x 16: 2,
         512 x 16: 2, 512 x 32: 4), beside the decoder's 14: the digits ResNet needs 237
         program words, 128 channels and 64 positions.
     max_channels : int
-        Output channels of one operation (its biases are kept). Not checked: a wider layer
-        wraps its bias addresses.
+        Output channels of one operation (its biases are kept); more are ``BAD_PROGRAM``.
     max_positions : int
-        Output positions of one channel (its accumulators are kept). Not checked likewise.
+        Output positions of one channel (its accumulators are kept); more likewise.
     spram : bool or None
         Activation memory as ``SB_SPRAM256KA`` blocks: ``None`` on an iCE40 platform only
         (:class:`hw.spram.SinglePortRam`).

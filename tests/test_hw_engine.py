@@ -274,3 +274,13 @@ def test_a_second_program_is_refused(after):
     data, images, _, _ = _small_limits()
     error, code, answered = refusal(data, images[:1], second_program_after=after)
     assert error and code == Status.BAD_PROGRAM and not answered
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_the_cycle_model_is_exact(lanes):
+    """engine_cycles predicts the engine's own count when nothing is late."""
+    from hw.engine import engine_cycles
+    lowered, tensors, images = small_network()
+    data = write_container(tensors, program=lowered.program)
+    _, _, cycles, _ = run_engine(data, images[:2], lanes=lanes, stall=0.0)
+    assert cycles == [engine_cycles(lowered.program, lanes)] * 2
