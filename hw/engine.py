@@ -24,7 +24,7 @@ from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 from .decoder import ProgramWord, WeightBatch
 from .spram import SinglePortRam
 
-__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine"]
+__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine", "engine_cycles"]
 
 
 #: An activation the engine writes (pixels and every operation's outputs), for observers.
@@ -46,6 +46,57 @@ _RECORD = {
 }
 
 
+def engine_cycles(program, lanes: int = 1) -> int:
+    """The ``cycles`` :class:`InferenceEngine` reports for one image of ``program`` (a
+    :class:`sw.program.Program`) when the pixels and the weights are never late: the cycles from
+    the program's last word to the answer, as the state machine below spends them.
+
+    The weights arrive in transfers of ``lanes`` values, a section's last one shorter; the
+    engine takes a value a cycle from a transfer, and the next transfer one cycle after its last
+    value (``weights.ready`` is an empty batch), so a value that starts a transfer is ready two
+    cycles after the previous one was taken.
+    """
+    from sw.program import Opcode as _Opcode
+
+    cycles = 11 + program.input_size           # HEADER (fetch 0..10), a pixel a cycle
+    ready = [-1]                               # the cycle the next value can be taken
+    index = [0]                                # the value's place in its section
+
+    def take(earliest, section_size):
+        at = max(earliest, ready[0])
+        index[0] += 1
+        batch_end = index[0] % lanes == 0 or index[0] == section_size
+        if index[0] == section_size:
+            index[0] = 0
+        ready[0] = at + (2 if batch_end else 1)
+        return at
+
+    for op in program.ops:
+        cycles += 21 + 7                       # FETCH (fetch 0..20), DECODE (fetch 0..6)
+        if op.opcode == _Opcode.POOL:
+            cycles += op.out_channels * (op.in_height * op.in_width + 2) + 1   # ..., NEXT
+            continue
+        channels = op.out_channels
+        if op.has_bias:                        # BIAS: a value a cycle from the first cycle
+            t = cycles - 1
+            for _ in range(channels):
+                t = take(t + 1, channels)
+            cycles = t + 1
+        positions = op.out_height * op.out_width
+        per_channel = op.fan_in
+        section = channels * per_channel
+        shifts = (op.shift - 1) // 16 + (op.shift - 1) % 16
+        requantize = positions * (10 + shifts)  # RQ (8 steps, shifts, + 1), RQ_WRITE
+        for _ in range(channels):
+            t = take(cycles, section)          # WEIGHT: taken in its first cycle if ready
+            for _ in range(per_channel - 1):
+                # MAC takes the next weight on its last position, else WEIGHT waits
+                t = take(t + positions, section)
+            cycles = t + positions + requantize + 1
+        cycles += 1                            # NEXT
+    return cycles + program.classes + 1        # ARGMAX
+
+
 class InferenceEngine(wiring.Component):
     """Runs the integer program of docs/INFERENCE.md, one product per cycle.
 
@@ -55,17 +106,16 @@ class InferenceEngine(wiring.Component):
         Of the decoder whose ``weights`` stream this engine takes.
     memory_words : int
         Activation memory (values of 16 bits): one SB_SPRAM256KA (16K words) on iCE40.
-        Addresses wrap at its power of two; this engine does not check a program against it.
+        A program with a tensor past it is refused with ``BAD_PROGRAM``.
     program_words : int
         Program RAM; a longer program is refused with ``BAD_PROGRAM``. The defaults of this
         and the next two are what the UP5K build keeps in 8 block RAMs (512 x 16: 2,
         512 x 16: 2, 512 x 32: 4), beside the decoder's 14: the digits ResNet needs 237
         program words, 128 channels and 64 positions.
     max_channels : int
-        Output channels of one operation (its biases are kept). Not checked: a wider layer
-        wraps its bias addresses.
+        Output channels of one operation (its biases are kept); more are ``BAD_PROGRAM``.
     max_positions : int
-        Output positions of one channel (its accumulators are kept). Not checked likewise.
+        Output positions of one channel (its accumulators are kept); more likewise.
     spram : bool or None
         Activation memory as ``SB_SPRAM256KA`` blocks: ``None`` on an iCE40 platform only
         (:class:`hw.spram.SinglePortRam`).
@@ -139,6 +189,8 @@ class InferenceEngine(wiring.Component):
         # transparent: the MAC loop reads a position the cycle its last sum is written when a
         # channel has a single output position, and so does the requantization's first read
         accumulator_read = accumulator_ram.read_port(transparent_for=(accumulator_write,))
+        # MAC and RQ read the position's sum; other states do not care what it reads, so the
+        # address is the position always (behind the state's decoding it was critical: 34.8 MHz)
 
         address = Signal(AW)             # the activation memory's one address
         cursor = Signal(AW)              # ... when a loop walks it; states override it
@@ -153,7 +205,7 @@ class InferenceEngine(wiring.Component):
         code = Signal(4)
         busy = Signal()
         m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
-                     self.status.busy.eq(busy)]
+                     self.status.busy.eq(busy & ~error)]
         # also the answer's count: it stops with busy, so the prediction needs no copy
         cycles = Signal(32)
         with m.If(busy):
@@ -231,7 +283,7 @@ class InferenceEngine(wiring.Component):
         kernel = Signal(2)               # 1 for a linear layer: a 1x1 conv over C*H*W channels
         last_out_channel = Signal(CW)
         input_address = Signal(AW)
-        output_address = Signal(AW)      # output address of the next value written
+        output_address = Signal(AW + 1)  # output address of the next value written
         skip_cursor = Signal(AW)         # skip address of the value being requantized
         weight_bound = Signal(15)
         shift = Signal(6)
@@ -261,6 +313,7 @@ class InferenceEngine(wiring.Component):
         oy_left = Signal(XW)             # output rows and columns still to go after this one
         ox_left = Signal(XW)
         position = Signal(PW)
+        m.d.comb += accumulator_read.addr.eq(position)
         on_last_ox = Signal()
         on_last_oy = Signal()
         out_left = Signal(CW)            # output channels still to go after this one
@@ -350,6 +403,13 @@ class InferenceEngine(wiring.Component):
                      term_2.eq(term_1), high_2.eq(high_1),
                      term_3.eq(term_2), high_3.eq(high_2)]
         shift_count = Signal(6)
+        rq_step = Signal(8)              # one-hot: the term step of RQ (empty: shifting)
+        shifting = Signal()
+        rq_last = Signal()               # the position requantized is the channel's last
+        clamped_value = Signal(16)       # the value RQ_WRITE made, written the next cycle
+        write_pending = Signal()
+        write_address = Signal(AW)
+        m.d.sync += write_pending.eq(0)
         placed = Signal(48)
         m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
         addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
@@ -373,10 +433,12 @@ class InferenceEngine(wiring.Component):
         clamped = Mux(over, high, Mux(under, low, result[:16]))
 
         pool_sum = Signal(signed(16))    # fits S16 (docs/INFERENCE.md, "Bounds")
+        pool_end = Signal()
         best_value = Signal(signed(16))
         best_label = Signal(CW)
         argmax_label = Signal(CW)        # index of the value arriving this cycle
         argmax_valid = Signal()
+        argmax_end = Signal()
         m.d.comb += [self.prediction.payload.label.eq(best_label),
                      self.prediction.payload.cycles.eq(cycles)]
 
@@ -388,6 +450,46 @@ class InferenceEngine(wiring.Component):
             m.d.sync += [out_channel.eq(out_channel + 1), out_left.eq(out_left - 1),
                          on_last_out_channel.eq(out_left == 1)]
 
+        def start_channel():
+            # the first weight of an output channel is (kx, ky, channel) = (0, 0, 0)
+            m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
+                         on_last_channel.eq(~last_channel.any()),
+                         ky.eq(0), kx.eq(0), bound.eq(weight_bound),
+                         negative_bound.eq(-weight_bound),
+                         weight_start.eq(input_address + first_offset)]
+
+        # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
+        # more than max_channels output channels or max_positions output positions, or a field
+        # wider than its register, sets `refused` as the header or record is read; the engine
+        # then stops with BAD_PROGRAM the next cycle, outside the FSM's decisions.
+        refused = Signal()
+
+        def check(condition):
+            with m.If(condition):
+                m.d.sync += refused.eq(1)
+
+        # The comparisons are registered every cycle, whatever the state, and tested a fetch
+        # later: `word` straight from the program RAM into `refused` was critical (32.4 MHz).
+        word_wide = Signal()             # the word does not fit a size register
+        word_beyond = Signal()           # ... is not an address of the memory
+        word_over_channels = Signal()
+        product_wide = Signal()          # `multiplied` >= 2**16 (C*H in the header)
+        positions_over = Signal()        # `multiplied` > max_positions (H'*W' in DECODE)
+        image_beyond = Signal()          # the image's end, cursor + C*H*W, beyond the memory
+        m.d.sync += [
+            word_wide.eq(word[SZ:].any()), word_beyond.eq(word >= self.memory_words),
+            word_over_channels.eq(word > self.max_channels),
+            product_wide.eq(multiplied[16:].any()),
+            positions_over.eq(multiplied > self.max_positions),
+            image_beyond.eq(multiplied[SZ:].any() |
+                            (cursor + multiplied[:SZ] > self.memory_words)),
+        ]
+        # An output is checked as it is written: its address has a bit more than the memory's,
+        # and a write at or beyond memory_words is refused (a product of the output's size at
+        # the record cost 110 LCs).
+        output_beyond = Signal()
+        m.d.sync += output_beyond.eq(output_address >= self.memory_words)
+
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
             m.next = "ERROR"
@@ -398,7 +500,7 @@ class InferenceEngine(wiring.Component):
         out_height = Mux(is_conv, Mux(stride2, (height + 1) >> 1, height), 1)
         out_width = Mux(is_conv, Mux(stride2, (width + 1) >> 1, width), 1)
 
-        with m.FSM():
+        with m.FSM() as fsm:
             # ---- the program ----
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
@@ -431,15 +533,22 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(3):
                         m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
+                        check(word_wide)                      # C
                     with m.Case(4):
                         m.d.sync += width.eq(word)
+                    with m.Case(5):
+                        check(word_wide)                      # W
                     with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
                         m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
                         m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
                                      cursor.eq(word)]
+                    with m.Case(7):
+                        check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
                         m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
+                    with m.Case(10):
+                        check(image_beyond)
                         m.next = "PIXELS"
             # ---- the image ----
             with m.State("PIXELS"):
@@ -470,12 +579,16 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(4):
                         m.d.sync += height.eq(word)
+                        check(word_wide)                      # C
                     with m.Case(5):
                         m.d.sync += width.eq(word)
+                        check(word_wide)                      # H
                     with m.Case(6):
                         m.d.sync += last_out_channel.eq(word - 1)
+                        check(word_wide)                      # W
                     with m.Case(7):
                         m.d.sync += kernel.eq(Mux(is_conv, word, 1))
+                        check(word_over_channels)
                     with m.Case(8):
                         m.d.sync += stride2.eq(is_conv & (word == 2))
                     with m.Case(9):
@@ -484,6 +597,7 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += output_address.eq(word)
                     with m.Case(11):
                         m.d.sync += skip_cursor.eq(word)
+                        check(word_beyond)                    # the output's address
                     with m.Case(12):
                         m.d.sync += [has_bias.eq(word[0]), has_skip.eq(word[1])]
                     with m.Case(13):
@@ -505,7 +619,8 @@ class InferenceEngine(wiring.Component):
             with m.State("DECODE"):
                 # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
                 # fetch counts the steps
-                m.d.sync += fetch.eq(fetch + 1)
+                # a pool's first plane (unconditional: the cursor's enable was critical)
+                m.d.sync += [fetch.eq(fetch + 1), cursor.eq(input_address), pool_sum.eq(0)]
                 with m.Switch(fetch):
                     with m.Case(0):
                         m.d.comb += [a_src.eq(height), b_src.eq(width)]
@@ -527,15 +642,17 @@ class InferenceEngine(wiring.Component):
                             last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
                             channel_step.eq(channel_stride - kernel_span),
                         ]
+                    with m.Case(5):
+                        check(positions_over)                 # H'*W'
                 with m.If(fetch == 6):
                     m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
                     with m.If(is_pool):
-                        m.d.sync += [cursor.eq(input_address), pool_sum.eq(0)]
                         m.next = "POOL"
                     with m.Elif(has_bias):
                         m.next = "BIAS"
                     with m.Else():
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
             # ---- a layer's biases, before its weights ----
             with m.State("BIAS"):
                 # out_channel counts them, and is 0 again for the first channel
@@ -547,29 +664,22 @@ class InferenceEngine(wiring.Component):
                     next_out_channel()
                     with m.If(on_last_out_channel):
                         first_out_channel()
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
                 with m.If(fault):
                     fail(Status.BAD_PROGRAM)
             # ---- one output channel: every weight over every position, then requantize ----
-            with m.State("CHANNEL"):
-                m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
-                             on_last_channel.eq(~last_channel.any()),
-                             ky.eq(0), kx.eq(0), bound.eq(weight_bound),
-                             negative_bound.eq(-weight_bound),
-                             weight_start.eq(input_address + first_offset)]
-                m.next = "WEIGHT"
-                with m.If(fault):          # the layer's last bias
-                    fail(Status.BAD_PROGRAM)
             with m.State("WEIGHT"):
                 with m.If(value_valid):
                     m.d.comb += load_weight.eq(1)
                     m.next = "MAC"
+                with m.If(fault):          # the layer's last bias
+                    fail(Status.BAD_PROGRAM)
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
                 inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
                              s1_weight.eq(Mux(inside, weight, 0))]
-                m.d.comb += accumulator_read.addr.eq(position)
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
                 with m.If(on_last_ox):
@@ -583,8 +693,8 @@ class InferenceEngine(wiring.Component):
                     with m.If(on_last_oy):
                         # this weight is done: the next one, or the channel's requantization
                         with m.If(weight_last):
-                            m.d.sync += position.eq(0)
-                            m.next = "RQ0"
+                            m.d.sync += [position.eq(0), rq_step.eq(1)]
+                            m.next = "RQ"
                         with m.Elif(value_valid):
                             m.d.comb += load_weight.eq(1)
                         with m.Else():
@@ -600,86 +710,85 @@ class InferenceEngine(wiring.Component):
             # outputs; each term's operands are set three cycles before it is added.
             bias_value = Mux(has_bias, bias_read.data, 0)
             accumulator = accumulator_read.data
-            with m.State("RQ0"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
-                             add_term.eq(1)]
-                m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
-                m.next = "RQ1"
-            with m.State("RQ1"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(bias_value), a_signed.eq(1),
-                             b_src.eq(b_high), b_signed.eq(1), add_term.eq(1), term_high.eq(1)]
-                m.next = "RQ2"
-            with m.State("RQ2"):
-                # A stays on the program RAM's output for the whole channel
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
-                m.next = "RQ3"
-            with m.State("RQ3"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
-                             add_term.eq(1), term_high.eq(1)]
-                m.next = "RQ4"
-            with m.State("RQ4"):
-                m.d.comb += [accumulator_read.addr.eq(position), address.eq(skip_cursor),
-                             a_src.eq(Mux(has_skip, activation_read_data, 0)), a_signed.eq(1),
-                             b_src.eq(Const(1, 16) << skip_shift[:4]),
-                             add_term.eq(1), term_high.eq(skip_shift[4])]
-                m.next = "RQ5"
-            with m.State("RQ5"):
-                m.next = "RQ6"
-            with m.State("RQ6"):
-                m.next = "RQ7"
-            with m.State("RQ7"):
-                # the last term is added this cycle
-                m.d.sync += add_one.eq(shift_count == 0)
-                m.next = "RQ_SHIFT"
-            with m.State("RQ_SHIFT"):
+            with m.State("RQ"):
+                # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
+                # each is added three cycles later. Then, with rq_step empty, the shift.
+                m.d.comb += address.eq(skip_cursor)
+                m.d.sync += [rq_step.eq(rq_step << 1),
+                             rq_last.eq(position == last_position)]
+                with m.If(rq_step[0]):
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
+                                 add_term.eq(1)]
+                    m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
+                with m.If(rq_step[1]):
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
+                                 b_src.eq(b_high), b_signed.eq(1), add_term.eq(1),
+                                 term_high.eq(1)]
+                with m.If(rq_step[2]):
+                    # A stays on the program RAM's output for the whole channel
+                    m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
+                with m.If(rq_step[3]):
+                    m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
+                                 add_term.eq(1), term_high.eq(1)]
+                with m.If(rq_step[4]):
+                    m.d.comb += [a_src.eq(Mux(has_skip, activation_read_data, 0)),
+                                 a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
+                                 add_term.eq(1), term_high.eq(skip_shift[4])]
+                with m.If(rq_step[7]):
+                    # the last term is added this cycle
+                    m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
                 # add_one is set for the cycle after the last shift
-                with m.If(add_one):
-                    m.d.sync += add_one.eq(0)
-                    m.next = "RQ_WRITE"
-                with m.Elif(shift_count[4:].any()):
-                    m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
-                                 add_one.eq(shift_count == 16)]
-                with m.Else():
-                    m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
-                                 add_one.eq(shift_count == 1)]
+                with m.If(shifting):
+                    with m.If(add_one):
+                        m.d.sync += [add_one.eq(0), shifting.eq(0)]
+                        m.next = "RQ_WRITE"
+                    with m.Elif(shift_count[4:].any()):
+                        m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
+                                     add_one.eq(shift_count == 16)]
+                    with m.Else():
+                        m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
+                                     add_one.eq(shift_count == 1)]
             with m.State("RQ_WRITE"):
-                # the output and the skip tensor are walked in address order, channel after
-                # channel: two counters instead of sums of addresses
-                m.d.comb += [address.eq(output_address),
-                             activation_write_data.eq(clamped), activation_write_en.eq(1)]
-                m.d.sync += [position.eq(position + 1), output_address.eq(output_address + 1),
+                check(output_beyond)
+                # the value is clamped into a register and written the next cycle, whatever
+                # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
+                # first cycle). The output and the skip tensor are walked in address order,
+                # channel after channel: two counters instead of sums of addresses.
+                m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
+                             write_address.eq(output_address),
+                             position.eq(position + 1), output_address.eq(output_address + 1),
                              skip_cursor.eq(skip_cursor + 1)]
-                with m.If(position == last_position):
+                with m.If(rq_last):
                     next_out_channel()
                     with m.If(~single_multiplier):
                         m.d.sync += program_cursor.eq(program_cursor + 1)   # the next A
                     with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
-                        m.next = "CHANNEL"
+                        start_channel()
+                        m.next = "WEIGHT"
                 with m.Else():
-                    m.next = "RQ0"
+                    m.d.sync += rq_step.eq(1)
+                    m.next = "RQ"
             # ---- global sum pooling: channel by channel, one value a cycle ----
             with m.State("POOL"):
-                # the cursor runs over the channel's plane; each value arrives a cycle later
-                m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
-                with m.If(position == last_position):
-                    m.next = "POOL_LAST"
+                # the cursor runs over the channel's plane; each value arrives a cycle later.
+                # pool_end (registered) is the cycle after the plane's last read: its value is
+                # added and the cursor stays on the next plane.
+                m.d.sync += pool_end.eq(position == last_position)
+                with m.If(~pool_end):
+                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
-            with m.State("POOL_LAST"):
-                m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
-                m.next = "POOL_WRITE"
+                with m.If(pool_end):
+                    m.next = "POOL_WRITE"
             with m.State("POOL_WRITE"):
+                check(output_beyond)
                 # the cursor already stands at the next channel's plane
                 m.d.comb += [address.eq(output_address), activation_write_data.eq(pool_sum),
                              activation_write_en.eq(1)]
                 m.d.sync += [output_address.eq(output_address + 1), pool_sum.eq(0),
-                             position.eq(0)]
+                             position.eq(0), pool_end.eq(0)]
                 next_out_channel()
                 with m.If(on_last_out_channel):
                     m.next = "NEXT"
@@ -691,24 +800,27 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
                              program_cursor.eq(program_cursor +
                                                (single_multiplier & ~is_pool))]
+                # the last output is (classes, 1, 1), just written, ending at
+                # output_address: scanned from its start (unconditional, as in DECODE)
+                m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
+                             argmax_valid.eq(0), argmax_end.eq(0)]
                 with m.If(op_index == last_op):
-                    # the last output is (classes, 1, 1), just written, ending at
-                    # output_address: scanned from its start
-                    m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
-                                 out_channel.eq(0), argmax_valid.eq(0)]
+                    first_out_channel()
                     m.next = "ARGMAX"
                 with m.Else():
                     m.next = "FETCH"
             with m.State("ARGMAX"):
-                m.d.sync += [cursor.eq(cursor + 1), out_channel.eq(out_channel + 1),
-                             argmax_label.eq(out_channel), argmax_valid.eq(1)]
+                # argmax_end: the value arriving is the last (out_channel was the last read)
+                m.d.sync += [cursor.eq(cursor + 1), argmax_label.eq(out_channel),
+                             argmax_valid.eq(1), argmax_end.eq(on_last_out_channel)]
+                next_out_channel()
                 with m.If(argmax_valid):
                     with m.If((argmax_label == 0) | (activation_read_data > best_value)):
                         m.d.sync += [best_value.eq(activation_read_data),
                                      best_label.eq(argmax_label)]
-                    with m.If(argmax_label == last_out_channel):
-                        m.d.sync += busy.eq(0)
-                        m.next = "ANSWER"
+                with m.If(argmax_end):
+                    m.d.sync += busy.eq(0)
+                    m.next = "ANSWER"
             with m.State("ANSWER"):
                 m.d.comb += self.prediction.valid.eq(1)
                 with m.If(self.prediction.ready):
@@ -718,6 +830,22 @@ class InferenceEngine(wiring.Component):
                 # refuse quietly: take and drop every input, so nothing upstream waits forever
                 m.d.comb += self.pixels.ready.eq(1)
                 m.d.sync += busy.eq(0)
+        # A PROGRAM section's words after the program's last (a second program, rule 5) are
+        # refused as the capacity checks are; those that come once the answer is out are the
+        # next image's program.
+        with m.If(self.program.valid & ~fsm.ongoing("PROGRAM")):
+            m.d.sync += refused.eq(1)
+        with m.If(refused & ~error):
+            m.d.sync += [error.eq(1), code.eq(Status.BAD_PROGRAM)]
+        with m.If(error):
+            # whatever state the FSM is in: take and drop the pixels too, answer nothing
+            m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
+
+        # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
+        # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
+        with m.If(write_pending):
+            m.d.comb += [address.eq(write_address), activation_write_data.eq(clamped_value),
+                         activation_write_en.eq(1)]
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
         # it is taken, so that a linear layer's MAC takes a weight every cycle. After the FSM:

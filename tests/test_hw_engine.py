@@ -166,3 +166,121 @@ def test_weights_before_the_program_are_refused():
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     sim.run()
+
+
+def refusal(data: bytes, images, engine_options=None, *, second_program_after=None,
+            max_cycles=20000):
+    """Feed one image without stalls; ``second_program_after``: the program's words again
+    after that many weights (0: right after the program). Returns (error, code, answered)."""
+    program_words, sections, pixels, _, _ = stimulus(data, images)
+    dut = InferenceEngine(1, **(engine_options or {}))
+    values = [(first, last, v) for _, section in sections
+              for first, last, v in ((i == 0, i == len(section) - 1, v)
+                                     for i, v in enumerate(section))]
+    result = {}
+
+    async def send_program(ctx):
+        for word_index, word in enumerate(program_words):
+            ctx.set(dut.program.valid, 1)
+            ctx.set(dut.program.payload.word, word)
+            ctx.set(dut.program.payload.last, word_index == len(program_words) - 1)
+            await ctx.tick()
+        ctx.set(dut.program.valid, 0)
+
+    async def sources(ctx):
+        await send_program(ctx)
+        for index, (first, last, v) in enumerate(values):
+            if index == second_program_after:
+                await send_program(ctx)
+            ctx.set(dut.weights.valid, 1)
+            ctx.set(dut.weights.payload, {"values": [v], "count": 1, "section": 0,
+                                          "first": first, "last": last})
+            await ctx.tick().until(dut.weights.ready)
+        ctx.set(dut.weights.valid, 0)
+
+    async def pixel_source(ctx):
+        for value in pixels[0]:
+            ctx.set(dut.pixels.valid, 1)
+            ctx.set(dut.pixels.payload, int(value))
+            await ctx.tick().until(dut.pixels.ready)
+        ctx.set(dut.pixels.valid, 0)
+
+    async def watch(ctx):
+        ctx.set(dut.prediction.ready, 1)
+        answered = False
+        for _ in range(max_cycles):
+            await ctx.tick()
+            answered |= bool(ctx.get(dut.prediction.valid))
+            if ctx.get(dut.status.error) or answered:
+                break
+        result.update(error=ctx.get(dut.status.error), code=ctx.get(dut.status.code),
+                      answered=answered)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sources, background=True)
+    sim.add_testbench(pixel_source, background=True)
+    sim.add_testbench(watch)
+    sim.run()
+    return result["error"], result["code"], result["answered"]
+
+
+def _small_limits():
+    lowered, tensors, images = small_network()
+    program = lowered.program
+    limits = {"memory_words": program.memory_words,
+              "max_channels": max(op.out_channels for op in program.ops),
+              "max_positions": max(op.output_size // op.out_channels for op in program.ops)}
+    return write_container(tensors, program=program), images, program, limits
+
+
+@pytest.mark.parametrize("limit", ["memory_words", "max_channels", "max_positions", "image"])
+def test_a_program_beyond_the_engines_memories_is_refused(limit):
+    """One word of memory, one channel or one position short: BAD_PROGRAM, not a wrap."""
+    from sw.board import _fits_engine
+    data, images, program, limits = _small_limits()
+    options = dict(limits)
+    if limit == "image":      # the image itself does not fit (checked in the header)
+        options["memory_words"] = program.input_address + program.input_size - 1
+    else:
+        options[limit] -= 1
+    error, code, answered = refusal(data, images[:1], options)
+    assert error and code == Status.BAD_PROGRAM and not answered
+    # the software's rule for the board engine says the same
+    import sw.board as board
+    saved = dict(board.ENGINE_MEMORIES)
+    try:
+        board.ENGINE_MEMORIES.update({k: options[k] for k in limits})
+        assert not _fits_engine(program)
+        board.ENGINE_MEMORIES.update(limits)
+        assert _fits_engine(program)
+    finally:
+        board.ENGINE_MEMORIES.clear()
+        board.ENGINE_MEMORIES.update(saved)
+
+
+def test_a_program_at_the_engines_limits_runs():
+    """The limits are inclusive: a program that fills every memory exactly runs bit-exact."""
+    data, images, _, limits = _small_limits()
+    _, _, _, expected_predictions, expected_writes = stimulus(data, images[:1])
+    predictions, writes, _, _ = run_engine(data, images[:1], lanes=1, stall=0.0,
+                                           engine_options=limits)
+    assert writes[0] == expected_writes[0] and predictions == expected_predictions
+
+
+@pytest.mark.parametrize("after", [0, 40])
+def test_a_second_program_is_refused(after):
+    """A second PROGRAM section, before the weights or once they began, is BAD_PROGRAM."""
+    data, images, _, _ = _small_limits()
+    error, code, answered = refusal(data, images[:1], second_program_after=after)
+    assert error and code == Status.BAD_PROGRAM and not answered
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_the_cycle_model_is_exact(lanes):
+    """engine_cycles predicts the engine's own count when nothing is late."""
+    from hw.engine import engine_cycles
+    lowered, tensors, images = small_network()
+    data = write_container(tensors, program=lowered.program)
+    _, _, cycles, _ = run_engine(data, images[:2], lanes=lanes, stall=0.0)
+    assert cycles == [engine_cycles(lowered.program, lanes)] * 2
