@@ -16,7 +16,7 @@ from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instanc
 from amaranth.build import Attrs, Pins, Resource
 from amaranth.lib import io
 
-from hw.system import BoardSystem, measured_decoder
+from hw.system import BoardSystem, InferenceSystem, measured_decoder
 from sw.params import CodecParams
 
 __all__ = ["ecp5_pll_settings", "ULX3STop", "ULX3SDecoderHarness", "ECP5_BOARDS"]
@@ -139,21 +139,24 @@ class _ULX3S:
 
 
 class ULX3STop(Elaboratable):
-    """The ULX3S design: EHXPLLL, reset, pins, and :class:`hw.system.BoardSystem`.
+    """The ULX3S design: EHXPLLL, reset, pins, and a board system.
 
-    The flash is read with ``0x03`` on one lane (``quad=False`` always; see the module's
-    docstring); its clock leaves through ``USRMCLK``. The UART line goes to the FTDI (``uart``
+    :class:`hw.system.InferenceSystem` (``inference``; its image store and activations in
+    block RAM, as ECP5 has no SPRAM) or the CRC system :class:`hw.system.BoardSystem`. The
+    flash is read with ``0x03`` on one lane (``quad=False`` always; see the module's
+    docstring); its clock leaves through ``USRMCLK``. The UART lines go to the FTDI (``uart``
     0, ``/dev/ttyUSB0``); LED 0 is green's role (``OK``) and LED 1 red's (any error). FIRE1
-    decodes again.
+    starts again.
     """
 
     pll_keys = PLL_KEYS
 
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
-                 frequency: float = 48e6, wide_crc: bool = False):
+                 frequency: float = 48e6, inference: bool = False, wide_crc: bool = False):
         self.params = params
         self.lanes = lanes
         self.quad = False
+        self.inference = inference
         self.wide_crc = wide_crc
         self.pll = ecp5_pll_settings(_ULX3S.clock_frequency, frequency)
         self.frequency = self.pll["frequency"]
@@ -161,9 +164,13 @@ class ULX3STop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         _ecp5_core_clock(m, platform, self.pll, clock=_ULX3S.clock, button=_ULX3S.button)
-        m.submodules.system = system = BoardSystem(
-            self.params, self.lanes, clk_freq=self.frequency, quad=False,
-            wide_crc=self.wide_crc)
+        if self.inference:
+            system = InferenceSystem(self.params, self.lanes, clk_freq=self.frequency,
+                                     quad=False)
+        else:
+            system = BoardSystem(self.params, self.lanes, clk_freq=self.frequency, quad=False,
+                                 wide_crc=self.wide_crc)
+        m.submodules.system = system
 
         flash = platform.request("spi_flash", 0, dir="-")
         # The configuration flash's clock pin belongs to the configuration logic: user logic

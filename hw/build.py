@@ -75,7 +75,7 @@ def _cell_counts(stat_path: Path) -> dict:
     return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
 
 
-def _module_share(stat_path: Path, suffix: str) -> dict:
+def _module_share(stat_path: Path, suffix: str, family: str = "ice40") -> dict:
     """Cells of the module whose name ends with ``suffix`` (kept with ``keep_hierarchy``), in
     :func:`_resources`' terms: ``luts``, ``ffs``, ``carries``, ``ebr``, ``spram``, ``dsp``."""
     stat = json.loads(stat_path.read_text())
@@ -83,6 +83,10 @@ def _module_share(stat_path: Path, suffix: str) -> dict:
     if name is None:
         return None
     cells = {k: int(v) for k, v in stat["modules"][name].get("num_cells_by_type", {}).items()}
+    if family == "ecp5":
+        return {"module": name.lstrip("\\"), "luts": cells.get("LUT4", 0),
+                "ffs": cells.get("TRELLIS_FF", 0), "carries": cells.get("CCU2C", 0),
+                "ebr": cells.get("DP16KD", 0), "spram": 0, "dsp": cells.get("MULT18X18D", 0)}
     return {"module": name.lstrip("\\"), "luts": cells.get("SB_LUT4", 0),
             "ffs": sum(n for t, n in cells.items() if t.startswith("SB_DFF")),
             "carries": cells.get("SB_CARRY", 0), "ebr": cells.get("SB_RAM40_4K", 0),
@@ -191,6 +195,11 @@ DEFAULT_LANES = 2
 #: Decoder lanes of the inference system: its engine takes at most one weight a cycle, which
 #: one lane gives, and the engine needs the chip's room.
 DEFAULT_INFERENCE_LANES = 1
+#: What each board builds without --inference or --crc-system: the inference system where it
+#: fits. On the UP5K it does not yet: decoder (1 lane), engine, flash reader, image store and
+#: UART lines need 5,673 logic cells of its 5,280 (docs/BOARD.md), so the iCEBreaker
+#: builds the CRC system by default until the engine and the decoder shrink.
+DEFAULT_INFERENCE = {"icebreaker": False, "ulx3s-85f": True}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:
@@ -281,17 +290,17 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
 
 def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = None,
           model_name: str = None, out_dir, frequency: float = None,
-          quad: bool = True, crc_system: bool = False,
+          quad: bool = True, inference: bool = None,
           wide_crc: bool = False, decoder_only: bool = False, engine_only: bool = False,
           images: int = None, seeds: int = 1,
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build a board system; return the report (also written to ``out_dir/report.json``).
 
-    On the iCEBreaker the default is the inference system (:class:`hw.system.InferenceSystem`):
-    the flash image holds the model and the first ``images`` held-out digits (all 450 by
-    default), and the report gives the engine's share of the resources and its cycles per
-    image. ``crc_system`` builds the CRC system instead (:class:`hw.system.BoardSystem`, the
-    only one on ECP5 boards). ``lanes`` defaults to :data:`DEFAULT_INFERENCE_LANES` or
+    ``inference`` builds the inference system (:class:`hw.system.InferenceSystem`): the flash
+    image holds the model and the first ``images`` held-out digits (all 450 by default), and
+    the report gives the engine's share of the resources and its cycles per image; ``False``
+    the CRC system (:class:`hw.system.BoardSystem`); ``None`` the board's default
+    (:data:`DEFAULT_INFERENCE`). ``lanes`` defaults to :data:`DEFAULT_INFERENCE_LANES` or
     :data:`DEFAULT_LANES`. ``decoder_only`` builds the board's decoder harness instead
     (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
     decoder's own resources and Fmax, no flash image. ``engine_only`` builds the inference
@@ -320,8 +329,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         raise BuildError(f"--engine-only is built for the iCEBreaker only, not {board}")
     if family == "ecp5":
         quad = False     # boards.ulx3s: the ULX3S reads its flash with 0x03
-        crc_system = True
-    inference = not (crc_system or decoder_only or engine_only)
+    if inference is None:
+        inference = DEFAULT_INFERENCE[board]
+    inference = inference and not (decoder_only or engine_only)
     if lanes is None:
         lanes = DEFAULT_INFERENCE_LANES if inference else DEFAULT_LANES
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
@@ -366,7 +376,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         if decoder_only:
             top = spec["harness"](params, lanes, frequency=frequency)
         else:
-            top = spec["top"](params, lanes, frequency=frequency, wide_crc=wide_crc)
+            top = spec["top"](params, lanes, frequency=frequency, inference=inference,
+                              wide_crc=wide_crc)
         platform = spec["platform"]()
         # synth_ecp5 maps to DSPs and block RAM by default (no -dsp as on iCE40).
         synth_opts = ""
@@ -409,7 +420,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
     resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr, family)
-    engine_share = _module_share(build_dir / "top.stat.json", ".engine") if inference else None
+    engine_share = _module_share(build_dir / "top.stat.json", ".engine", family) if inference else None
     # nextpnr also times a "clock" made of the constant-0 net on the clock pins of the
     # unregistered SB_MAC16 (DSP) blocks; it is no clock of the design.
     # nextpnr-ecp5 names a clock after its global net ("$glbnet$clk"); report the net's name.
@@ -465,6 +476,12 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         report["images"] = {"count": len(pixels), "flash_offset": IMAGES_OFFSET,
                             "bytes": len(image_set_bytes), "correct": expected.correct}
         report["engine"] = engine_share
+        # the engine's own count when the weights are never late (hw.engine.engine_cycles;
+        # the decoder at one lane keeps a linear layer at two cycles a weight)
+        from .engine import engine_cycles
+        cycles = engine_cycles(program, lanes)
+        report["cycles_per_image"] = cycles
+        report["ms_per_image"] = round(1e3 * cycles / top.frequency, 2)
         report["expected_lines"] = inference_lines(expected)
         report["files"].update({"flash_image": "flash.bin", "model": "model.sbit"})
         del report["weight_crc"]
@@ -512,6 +529,9 @@ def summary(report: dict) -> str:
     lines.append(f"  build {report['build_seconds']:.0f} s"
                  + (f"; board must print: {report['expected_line']}"
                     if "expected_line" in report else ""))
+    if "cycles_per_image" in report:
+        lines.append(f"  engine: {report['cycles_per_image']} cycles an image "
+                     f"({report['ms_per_image']} ms at the core clock)")
     if "expected_lines" in report:
         expected = report["expected_lines"]
         lines.append(f"  board must print {len(expected) - 1} image lines, then: {expected[-1]}")
@@ -521,9 +541,9 @@ def summary(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hw.build",
-        description="Build a subbit board system (by default the inference system: the board "
-                    "classifies the held-out digits while its decoder expands the weights): "
-                    "bitstream, flash image and report.")
+        description="Build a subbit board system (the inference system, where the board "
+                    "classifies the held-out digits while its decoder expands the weights, or "
+                    "the CRC system): bitstream, flash image and report.")
     parser.add_argument("--board", help=f"target board ({', '.join(BOARDS)}); "
                         "without a value of its own, lists them", nargs="?", const="")
     parser.add_argument("--lanes", type=int, default=None,
@@ -539,9 +559,16 @@ def main(argv=None) -> int:
                              + ")")
     parser.add_argument("--single-spi", action="store_true",
                         help="read the flash with 0x03 on one lane instead of quad 0xEB")
-    parser.add_argument("--crc-system", action="store_true",
-                        help="build the CRC system (decode the container once, print a digest "
-                             "of the weights) instead of the inference system")
+    design = parser.add_mutually_exclusive_group()
+    design.add_argument("--inference", action="store_true", default=None,
+                        help="build the inference system: the board classifies the held-out "
+                             "digits while its decoder expands the weights (default on "
+                             + ", ".join(b for b, i in DEFAULT_INFERENCE.items() if i) + ")")
+    design.add_argument("--crc-system", action="store_true",
+                        help="build the CRC system: decode the container once, print a digest "
+                             "of the weights (default on "
+                             + ", ".join(b for b, i in DEFAULT_INFERENCE.items() if not i)
+                             + ")")
     parser.add_argument("--images", type=int, metavar="K",
                         help="put the first K held-out digits in flash (default: all 450)")
     parser.add_argument("--wide-crc", action="store_true",
@@ -579,7 +606,8 @@ def main(argv=None) -> int:
         report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
                        out_dir=args.out,
                        frequency=None if args.frequency is None else args.frequency * 1e6,
-                       quad=not args.single_spi, crc_system=args.crc_system,
+                       quad=not args.single_spi,
+                       inference=True if args.inference else False if args.crc_system else None,
                        wide_crc=args.wide_crc, images=args.images,
                        decoder_only=args.decoder_only, engine_only=args.engine_only,
                        seeds=args.seeds)

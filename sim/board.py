@@ -285,6 +285,15 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
     return results
 
 
+def parse_inference_or_none(text: str):
+    """The board's lines as ``sw.board.parse_inference`` reads them, or ``None``."""
+    from sw.board import parse_inference
+    try:
+        return parse_inference(text)
+    except ValueError:
+        return None
+
+
 def inference_limit(container: bytes, images: int) -> int:
     """Cycles the inference system may take for ``images`` images, generously: twice one
     product a cycle plus the requantizations, and the flash's share."""
@@ -358,6 +367,14 @@ def main(argv=None) -> int:
         print(f"expected (python -m sw board expect): "
               f"{len(expected.lines)} image lines, then {inference_lines(expected)[-1]}")
         print(f"simulated {cycles} cycles in {seconds:.0f} s")
+        board = parse_inference_or_none(text)
+        if board is not None and board.lines:
+            from hw.engine import engine_cycles
+            from sw.container import read_container
+            model = engine_cycles(read_container(container).program, lanes)
+            worst = max(line.cycles for line in board.lines)
+            print(f"engine cycles an image: {worst} on the board, {model} by hw.engine's cycle "
+                  f"model ({100 * (worst - model) / model:+.2f} %: the decoder's pace)")
     print(f"LEDs: green {'on' if green else 'off'}, red {'on' if red else 'off'}")
     for problem in problems:
         print(problem)

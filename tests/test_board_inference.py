@@ -8,7 +8,6 @@ through a network of the default digits ResNet's shape. Every line the board pri
 what :mod:`sw.board` computes through the golden model and the reference engine.
 """
 
-import numpy as np
 import pytest
 
 from sw.board import (InferenceReport, check_inference, default_container, default_images,
@@ -78,7 +77,11 @@ def test_board_lines_equal_software(tmp_path):
         assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red {leds}"
         board = parse_inference(text)
         if ok:
-            # the final count is the whole run; each image's, the engine's own
+            # the final count is the whole run; each image's, the engine's own, which the
+            # cycle model predicts for weights that are never late: the decoder only adds
+            from hw.engine import engine_cycles
+            from sw.container import read_container
             per_image = [line.cycles for line in board.lines]
             assert sum(per_image) < board.cycles <= cycles
-            assert min(per_image) > np.asarray(pixels).shape[1]
+            model = engine_cycles(read_container(data).program, 1)
+            assert all(model <= c <= 1.05 * model for c in per_image), (name, per_image, model)

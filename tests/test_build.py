@@ -26,6 +26,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
     assert "logic cells" in captured.out
 
     assert report["board"] == "icebreaker" and report["lanes"] == DEFAULT_LANES
+    assert report["design"] == "crc system"       # the inference system does not fit the UP5K
     assert report["device"] == "iCE40UP5K-SG48"
     resources = report["resources"]
     assert resources["logic_cells"]["available"] == 5280
@@ -219,11 +220,11 @@ def test_ecp5_decoder_harness_build(tmp_path, capsys):
 def test_ecp5_board_system_build(tmp_path, capsys):
     """The whole board system on the ULX3S: flash through USRMCLK, image with the model."""
     out = tmp_path / "out"
-    status = main(["--board", ECP5_BOARD, "--lanes", "1", "--out", str(out)])
+    status = main(["--board", ECP5_BOARD, "--crc-system", "--lanes", "1", "--out", str(out)])
     captured = capsys.readouterr()
     assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
     report = json.loads((out / "report.json").read_text())
-    _check_ecp5_report(report, 1, "board system")
+    _check_ecp5_report(report, 1, "crc system")
     assert status == 0 and report["timing_met"]
     assert report["flash_read"] == "single 0x03"
     stat = json.loads((out / "build" / "top.stat.json").read_text())
@@ -241,6 +242,38 @@ def test_ecp5_board_system_build(tmp_path, capsys):
     assert image[FLASH_OFFSET + 4:] == model
     assert report["model"]["flash_offset"] == FLASH_OFFSET
     assert report["expected_line"] == format_line(expected_report(model))
+
+
+@pytest.mark.slow
+def test_ecp5_inference_system_build(tmp_path, capsys):
+    """The inference system on the ULX3S (its default there): decoder, engine, image store and
+    UART lines placed and routed; the flash image holds the images and the model; the report
+    gives the engine's share, its cycles per image and the lines the board must print."""
+    from hw.engine import engine_cycles
+    from sw.board import (IMAGES_OFFSET, default_images, expected_inference, image_set,
+                          inference_lines)
+    from sw.container import read_container
+
+    out = tmp_path / "out"
+    status = main(["--board", ECP5_BOARD, "--images", "8", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
+    report = json.loads((out / "report.json").read_text())
+    _check_ecp5_report(report, 1, "inference system")
+    assert status == 0 and report["timing_met"]
+    model = (out / "model.sbit").read_bytes()
+    pixels, labels = default_images(model, 8)
+    image = (out / "flash.bin").read_bytes()
+    images = image_set(pixels, labels)
+    assert struct.unpack_from("<I", image, IMAGES_OFFSET)[0] == len(images)
+    assert image[IMAGES_OFFSET + 4:IMAGES_OFFSET + 4 + len(images)] == images
+    assert image[FLASH_OFFSET + 4:] == model
+    assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
+    program = read_container(model).program
+    assert report["cycles_per_image"] == engine_cycles(program, 1)
+    engine = report["engine"]
+    assert engine["module"].endswith("engine") and 0 < engine["luts"] < report["resources"]["luts"]["used"]
+    assert "engine share" in captured.out and "image lines" in captured.out
 
 
 @pytest.mark.slow
