@@ -8,6 +8,7 @@ through a network of the default digits ResNet's shape. Every line the board pri
 what :mod:`sw.board` computes through the golden model and the reference engine.
 """
 
+import numpy as np
 import pytest
 
 from sw.board import (InferenceReport, check_inference, default_container, default_images,
@@ -87,3 +88,25 @@ def test_board_lines_equal_software(tmp_path):
             assert sum(per_image) < board.cycles <= cycles
             model = engine_cycles(read_container(data).program, 1)
             assert all(model <= c <= 1.15 * model for c in per_image), (name, per_image, model)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.sbit"], "no such file"),
+    (["MLP", "--images", "0"], "1 to 450 images"),
+    (["NO_PROGRAM"], "has no program"),
+    (["MLP", "--lanes", "3"], "must divide"),
+])
+def test_sim_board_errors_are_one_line(tmp_path, capsys, args, message):
+    from sim.board import main
+    from sw.container import CodedTensor, write_container
+
+    files = {"MLP": default_container(hidden=(16,))[1],
+             "NO_PROGRAM": write_container([CodedTensor.from_integers(
+                 "w", np.arange(12).reshape(3, 4) % 3 - 1)])}
+    for name, data in files.items():
+        (tmp_path / f"{name}.sbit").write_bytes(data)
+    argv = [str(tmp_path / f"{a}.sbit") if a in files or a.endswith(".sbit") else a
+            for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
