@@ -60,7 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="float learning rate")
     parser.add_argument("--qat-lr", type=float, default=1e-3, help="QAT learning rate")
     parser.add_argument("--init-bits", type=float, default=4.0,
-                        help="initial bit-width of every layer (default %(default)s)")
+                        help="initial bit-width of every layer: its least-MSE step for "
+                             "2**B - 1 levels; the level counts then follow the learned steps "
+                             "(default %(default)s)")
     parser.add_argument("--per-channel", action="store_true",
                         help="one step per output channel instead of one per layer")
     parser.add_argument("--rate-lr", type=float, default=0.1,
@@ -271,16 +273,9 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     qmodel.to(dist.device)
     weights = weight_count(qmodel)
     overhead_bits = overhead_bits or measured_overhead_bits
-    groups = {"weights": [], "steps": [], "bits": []}
-    for name, parameter in qmodel.named_parameters():
-        key = "steps" if name.endswith("quantizer.step") else \
-            "bits" if name.endswith("quantizer.bits") else "weights"
-        groups[key].append(parameter)
-    optimizer = torch.optim.Adam([
-        {"params": groups["weights"], "lr": lr},
-        {"params": groups["steps"], "lr": lr},
-        {"params": groups["bits"], "lr": 10 * lr},
-    ])
+    # Weights and steps: the steps set each layer's precision, and its level count follows them
+    # (sw.quant.ZeroPointQuantizer.cover).
+    optimizer = torch.optim.Adam(qmodel.parameters(), lr=lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps = steps_per_epoch(data, batch_size, dist)
     # The last quarter (at least one epoch when there are two) trains at the exported levels.
@@ -295,8 +290,6 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     for epoch in bar:
         if epoch == freeze_epoch:
             quant.freeze_levels(qmodel)
-            # The bit-widths stop being parameters of the graph: DDP must know afresh.
-            wrapped = dist.wrap(qmodel)
         # The target is for the whole file: take off what is not the weights' entropy. Every
         # rank measures the same (identical weights), so the budgets agree without talking.
         budget = (target_rate * weights - overhead_bits(qmodel)) / weights

@@ -299,7 +299,7 @@ def main_mnist1d(args) -> int:
                 (out / f"{'learned' if learned else 'uniform'}_{target:g}.sbit").write_bytes(data)
                 layers = [{"name": name, "weights": m.weight.numel(),
                            "levels": m.quantizer.levels(),
-                           "bits": float(m.quantizer.bits.detach()),
+                           "step": float(m.quantizer.positive_step().detach().mean()),
                            "entropy_bits_per_weight": m.quantizer.hard_bits(m.weight)
                            / m.weight.numel()}
                           for name, m in quant.quantized_modules(qmodel)]
@@ -333,11 +333,25 @@ def mnist1d_table(results) -> str:
         lines.append(f"| {row['method']} | {row['target_bpw']:g} | {row['bits_per_weight']:.3f} "
                      f"/ {row['bits_per_weight_weights_only']:.3f} | {row['accuracy']:.2f} % | "
                      f"{row['accuracy'] - float_accuracy:+.2f} | {levels} |")
-    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
 
     def at(method, target):
         return next((r for r in results["rows"] if r["method"] == method
                      and r["target_bpw"] == target), None)
+
+    learned_rows = _rows(results, "QAT learned precision")
+    if learned_rows:
+        lines += ["", "Learned against uniform precision, same budget (bits/w of the whole file):",
+                  "", "| budget | learned: bits/w, top-1 | levels per layer | uniform 7 levels: "
+                  "bits/w, top-1 | learned - uniform |", "|---|---|---|---|---|"]
+        for learned in learned_rows:
+            uniform = at("QAT uniform 7 levels", learned["target_bpw"])
+            uniform_cells = (f"{uniform['bits_per_weight']:.3f}, {uniform['accuracy']:.2f} % | "
+                             f"{learned['accuracy'] - uniform['accuracy']:+.2f}") \
+                if uniform else "- | -"
+            lines.append(f"| {learned['target_bpw']:g} | {learned['bits_per_weight']:.3f}, "
+                         f"{learned['accuracy']:.2f} % | "
+                         f"{', '.join(map(str, learned['levels']))} | {uniform_cells} |")
+    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     calibrated = at("PTQ calibrated", 2.0)
     if calibrated:
         drop = float_accuracy - calibrated["accuracy"]
