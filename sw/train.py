@@ -61,8 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-lr", type=float, default=1e-3, help="QAT learning rate")
     parser.add_argument("--init-bits", type=float, default=4.0,
                         help="initial bit-width of every layer: its least-MSE step for "
-                             "2**B - 1 levels; the level counts then follow the learned steps "
-                             "(default %(default)s)")
+                             "2 round((2**B - 1) / 2) + 1 levels (17 for 4); the level counts "
+                             "then follow the learned steps (default %(default)s)")
     parser.add_argument("--per-channel", action="store_true",
                         help="one step per output channel instead of one per layer")
     parser.add_argument("--rate-lr", type=float, default=0.1,

@@ -41,7 +41,7 @@ def parse(argv):
                         help="digits ResNet (default), the MNIST-1D CNN with every method, or "
                              "compress's time and memory on a 27 M-weight synthetic transformer")
     parser.add_argument("--qat-targets", type=float, nargs="+", metavar="B",
-                        help="QAT budgets on MNIST-1D (default 0.5 1 2)")
+                        help="QAT budgets on MNIST-1D (default 0.25 0.5 1 2)")
     args = parser.parse_args(argv)
     if args.model == "mnist1d":
         # MNIST-1D defaults: 40 float epochs, 20 QAT epochs
@@ -189,11 +189,11 @@ def plot(results, path) -> None:
 #: budgets of PTQ (data-free and calibrated) on MNIST-1D
 MNIST1D_PTQ_TARGETS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: budgets of the two QATs
-MNIST1D_QAT_TARGETS = (0.5, 1.0, 2.0)
+MNIST1D_QAT_TARGETS = (0.25, 0.5, 1.0, 2.0)
 #: round-to-nearest bit-widths: 2**b - 1 levels around zero (3, 7, 15, 255)
 RTN_BITS = (2, 3, 4, 8)
-#: the one level count of "QAT at uniform precision": every layer on 7 levels
-UNIFORM_BITS = math.log2(7)
+#: the level counts of "QAT at uniform precision", the same in every layer: ternary and 7 levels
+UNIFORM_LEVELS = (3, 7)
 
 
 def rtn_tensors(state: dict, bits: int) -> list:
@@ -284,19 +284,21 @@ def main_mnist1d(args) -> int:
 
     if not args.no_qat:
         for target in args.qat_targets or MNIST1D_QAT_TARGETS:
-            for method in ("QAT learned precision", "QAT uniform 7 levels"):
+            for levels in (None,) + UNIFORM_LEVELS:
                 started = time.perf_counter()
                 torch.manual_seed(args.seed)
-                learned = method.startswith("QAT learned")
+                learned = levels is None
+                method = "QAT learned precision" if learned else f"QAT uniform {levels} levels"
                 qmodel = quant.quantize_model(fold_batchnorm(model),
-                                              bits=4.0 if learned else UNIFORM_BITS)
+                                              bits=4.0 if learned else math.log2(levels))
                 if not learned:
                     quant.freeze_levels(qmodel)     # one level count everywhere, never learned
                 log = []
                 train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1,
                           dist, progress=False, log=log)
                 data = write_container(quant.export_tensors(qmodel))
-                (out / f"{'learned' if learned else 'uniform'}_{target:g}.sbit").write_bytes(data)
+                (out / f"{'learned' if learned else f'uniform{levels}'}_{target:g}.sbit"
+                 ).write_bytes(data)
                 layers = [{"name": name, "weights": m.weight.numel(),
                            "levels": m.quantizer.levels(),
                            "step": float(m.quantizer.positive_step().detach().mean()),
@@ -340,17 +342,21 @@ def mnist1d_table(results) -> str:
 
     learned_rows = _rows(results, "QAT learned precision")
     if learned_rows:
-        lines += ["", "Learned against uniform precision, same budget (bits/w of the whole file):",
-                  "", "| budget | learned: bits/w, top-1 | levels per layer | uniform 7 levels: "
-                  "bits/w, top-1 | learned - uniform |", "|---|---|---|---|---|"]
+        lines += ["", "Learned against uniform precision, same budget (bits/w of the whole file, "
+                  "top-1; in brackets learned minus uniform):", "",
+                  "| budget | learned | levels per layer | "
+                  + " | ".join(f"uniform {n} levels" for n in UNIFORM_LEVELS) + " |",
+                  "|---|---|---|" + "---|" * len(UNIFORM_LEVELS)]
         for learned in learned_rows:
-            uniform = at("QAT uniform 7 levels", learned["target_bpw"])
-            uniform_cells = (f"{uniform['bits_per_weight']:.3f}, {uniform['accuracy']:.2f} % | "
-                             f"{learned['accuracy'] - uniform['accuracy']:+.2f}") \
-                if uniform else "- | -"
+            cells = []
+            for n in UNIFORM_LEVELS:
+                uniform = at(f"QAT uniform {n} levels", learned["target_bpw"])
+                cells.append(f"{uniform['bits_per_weight']:.3f}, {uniform['accuracy']:.2f} % "
+                             f"({learned['accuracy'] - uniform['accuracy']:+.2f})"
+                             if uniform else "-")
             lines.append(f"| {learned['target_bpw']:g} | {learned['bits_per_weight']:.3f}, "
                          f"{learned['accuracy']:.2f} % | "
-                         f"{', '.join(map(str, learned['levels']))} | {uniform_cells} |")
+                         f"{', '.join(map(str, learned['levels']))} | " + " | ".join(cells) + " |")
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     calibrated = at("PTQ calibrated", 2.0)
     if calibrated:
@@ -381,7 +387,8 @@ def plot_mnist1d(results, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    styles = {"QAT learned precision": "o-", "QAT uniform 7 levels": "o--",
+    styles = {"QAT learned precision": "o-", "QAT uniform 3 levels": "o:",
+              "QAT uniform 7 levels": "o--",
               "PTQ calibrated": "s-", "PTQ data-free": "s--",
               "RTN + entropy coding": "^-", "RTN, fixed-length": "v:"}
     for method, style in styles.items():
