@@ -399,7 +399,7 @@ def plot_mnist1d(results, path) -> None:
     axes.axhline(results["float_accuracy"], color="grey", linestyle="--",
                  label=f"float32 ({results['float_accuracy']:.2f} %)")
     axes.set_xscale("log")
-    axes.set_xticks([0.5, 1, 2, 4, 8])
+    axes.set_xticks([0.25, 0.5, 1, 2, 4, 8])
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("bits per weight (whole container file)")
