@@ -297,7 +297,7 @@ def hard_bits(model: nn.Module) -> float:
 
 @torch.no_grad()
 def freeze_levels(model: nn.Module) -> None:
-    """Fix every layer's level count to its rounded odd value (the one export writes)."""
+    """Fix every layer's level count at its current value (the one export writes)."""
     for _, module in quantized_modules(model):
         module.quantizer.frozen_half.fill_(module.quantizer.half_levels())
 

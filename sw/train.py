@@ -8,7 +8,7 @@ The steps (docs/QUANT.md has the recipe and the measured results):
    and linear layer by its quantized version (:mod:`sw.quant`) and train on: the loss is the
    task loss plus ``multiplier x`` the soft coded rate, the multiplier adapting until the coded
    rate of the whole file meets ``--target-bpw``; the last quarter of the epochs runs with the
-   level counts fixed at their rounded odd values;
+   level counts fixed (until then they follow the learned steps);
 3. write the container, read it back, load the decoded weights into a plain (unquantized) model
    and measure the accuracy of *that*: the figure covers the whole chain.
 

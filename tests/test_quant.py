@@ -161,7 +161,7 @@ def test_export_decode_load_is_exact(per_channel):
     qmodel = tiny_quantized(per_channel=per_channel)
     optimizer = torch.optim.Adam(qmodel.parameters(), 1e-2)
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    for _ in range(5):                                   # move weights, steps and bit-widths
+    for _ in range(5):                                   # move weights, steps and level counts
         loss = torch.nn.functional.cross_entropy(qmodel(x), y) + 1e-4 * quant.soft_bits(qmodel)
         optimizer.zero_grad()
         loss.backward()
