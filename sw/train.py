@@ -289,7 +289,7 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     total_steps, done = epochs * steps, 0
     for epoch in bar:
         if epoch == freeze_epoch:
-            quant.freeze_levels(qmodel)
+            freeze_covering(qmodel)
         # The target is for the whole file: take off what is not the weights' entropy. Every
         # rank measures the same (identical weights), so the budgets agree without talking.
         budget = (target_rate * weights - overhead_bits(qmodel)) / weights
@@ -329,8 +329,16 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
         bar.set_postfix(loss=f"{task.item():.3f}", bpw=f"{rate:.3f}",
                         budget=f"{constraint.target:.3f}", lam=f"{constraint.multiplier:.2f}")
     if epochs <= 1:
-        quant.freeze_levels(qmodel)
+        freeze_covering(qmodel)
     return qmodel
+
+
+def freeze_covering(qmodel) -> None:
+    """Fix the level counts that cover the weights as they are now: the last optimiser step
+    came after the last forward set them, and may have carried a weight past the outer level."""
+    for _, module in quant.quantized_modules(qmodel):
+        module.quantizer.cover(module.weight)
+    quant.freeze_levels(qmodel)
 
 
 def parameters_agree(model: nn.Module, dist: Dist) -> bool:
