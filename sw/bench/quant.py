@@ -282,6 +282,7 @@ def main_mnist1d(args) -> int:
             record(method, target, ptq.data, time.perf_counter() - started,
                    levels=[r["levels"] for r in ptq.rows], zero_tensors=ptq.zero_tensors)
 
+    results["sensitivity"] = layer_sensitivity(folded, test_set)
     if not args.no_qat:
         for target in args.qat_targets or MNIST1D_QAT_TARGETS:
             for levels in (None,) + UNIFORM_LEVELS:
@@ -315,6 +316,27 @@ def main_mnist1d(args) -> int:
     plot_mnist1d(results, out / "curve.png")
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'curve.png'}")
     return 0
+
+
+@torch.no_grad()
+def layer_sensitivity(folded, test_set, levels: int = 3) -> list:
+    """What each layer costs the float model alone: top-1 change, in points, with only that
+    layer's weights on ``levels`` levels at their least-MSE step (no training), the others float.
+    The yardstick the learned level counts are set against."""
+    baseline = evaluate(folded, test_set)
+    rows = []
+    for name, module in folded.named_modules():
+        if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        quantizer = quant.ZeroPointQuantizer(tuple(module.weight.shape), bits=math.log2(levels))
+        quantizer.init_step(module.weight)
+        quantizer.eval()
+        original = module.weight.detach().clone()
+        module.weight.copy_(quantizer(module.weight))
+        rows.append({"name": name, "weights": module.weight.numel(), "levels": levels,
+                     "points": evaluate(folded, test_set) - baseline})
+        module.weight.copy_(original)
+    return rows
 
 
 def _rows(results, method):
@@ -357,6 +379,15 @@ def mnist1d_table(results) -> str:
             lines.append(f"| {learned['target_bpw']:g} | {learned['bits_per_weight']:.3f}, "
                          f"{learned['accuracy']:.2f} % | "
                          f"{', '.join(map(str, learned['levels']))} | " + " | ".join(cells) + " |")
+    if learned_rows and results.get("sensitivity"):
+        lines += ["", "Learned level counts against each layer's sensitivity (top-1 change of "
+                  "the float model with that layer alone on 3 levels, untrained):", "",
+                  "| layer | weights | alone on 3 levels | learned levels at "
+                  + " / ".join(f"{r['target_bpw']:g}" for r in learned_rows) + " bits/w |",
+                  "|---|---|---|---|"]
+        for index, layer in enumerate(results["sensitivity"]):
+            lines.append(f"| {layer['name']} | {layer['weights']} | {layer['points']:+.2f} | "
+                         + " / ".join(str(r["levels"][index]) for r in learned_rows) + " |")
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     calibrated = at("PTQ calibrated", 2.0)
     if calibrated:
