@@ -8,17 +8,20 @@ integer ``q = clamp(round(w / s), -k, k)`` stands for ``q * s``, and is stored a
 * the step ``s`` (per layer, or per output channel), with the LSQ gradient (Esser et al. 2020):
   rounding passes the gradient straight through, clipping sends ``+-k`` to the step, and the
   step's gradient is scaled by ``1 / sqrt(n k)`` for ``n`` weights per step;
-* the precision: a continuous bit-width ``b`` with ``2**b = 2k + 1`` continuous levels. As in
-  FracBits (Yang & Jin 2021) the layer's output interpolates between the two neighbouring odd
-  level counts, ``(1 - f) Q_{2j+1}(w) + f Q_{2j+3}(w)`` with ``j = floor(k)``, ``f = k - j``, so
-  the loss has a gradient with respect to ``b``; at export ``k`` is rounded to an integer,
-  giving an odd level count from 3 to 255.
+* through the step, the precision. Entropy-coded, a layer's rate is set by its step relative to
+  its weights (about ``h(w) - log2 s`` bits per weight), not by its level count: a level no
+  weight reaches costs only its 16-bit table entry. So the level count is not a parameter of
+  its own: while the precision is learned, every training forward sets ``k`` to the smallest
+  count that covers the layer's weights at the current step (``round(max |w| / s)``, 1..127),
+  and the step, learned against the task loss and the rate constraint, decides it. A layer the
+  task needs keeps a fine step and many levels; one it does not need is pushed to a coarse step
+  and three levels.
 
 The regulariser estimates the coded size of each layer: each weight ``x = w / s`` is assigned
 softly to its two neighbouring levels (weights ``1 - t`` and ``t``, the linear-interpolation
 kernel, ``t = x - floor(x)``), the assignments are summed into a histogram over the levels and
 ``n * H(histogram)`` is the layer's estimated bits. It is differentiable with respect to the
-weights, the step and the bit-width. The training loop (:mod:`sw.train`) holds the sum over the
+weights and the step. The training loop (:mod:`sw.train`) holds the sum over the
 model to a target with an adaptive Lagrange multiplier (see :class:`RateConstraint`) that is
 driven by the *exact* entropy of the hard symbols, which the rANS coder attains within 0.1 %.
 """
@@ -88,7 +91,7 @@ def entropy_of_counts(counts) -> float:
 
 
 class ZeroPointQuantizer(nn.Module):
-    """Quantizer of one weight tensor: learned step(s) and learned continuous bit-width.
+    """Quantizer of one weight tensor: learned step(s), level count following the step.
 
     Parameters
     ----------
@@ -97,7 +100,9 @@ class ZeroPointQuantizer(nn.Module):
     per_channel : bool
         One step per output channel (first dimension) instead of one per tensor.
     bits : float
-        Initial bit-width, ``log2`` of the continuous level count.
+        Initial bit-width: ``2k+1`` levels with ``k = round((2**bits - 1) / 2)`` and the step
+        initialised to their least-MSE step; from the first training forward on the count
+        follows the step.
     """
 
     def __init__(self, shape, per_channel: bool = False, bits: float = 4.0):
@@ -105,25 +110,34 @@ class ZeroPointQuantizer(nn.Module):
         step_shape = (shape[0],) + (1,) * (len(shape) - 1) if per_channel else (1,)
         self.per_channel = per_channel
         self.step = nn.Parameter(torch.full(step_shape, 1e-2))
-        self.bits = nn.Parameter(torch.tensor(float(bits)))
+        # The current k: the initial bit-width's until the first training forward, then the
+        # count that covers the weights at the learned step (see cover).
+        initial = int(min(MAX_HALF, max(MIN_HALF, round((2.0 ** bits - 1) / 2))))
+        self.register_buffer("learned_half", torch.tensor(initial, dtype=torch.int64))
         # 0 while the precision is learned; the integer k once it is fixed (freeze_levels).
         self.register_buffer("frozen_half", torch.tensor(0, dtype=torch.int64))
         self.weights_per_step = int(np.prod(shape)) // int(np.prod(step_shape))
 
     # -- precision ------------------------------------------------------------------------------
 
-    def half_continuous(self) -> torch.Tensor:
-        """The continuous ``k``, ``(2**bits - 1) / 2``, kept inside 1..127."""
-        return ((2.0 ** self.bits - 1) / 2).clamp(MIN_HALF, MAX_HALF)
-
     def half_levels(self) -> int:
-        """The integer ``k`` used at export: frozen, or the continuous one rounded."""
-        if int(self.frozen_half):
-            return int(self.frozen_half)
-        return int(min(MAX_HALF, max(MIN_HALF, round(float(self.half_continuous().detach())))))
+        """The integer ``k`` (``2k+1`` levels) used now and at export: frozen, or learned."""
+        return int(self.frozen_half) or int(self.learned_half)
 
     def levels(self) -> int:
         return 2 * self.half_levels() + 1
+
+    @torch.no_grad()
+    def cover(self, weight: torch.Tensor) -> int:
+        """Set the learned ``k`` to the fewest levels that reach every weight at the current step.
+
+        ``round(max |w / s|)``, kept inside 1..127: no weight is clipped (below 127), and no
+        level is stored that no weight uses at the layer's edge. Ignored once frozen.
+        """
+        if not int(self.frozen_half):
+            reach = float((weight.detach() / self.positive_step()).abs().max())
+            self.learned_half.fill_(int(min(MAX_HALF, max(MIN_HALF, round(reach)))))
+        return self.half_levels()
 
     def positive_step(self) -> torch.Tensor:
         # The step must stay positive whatever the optimiser does; abs keeps its gradient.
@@ -160,18 +174,10 @@ class ZeroPointQuantizer(nn.Module):
         return round_ste(torch.clamp(weight / step, -half, half)) * step
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        """The fake-quantized weight: exactly ``q * s`` once the precision is fixed."""
-        if int(self.frozen_half):
-            half = int(self.frozen_half)
-            step = scale_grad(self.positive_step(), 1 / math.sqrt(self.weights_per_step * half))
-            return self._quantize(weight, step, half)
-        k = self.half_continuous()
-        low = int(min(MAX_HALF - 1, math.floor(float(k.detach()))))
-        fraction = k - low
-        step = scale_grad(self.positive_step(), 1 / math.sqrt(self.weights_per_step * (low + 0.5)))
-        q_low = self._quantize(weight, step, low)
-        q_high = self._quantize(weight, step, low + 1)
-        return q_low + fraction * (q_high - q_low)
+        """The fake-quantized weight: exactly ``q * s`` at the current (or frozen) level count."""
+        half = self.cover(weight) if self.training else self.half_levels()
+        step = scale_grad(self.positive_step(), 1 / math.sqrt(self.weights_per_step * half))
+        return self._quantize(weight, step, half)
 
     @torch.no_grad()
     def integers(self, weight: torch.Tensor) -> torch.Tensor:
@@ -192,22 +198,11 @@ class ZeroPointQuantizer(nn.Module):
         return -(p * torch.log2(p.clamp_min(1e-12))).sum() * x.numel()
 
     def soft_bits(self, weight: torch.Tensor) -> torch.Tensor:
-        """Differentiable estimate of the coded bits of ``weight``.
-
-        Entropy x count, plus the frequency table the container stores for the layer (16 bits
-        per level): the table is what makes unused outer levels cost something, and so gives
-        the bit-width a gradient towards fewer levels when they do not pay for themselves.
-        """
-        step = self.positive_step()
-        if int(self.frozen_half):
-            half = int(self.frozen_half)
-            return self._soft_bits_at(weight, step, half) + TABLE_BITS_PER_LEVEL * (2 * half + 1)
-        k = self.half_continuous()
-        low = int(min(MAX_HALF - 1, math.floor(float(k.detach()))))
-        fraction = k - low
-        low_bits = self._soft_bits_at(weight, step, low)
-        return (low_bits + fraction * (self._soft_bits_at(weight, step, low + 1) - low_bits)
-                + TABLE_BITS_PER_LEVEL * (2 * k + 1))
+        """Differentiable estimate of the coded bits of ``weight``: entropy x count, plus the
+        frequency table the container stores for the layer (16 bits per level)."""
+        half = self.half_levels()
+        return (self._soft_bits_at(weight, self.positive_step(), half)
+                + TABLE_BITS_PER_LEVEL * (2 * half + 1))
 
     @torch.no_grad()
     def hard_bits(self, weight: torch.Tensor) -> float:
@@ -302,10 +297,9 @@ def hard_bits(model: nn.Module) -> float:
 
 @torch.no_grad()
 def freeze_levels(model: nn.Module) -> None:
-    """Fix every layer's level count to its rounded odd value (the one export writes)."""
+    """Fix every layer's level count at its current value (the one export writes)."""
     for _, module in quantized_modules(model):
         module.quantizer.frozen_half.fill_(module.quantizer.half_levels())
-        module.quantizer.bits.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -325,7 +319,7 @@ def export_tensors(model: nn.Module) -> list:
         step = module.quantizer.positive_step().detach().to(torch.float32).reshape(-1)
         tensors.append(CodedTensor(prefix + "weight", (q + half).numpy().astype(np.uint8),
                                    levels=2 * half + 1, zero_point=half, scale=step.numpy()))
-        done.update({prefix + "weight", prefix + "quantizer.step", prefix + "quantizer.bits",
+        done.update({prefix + "weight", prefix + "quantizer.step", prefix + "quantizer.learned_half",
                      prefix + "quantizer.frozen_half"})
         if module.bias is not None:
             integers, scale = symmetric_bias_quantize(module.bias)

@@ -8,7 +8,7 @@ The steps (docs/QUANT.md has the recipe and the measured results):
    and linear layer by its quantized version (:mod:`sw.quant`) and train on: the loss is the
    task loss plus ``multiplier x`` the soft coded rate, the multiplier adapting until the coded
    rate of the whole file meets ``--target-bpw``; the last quarter of the epochs runs with the
-   level counts fixed at their rounded odd values;
+   level counts fixed (until then they follow the learned steps);
 3. write the container, read it back, load the decoded weights into a plain (unquantized) model
    and measure the accuracy of *that*: the figure covers the whole chain.
 
@@ -60,7 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="float learning rate")
     parser.add_argument("--qat-lr", type=float, default=1e-3, help="QAT learning rate")
     parser.add_argument("--init-bits", type=float, default=4.0,
-                        help="initial bit-width of every layer (default %(default)s)")
+                        help="initial bit-width of every layer: its least-MSE step for "
+                             "2 round((2**B - 1) / 2) + 1 levels (17 for 4); the level counts "
+                             "then follow the learned steps (default %(default)s)")
     parser.add_argument("--per-channel", action="store_true",
                         help="one step per output channel instead of one per layer")
     parser.add_argument("--rate-lr", type=float, default=0.1,
@@ -271,16 +273,9 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     qmodel.to(dist.device)
     weights = weight_count(qmodel)
     overhead_bits = overhead_bits or measured_overhead_bits
-    groups = {"weights": [], "steps": [], "bits": []}
-    for name, parameter in qmodel.named_parameters():
-        key = "steps" if name.endswith("quantizer.step") else \
-            "bits" if name.endswith("quantizer.bits") else "weights"
-        groups[key].append(parameter)
-    optimizer = torch.optim.Adam([
-        {"params": groups["weights"], "lr": lr},
-        {"params": groups["steps"], "lr": lr},
-        {"params": groups["bits"], "lr": 10 * lr},
-    ])
+    # Weights and steps: the steps set each layer's precision, and its level count follows them
+    # (sw.quant.ZeroPointQuantizer.cover).
+    optimizer = torch.optim.Adam(qmodel.parameters(), lr=lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps = steps_per_epoch(data, batch_size, dist)
     # The last quarter (at least one epoch when there are two) trains at the exported levels.
@@ -294,9 +289,7 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     total_steps, done = epochs * steps, 0
     for epoch in bar:
         if epoch == freeze_epoch:
-            quant.freeze_levels(qmodel)
-            # The bit-widths stop being parameters of the graph: DDP must know afresh.
-            wrapped = dist.wrap(qmodel)
+            freeze_covering(qmodel)
         # The target is for the whole file: take off what is not the weights' entropy. Every
         # rank measures the same (identical weights), so the budgets agree without talking.
         budget = (target_rate * weights - overhead_bits(qmodel)) / weights
@@ -336,8 +329,16 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
         bar.set_postfix(loss=f"{task.item():.3f}", bpw=f"{rate:.3f}",
                         budget=f"{constraint.target:.3f}", lam=f"{constraint.multiplier:.2f}")
     if epochs <= 1:
-        quant.freeze_levels(qmodel)
+        freeze_covering(qmodel)
     return qmodel
+
+
+def freeze_covering(qmodel) -> None:
+    """Fix the level counts that cover the weights as they are now: the last optimiser step
+    came after the last forward set them, and may have carried a weight past the outer level."""
+    for _, module in quant.quantized_modules(qmodel):
+        module.quantizer.cover(module.weight)
+    quant.freeze_levels(qmodel)
 
 
 def parameters_agree(model: nn.Module, dist: Dist) -> bool:

@@ -13,21 +13,20 @@ from sw.container import CodedTensor, read_container, write_container
 from sw.models import build_model, fold_batchnorm
 
 
-def test_gradients_reach_weight_step_and_bitwidth():
+def test_gradients_reach_weight_and_step():
     torch.manual_seed(0)
     q = quant.ZeroPointQuantizer((16, 8, 3, 3), bits=2.7)
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
     q.init_step(w)
     target = torch.randn(16, 8, 3, 3)
     ((q(w) - target) ** 2).sum().backward()
-    for grad in (w.grad, q.step.grad, q.bits.grad):
+    for grad in (w.grad, q.step.grad):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     # the rate estimate has gradients too, and a larger step means fewer bits
-    for p in (q.step, q.bits):
-        p.grad = None
+    q.step.grad = None
     w.grad = None
     q.soft_bits(w).backward()
-    assert q.step.grad < 0 and w.grad.abs().sum() > 0 and q.bits.grad != 0
+    assert q.step.grad < 0 and w.grad.abs().sum() > 0
 
 
 def test_lsq_step_gradient():
@@ -47,18 +46,19 @@ def test_lsq_step_gradient():
 
 @settings(max_examples=60, deadline=None)
 @given(bits=st.floats(0.0, 9.0), per_channel=st.booleans(), seed=st.integers(0, 1000),
-       scale=st.floats(1e-3, 1e3))
-def test_levels_odd_zero_exact(bits, per_channel, seed, scale):
+       scale=st.floats(1e-3, 1e3), train=st.booleans())
+def test_levels_odd_zero_exact(bits, per_channel, seed, scale, train):
     generator = torch.Generator().manual_seed(seed)
     w = torch.randn(6, 5, generator=generator) * scale
     w[0, 0] = 0.0
     with torch.no_grad():
         q = quant.ZeroPointQuantizer(tuple(w.shape), per_channel, bits)
-        q.bits.fill_(bits)
         q.init_step(w)
+        q.train(train)
+        output = q(w)                            # a training forward sets the level count
         levels = q.levels()
         assert levels % 2 == 1 and 3 <= levels <= 255
-        assert q(w)[0, 0].item() == 0.0          # an exact zero, interpolated or not
+        assert output[0, 0].item() == 0.0        # an exact zero
         integers = q.integers(w)
         assert integers[0, 0] == 0 and integers.abs().max() <= levels // 2
     q.frozen_half.fill_(q.half_levels())
@@ -68,18 +68,53 @@ def test_levels_odd_zero_exact(bits, per_channel, seed, scale):
     assert np.array_equal(exported.dequantize(), q(w).detach().numpy())
 
 
-def test_interpolation_between_neighbouring_odd_counts():
+def test_level_count_follows_the_step():
+    """Untrained: the initial bit-width's count. Training: the fewest levels covering the
+    weights at the learned step, whatever the initial count; frozen: fixed."""
     w = torch.linspace(-4, 4, 101)
-    q = quant.ZeroPointQuantizer((101,), bits=math.log2(2 * 2.25 + 1))   # k = 2.25
+    q = quant.ZeroPointQuantizer((101,), bits=math.log2(2 * 8 + 1))
+    assert q.levels() == 17
     with torch.no_grad():
         q.step.fill_(1.0)
-    low = torch.clamp(torch.round(w), -2, 2)
-    high = torch.clamp(torch.round(w), -3, 3)
-    assert torch.allclose(q(w), 0.75 * low + 0.25 * high, atol=1e-6)
-    assert q.levels() == 5                                   # k rounds to 2
+    q.eval()
+    q(w)
+    assert q.levels() == 17                                  # eval forwards change nothing
+    q.train()
+    assert torch.equal(q(w), torch.round(w))                 # covered: nothing clipped
+    assert q.levels() == 9                                   # +-4 steps
     with torch.no_grad():
-        q.bits.fill_(math.log2(2 * 2.6 + 1))
-    assert q.levels() == 7
+        q.step.fill_(3.0)
+    q(w)
+    assert q.levels() == 3                                   # round(4 / 3) = 1
+    q.frozen_half.fill_(q.half_levels())
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    q(w)
+    assert q.levels() == 3 and q(w).abs().max() == 0.5       # frozen: clipped at +-1 step
+
+
+def test_precision_follows_sensitivity():
+    """Two layers alike but for how much the loss cares (outputs scaled by 10 and by 0.1),
+    under the same rate price: a few steps of QAT leave the sensitive one many levels and
+    push the other to three."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"sensitive": torch.nn.Linear(32, 32, bias=False),
+                                 "insensitive": torch.nn.Linear(32, 32, bias=False)})
+    teacher = {name: layer.weight.detach().clone() for name, layer in model.items()}
+    quant.quantize_model(model, bits=4.0)                # both start on 17 levels
+    x = torch.randn(256, 32)
+    target = 10 * x @ teacher["sensitive"].T + 0.1 * x @ teacher["insensitive"].T
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(30):
+        output = 10 * model["sensitive"](x) + 0.1 * model["insensitive"](x)
+        loss = (torch.nn.functional.mse_loss(output, target)
+                + 0.05 * quant.soft_bits(model) / 2048)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    levels = {name: layer.quantizer.levels() for name, layer in model.items()}
+    assert levels["insensitive"] == 3
+    assert levels["sensitive"] >= 7
 
 
 def test_soft_rate_is_exact_on_the_grid():
@@ -126,7 +161,7 @@ def test_export_decode_load_is_exact(per_channel):
     qmodel = tiny_quantized(per_channel=per_channel)
     optimizer = torch.optim.Adam(qmodel.parameters(), 1e-2)
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    for _ in range(5):                                   # move weights, steps and bit-widths
+    for _ in range(5):                                   # move weights, steps and level counts
         loss = torch.nn.functional.cross_entropy(qmodel(x), y) + 1e-4 * quant.soft_bits(qmodel)
         optimizer.zero_grad()
         loss.backward()

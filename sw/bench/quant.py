@@ -41,7 +41,7 @@ def parse(argv):
                         help="digits ResNet (default), the MNIST-1D CNN with every method, or "
                              "compress's time and memory on a 27 M-weight synthetic transformer")
     parser.add_argument("--qat-targets", type=float, nargs="+", metavar="B",
-                        help="QAT budgets on MNIST-1D (default 0.5 1 2)")
+                        help="QAT budgets on MNIST-1D (default 0.25 0.5 1 2)")
     args = parser.parse_args(argv)
     if args.model == "mnist1d":
         # MNIST-1D defaults: 40 float epochs, 20 QAT epochs
@@ -189,11 +189,11 @@ def plot(results, path) -> None:
 #: budgets of PTQ (data-free and calibrated) on MNIST-1D
 MNIST1D_PTQ_TARGETS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 #: budgets of the two QATs
-MNIST1D_QAT_TARGETS = (0.5, 1.0, 2.0)
+MNIST1D_QAT_TARGETS = (0.25, 0.5, 1.0, 2.0)
 #: round-to-nearest bit-widths: 2**b - 1 levels around zero (3, 7, 15, 255)
 RTN_BITS = (2, 3, 4, 8)
-#: the one level count of "QAT at uniform precision": every layer on 7 levels
-UNIFORM_BITS = math.log2(7)
+#: the level counts of "QAT at uniform precision", the same in every layer: ternary and 7 levels
+UNIFORM_LEVELS = (3, 7)
 
 
 def rtn_tensors(state: dict, bits: int) -> list:
@@ -282,24 +282,27 @@ def main_mnist1d(args) -> int:
             record(method, target, ptq.data, time.perf_counter() - started,
                    levels=[r["levels"] for r in ptq.rows], zero_tensors=ptq.zero_tensors)
 
+    results["sensitivity"] = layer_sensitivity(folded, test_set)
     if not args.no_qat:
         for target in args.qat_targets or MNIST1D_QAT_TARGETS:
-            for method in ("QAT learned precision", "QAT uniform 7 levels"):
+            for levels in (None,) + UNIFORM_LEVELS:
                 started = time.perf_counter()
                 torch.manual_seed(args.seed)
-                learned = method.startswith("QAT learned")
+                learned = levels is None
+                method = "QAT learned precision" if learned else f"QAT uniform {levels} levels"
                 qmodel = quant.quantize_model(fold_batchnorm(model),
-                                              bits=4.0 if learned else UNIFORM_BITS)
+                                              bits=4.0 if learned else math.log2(levels))
                 if not learned:
                     quant.freeze_levels(qmodel)     # one level count everywhere, never learned
                 log = []
                 train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1,
                           dist, progress=False, log=log)
                 data = write_container(quant.export_tensors(qmodel))
-                (out / f"{'learned' if learned else 'uniform'}_{target:g}.sbit").write_bytes(data)
+                (out / f"{'learned' if learned else f'uniform{levels}'}_{target:g}.sbit"
+                 ).write_bytes(data)
                 layers = [{"name": name, "weights": m.weight.numel(),
                            "levels": m.quantizer.levels(),
-                           "bits": float(m.quantizer.bits.detach()),
+                           "step": float(m.quantizer.positive_step().detach().mean()),
                            "entropy_bits_per_weight": m.quantizer.hard_bits(m.weight)
                            / m.weight.numel()}
                           for name, m in quant.quantized_modules(qmodel)]
@@ -313,6 +316,27 @@ def main_mnist1d(args) -> int:
     plot_mnist1d(results, out / "curve.png")
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'curve.png'}")
     return 0
+
+
+@torch.no_grad()
+def layer_sensitivity(folded, test_set, levels: int = 3) -> list:
+    """What each layer costs the float model alone: top-1 change, in points, with only that
+    layer's weights on ``levels`` levels at their least-MSE step (no training), the others float.
+    The yardstick the learned level counts are set against."""
+    baseline = evaluate(folded, test_set)
+    rows = []
+    for name, module in folded.named_modules():
+        if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        quantizer = quant.ZeroPointQuantizer(tuple(module.weight.shape), bits=math.log2(levels))
+        quantizer.init_step(module.weight)
+        quantizer.eval()
+        original = module.weight.detach().clone()
+        module.weight.copy_(quantizer(module.weight))
+        rows.append({"name": name, "weights": module.weight.numel(), "levels": levels,
+                     "points": evaluate(folded, test_set) - baseline})
+        module.weight.copy_(original)
+    return rows
 
 
 def _rows(results, method):
@@ -333,11 +357,38 @@ def mnist1d_table(results) -> str:
         lines.append(f"| {row['method']} | {row['target_bpw']:g} | {row['bits_per_weight']:.3f} "
                      f"/ {row['bits_per_weight_weights_only']:.3f} | {row['accuracy']:.2f} % | "
                      f"{row['accuracy'] - float_accuracy:+.2f} | {levels} |")
-    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
 
     def at(method, target):
         return next((r for r in results["rows"] if r["method"] == method
                      and r["target_bpw"] == target), None)
+
+    learned_rows = _rows(results, "QAT learned precision")
+    if learned_rows:
+        lines += ["", "Learned against uniform precision, same budget (bits/w of the whole file, "
+                  "top-1; in brackets learned minus uniform):", "",
+                  "| budget | learned | levels per layer | "
+                  + " | ".join(f"uniform {n} levels" for n in UNIFORM_LEVELS) + " |",
+                  "|---|---|---|" + "---|" * len(UNIFORM_LEVELS)]
+        for learned in learned_rows:
+            cells = []
+            for n in UNIFORM_LEVELS:
+                uniform = at(f"QAT uniform {n} levels", learned["target_bpw"])
+                cells.append(f"{uniform['bits_per_weight']:.3f}, {uniform['accuracy']:.2f} % "
+                             f"({learned['accuracy'] - uniform['accuracy']:+.2f})"
+                             if uniform else "-")
+            lines.append(f"| {learned['target_bpw']:g} | {learned['bits_per_weight']:.3f}, "
+                         f"{learned['accuracy']:.2f} % | "
+                         f"{', '.join(map(str, learned['levels']))} | " + " | ".join(cells) + " |")
+    if learned_rows and results.get("sensitivity"):
+        lines += ["", "Learned level counts against each layer's sensitivity (top-1 change of "
+                  "the float model with that layer alone on 3 levels, untrained):", "",
+                  "| layer | weights | alone on 3 levels | learned levels at "
+                  + " / ".join(f"{r['target_bpw']:g}" for r in learned_rows) + " bits/w |",
+                  "|---|---|---|---|"]
+        for index, layer in enumerate(results["sensitivity"]):
+            lines.append(f"| {layer['name']} | {layer['weights']} | {layer['points']:+.2f} | "
+                         + " / ".join(str(r["levels"][index]) for r in learned_rows) + " |")
+    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     calibrated = at("PTQ calibrated", 2.0)
     if calibrated:
         drop = float_accuracy - calibrated["accuracy"]
@@ -367,7 +418,8 @@ def plot_mnist1d(results, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    styles = {"QAT learned precision": "o-", "QAT uniform 7 levels": "o--",
+    styles = {"QAT learned precision": "o-", "QAT uniform 3 levels": "o:",
+              "QAT uniform 7 levels": "o--",
               "PTQ calibrated": "s-", "PTQ data-free": "s--",
               "RTN + entropy coding": "^-", "RTN, fixed-length": "v:"}
     for method, style in styles.items():
@@ -378,7 +430,7 @@ def plot_mnist1d(results, path) -> None:
     axes.axhline(results["float_accuracy"], color="grey", linestyle="--",
                  label=f"float32 ({results['float_accuracy']:.2f} %)")
     axes.set_xscale("log")
-    axes.set_xticks([0.5, 1, 2, 4, 8])
+    axes.set_xticks([0.25, 0.5, 1, 2, 4, 8])
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel("bits per weight (whole container file)")
