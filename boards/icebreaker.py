@@ -11,8 +11,17 @@ inference engine.
 docs/BOARD.md gives the flash layout, the UART line and the LEDs.
 """
 
-from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, \
-    ResetSignal, Signal
+from amaranth import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    Const,
+    Elaboratable,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import io
 
 from hw.system import BoardSystem, InferenceSystem, measured_decoder, measured_engine

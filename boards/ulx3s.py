@@ -11,8 +11,17 @@ Winbond and with ISSI flash, whose quad-enable bits differ, and the reader's qua
 Winbond's (docs/BOARD.md).
 """
 
-from amaranth import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, \
-    ResetSignal, Signal
+from amaranth import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    Const,
+    Elaboratable,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+)
 from amaranth.build import Attrs, Pins, Resource
 from amaranth.lib import io
 

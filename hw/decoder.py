@@ -14,8 +14,18 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from sw.format import (FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
-                       MAX_SECTION_SYMBOLS, READABLE_VERSIONS, RawDtype, SectionKind, Status)
+from sw.format import (
+    FIRST_VERSION,
+    MAGIC,
+    MAX_LEVELS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_SECTION_SYMBOLS,
+    READABLE_VERSIONS,
+    RawDtype,
+    SectionKind,
+    Status,
+)
 from sw.params import CodecParams
 
 from .crc import Crc32Word

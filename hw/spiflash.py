@@ -2,11 +2,12 @@
 
 The flash holds, at each of the reader's ``offsets``, a ``u32`` little-endian byte count
 followed by that many bytes (the container, the test images; docs/BOARD.md); ``region`` says
-which one a read takes, and a reset starts the next read. The reader wakes the flash, reads the count, then streams the
-bytes as little-endian 16-bit words with backpressure, and stops after ``min(count,
-max_bytes)`` bytes: a blank flash (count ``0xFFFFFFFF``) or a corrupt count cannot make it read
-past the region. ``exhausted`` then tells the system that no more words will come, which is how
-it can report a truncated container (the decoder itself just waits).
+which one a read takes, and a reset starts the next read. The reader wakes the flash, reads
+the count, then streams the bytes as little-endian 16-bit words with backpressure, and stops
+after ``min(count, max_bytes)`` bytes: a blank flash (count ``0xFFFFFFFF``) or a corrupt
+count cannot make it read past the region. ``exhausted`` then tells the system that no more
+words will come, which is how it can report a truncated container (the decoder itself just
+waits).
 
 SCK runs at half the core clock and is held low while the consumer is not ready: SPI NOR flash
 is fully static, so pausing the clock pauses the transfer.

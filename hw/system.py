@@ -15,9 +15,19 @@ from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.board import (CRC_LINE, ENGINE_MEMORIES, FIELD_BITS, FINAL_LINE, FLASH_OFFSET,
-                      IMAGE_LINE, IMAGE_STORE_WORDS, IMAGES_OFFSET, MAX_CONTAINER_BYTES,
-                      MAX_IMAGE_SET_BYTES, line_fields)
+from sw.board import (
+    CRC_LINE,
+    ENGINE_MEMORIES,
+    FIELD_BITS,
+    FINAL_LINE,
+    FLASH_OFFSET,
+    IMAGE_LINE,
+    IMAGE_STORE_WORDS,
+    IMAGES_OFFSET,
+    MAX_CONTAINER_BYTES,
+    MAX_IMAGE_SET_BYTES,
+    line_fields,
+)
 from sw.format import Status
 from sw.params import CodecParams
 

@@ -19,7 +19,6 @@ held-out digits and compares its lines with ``python -m sw board expect``.
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -116,8 +115,8 @@ def build_and_run(*, verilog: str, dut_module: str, ports: dict, test_module: st
     ``config`` is handed to the cocotb tests as JSON in ``SUBBIT_SIM_CONFIG``; ``clock_ps``
     makes the clock inside the wrapper (:func:`flash_wrapper`).
     """
-    from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
 
     from .testbench import verilator_build, verilator_environment
 
@@ -309,8 +308,14 @@ def main(argv=None) -> int:
     import tempfile
     import time
 
-    from sw.board import (check_inference, check_line, default_images, expected_inference,
-                          image_set, inference_lines)
+    from sw.board import (
+        check_inference,
+        check_line,
+        default_images,
+        expected_inference,
+        image_set,
+        inference_lines,
+    )
     from sw.params import CodecParams
 
     parser = argparse.ArgumentParser(

@@ -103,7 +103,8 @@ async def board_line_once(dut):
 
 @cocotb.test()
 async def inference_runs(dut):
-    """The inference system on each flash content of the plan (:func:`sim.board.simulate_inference`).
+    """The inference system on each flash content of the plan
+    (:func:`sim.board.simulate_inference`).
 
     The clock is made in the Verilog wrapper, so that no Python runs per cycle; this test
     writes the flash, resets, and waits for ``finished`` (or the case's limit), then writes

@@ -10,7 +10,7 @@ import time
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import First, RisingEdge, Timer, ClockCycles, ReadOnly
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
 
 @cocotb.test()

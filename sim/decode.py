@@ -115,7 +115,6 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     from sim.testbench import Case, run_cases
-    from sw.format import Status
     max_cycles = args.max_cycles or cycle_bound(data, params, args.lanes, args.stall)
     started = time.perf_counter()
     result, = run_cases(params, args.lanes, [Case(args.container.name, data, args.stall,

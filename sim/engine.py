@@ -25,8 +25,13 @@ from pathlib import Path
 
 from sw.format import Status
 
-from .testbench import (BUILD_ROOT, VERILATOR_BUILD_ARGS, choose_simulator, publish_build,
-                        verilator_environment)
+from .testbench import (
+    BUILD_ROOT,
+    VERILATOR_BUILD_ARGS,
+    choose_simulator,
+    publish_build,
+    verilator_environment,
+)
 
 __all__ = ["EngineRun", "engine_stimulus", "build_engine_sim", "run_engine_sim", "main"]
 
@@ -223,7 +228,8 @@ module {TOPLEVEL}(input wire clk, input wire rst, input wire [7:0] stall,
                         !== prediction_rom[images_done])
                     prediction_mismatches <= prediction_mismatches + 1;
                 last_cycles <= prediction_payload[{cycles_offset + 31}:{cycles_offset}];
-                total_cycles <= total_cycles + prediction_payload[{cycles_offset + 31}:{cycles_offset}];
+                total_cycles <= total_cycles
+                    + prediction_payload[{cycles_offset + 31}:{cycles_offset}];
                 images_done <= images_done + 1;
                 // the decoder starts the container again for the next image
                 program_index <= 0; program_sent <= 0;

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -317,8 +317,8 @@ def _ice40_netlist(dut, scratch: Path) -> list:
     from amaranth.back import rtlil
 
     from hw.build import _tool_environment
-    from hw.tables import YOSYS_TABLE_RAMS
     from hw.decoder import port_signals
+    from hw.tables import YOSYS_TABLE_RAMS
     (scratch / "weight_decoder.il").write_text(rtlil.convert(dut, name="weight_decoder",
                                                              ports=port_signals(dut),
                                                              emit_src=False))

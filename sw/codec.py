@@ -10,7 +10,6 @@ coder states run through all sections of a container in order, so they are store
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from math import log2
 from typing import Sequence
 
 import numpy as np
@@ -114,7 +113,8 @@ class FrequencyTable:
 
     @property
     def cumulative(self) -> np.ndarray:
-        """``levels + 1`` entries: symbol ``s`` owns slots ``cumulative[s] .. cumulative[s+1]-1``."""
+        """``levels + 1`` entries: symbol ``s`` owns slots ``cumulative[s]`` to
+        ``cumulative[s+1]-1``."""
         return np.concatenate([[0], np.cumsum(self.frequencies)])
 
     def cost_bits(self, counts) -> float:

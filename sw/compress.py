@@ -29,7 +29,6 @@ import numpy as np
 from .container import CodedTensor, RawTensor, read_container, write_container
 from .params import CodecParams
 
-
 __all__ = ["add_arguments", "run", "Candidates", "layer_candidates", "allocate",
            "compress_tensors", "PTQResult"]
 
@@ -84,7 +83,7 @@ def add_arguments(parser) -> None:
     add_params_arguments(parser)
 
 
-# -- candidates ------------------------------------------------------------------------------------
+# -- candidates ----------------------------------------------------------------------------------
 
 #: candidate modes: one step for the whole tensor, or one per output channel (row)
 PER_TENSOR, PER_CHANNEL = 0, 1
@@ -327,7 +326,7 @@ def allocate_with_multiplier(candidates: list, budget_bits: float, sensitivity=N
     return choice, high
 
 
-# -- compression -------------------------------------------------------------------------------------
+# -- compression ---------------------------------------------------------------------------------
 
 def is_weight(name: str, array: np.ndarray) -> bool:
     """Coded by PTQ: floating-point tensors of two or more dimensions."""
@@ -466,6 +465,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
         (``bias_levels``).
     """
     import time
+
     from .train import file_rates
     check_target(target_bpw)
     if bias_levels and not (3 <= bias_levels <= 255 and bias_levels % 2):
@@ -665,6 +665,7 @@ def print_table(result: PTQResult, file=sys.stdout) -> None:
 def fisher_sensitivity(model_name: str, state: dict, batches: int = 8) -> dict:
     """Mean squared gradient of the training loss per weight tensor (a diagonal Fisher)."""
     import torch
+
     from .data import digits
     model = _load_model(model_name, state)
     x, y, _, _ = digits()
@@ -682,6 +683,7 @@ def fisher_sensitivity(model_name: str, state: dict, batches: int = 8) -> dict:
 def _load_model(model_name, state):
     """The model of ``sw.models`` whose state dict matches ``state`` (with or without BN)."""
     import torch
+
     from .models import build_model, fold_batchnorm
     model = build_model(model_name)
     if set(model.state_dict()) != set(state):
@@ -728,6 +730,7 @@ def accuracy_of(model_name, state) -> float:
 def calibration_statistics(args, tensors) -> dict:
     """Layer input statistics from ``--calibration`` (a file or 'builtin')."""
     import torch
+
     from .gptq import collect_statistics, statistics_from_arrays
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be positive, not "

@@ -14,15 +14,29 @@ import numpy as np
 
 from . import codec, fastcodec
 from .codec import FrequencyTable, PayloadExhausted
-from .format import (BASE_VERSION, FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
-                     MAX_SECTION_SYMBOLS, MAX_SECTIONS, READABLE_VERSIONS, VALUE_DTYPES, VERSION,
-                     RawDtype, SectionKind, Status)
+from .format import (
+    BASE_VERSION,
+    FIRST_VERSION,
+    MAGIC,
+    MAX_LEVELS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_SECTION_SYMBOLS,
+    MAX_SECTIONS,
+    READABLE_VERSIONS,
+    VALUE_DTYPES,
+    VERSION,
+    RawDtype,
+    SectionKind,
+    Status,
+)
 from .params import CodecParams
 from .program import Program, ProgramError
 
 __all__ = [
     "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container",
-    "SectionInfo", "ContainerError", "StreamSection", "ProgramCheck", "PROGRAM_NAME", "program_section_size", "write_container",
+    "SectionInfo", "ContainerError", "StreamSection", "ProgramCheck", "PROGRAM_NAME",
+    "program_section_size", "write_container",
     "read_container",
     "parse",
 ]
@@ -67,7 +81,8 @@ class _SymbolCoded:
 
 @dataclass(eq=False)
 class CodedTensor(_SymbolCoded):
-    """A zero-point quantized tensor: ``integer = symbol - zero_point``, ``float = integer * scale``.
+    """A zero-point quantized tensor: ``integer = symbol - zero_point``,
+    ``float = integer * scale``.
 
     Parameters
     ----------
@@ -515,7 +530,8 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     if deferred:
         raise deferred[0]
     if software_checks and stream.position != len(data):
-        stream.fail(Status.TRAILING_DATA, f"{len(data) - stream.position} bytes after the last section")
+        stream.fail(Status.TRAILING_DATA,
+                    f"{len(data) - stream.position} bytes after the last section")
     return Container(params, tensors, sections, file_header_bytes, stream.position, version,
                      check.program if check is not None else None, program_section)
 
@@ -677,7 +693,8 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         payload_words = stream.unpack("I")
         payload_start = stream.position
         available = min(payload_words, (len(stream.data) - payload_start) // 2)
-        payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available], dtype="<u2")
+        payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available],
+                                dtype="<u2")
         section.levels, section.zero_point, section.scale = levels, zero_point, scale
         section.symbol_count = symbol_count
         kept = np.empty(symbol_count, np.uint8) if keep_symbols else None
@@ -703,7 +720,8 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
             stream.fail(Status.BAD_LENGTH, f"{where}: payload ends before its symbols")
         if used != payload_words:
             stream.position = payload_start + 2 * used
-            stream.fail(Status.BAD_LENGTH, f"{where}: {payload_words - used} payload words left over")
+            stream.fail(Status.BAD_LENGTH,
+                        f"{where}: {payload_words - used} payload words left over")
         stream.take(2 * payload_words)
         payload_bytes = 2 * payload_words
         section.symbols = kept
@@ -749,7 +767,8 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
             return MappedTensor(name, section.symbols.reshape(shape), section.values) \
                 if build else None
         if len(section.scale) not in {1, *shape[:1]}:
-            stream.fail(Status.BAD_SECTION, f"{where}: {len(section.scale)} scales for shape {shape}")
+            stream.fail(Status.BAD_SECTION,
+                        f"{where}: {len(section.scale)} scales for shape {shape}")
         return CodedTensor(name, section.symbols.reshape(shape), section.levels,
                            section.zero_point, section.scale) if build else None
     itemsize = section.dtype.numpy.itemsize

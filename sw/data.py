@@ -7,10 +7,15 @@ package's own generator (never its download path).
 """
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED", "digits", "digits_arrays", "random_images", "shift_augment",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED", "digits", "digits_arrays",
+           "random_images", "shift_augment",
            "MNIST1D_TRAIN", "MNIST1D_TEST", "mnist1d"]
 
 DIGITS_TEST_FRACTION = 0.25

@@ -88,7 +88,8 @@ class Status(enum.IntEnum):
     OK = 0
     BAD_MAGIC = 1        #: the first four bytes are not ``MAGIC``
     BAD_VERSION = 2      #: ``version`` is not one of ``READABLE_VERSIONS``
-    PARAM_MISMATCH = 3   #: state_bits/word_bits/precision_bits/state_count unusable or not the decoder's
+    PARAM_MISMATCH = 3   #: state_bits/word_bits/precision_bits/state_count unusable or not
+                         #: the decoder's
     BAD_STATE = 4        #: an initial state outside ``[L, 2**state_bits)``
     BAD_SECTION = 5      #: unknown kind, dtype, name length, ndim, levels or scale count
     BAD_TABLE = 6        #: frequencies do not sum to ``2**precision_bits``, or a value table

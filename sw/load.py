@@ -13,15 +13,25 @@ payload, so a file of a few hundred bytes can declare ``2**28`` symbols.
 
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .format import (FIRST_VERSION, MAGIC, MAX_LEVELS, MAX_NAME_BYTES, MAX_NDIM,
-                     MAX_SECTION_SYMBOLS, READABLE_VERSIONS, VALUE_DTYPES, RawDtype, SectionKind)
+from .format import (
+    FIRST_VERSION,
+    MAGIC,
+    MAX_LEVELS,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_SECTION_SYMBOLS,
+    READABLE_VERSIONS,
+    VALUE_DTYPES,
+    RawDtype,
+    SectionKind,
+)
 from .params import CodecParams
 
-__all__ = ["DEFAULT_MAX_VALUES", "SectionHeader", "HeaderScan", "scan_headers", "check_size", "byte_size",
+__all__ = ["DEFAULT_MAX_VALUES", "SectionHeader", "HeaderScan", "scan_headers", "check_size",
+           "byte_size",
            "decoded_arrays", "load_arrays", "load_state_dict"]
 
 #: Values a decode may produce unless the caller raises the limit: 2**28, the most one coded

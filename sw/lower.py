@@ -14,10 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import _windows
-from .program import (BIAS_TERM_LIMIT, MAX_SHIFT, MAX_SKIP_SHIFT, NO_SKIP, Op, Opcode, Program,
-                      ProgramError, ValueType)
+from .program import (
+    BIAS_TERM_LIMIT,
+    MAX_SHIFT,
+    MAX_SKIP_SHIFT,
+    NO_SKIP,
+    Op,
+    Opcode,
+    Program,
+    ProgramError,
+    ValueType,
+)
 
-__all__ = ["BIAS_LEVELS", "Layer", "Lowered", "lower", "program_word_count", "resnet_layers", "mlp_layers",
+__all__ = ["BIAS_LEVELS", "Layer", "Lowered", "lower", "program_word_count", "resnet_layers",
+           "mlp_layers",
            "order_tensors"]
 
 #: Levels of coded biases (one scale per tensor, around zero): 5 bits of precision against 32

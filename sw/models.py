@@ -15,7 +15,8 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["ConvBN", "ConvBN1d", "Mnist1dNet", "BasicBlock", "Bottleneck", "ResNet", "MODELS", "build_model",
+__all__ = ["ConvBN", "ConvBN1d", "Mnist1dNet", "BasicBlock", "Bottleneck", "ResNet", "MODELS",
+           "build_model",
            "fold_batchnorm", "weight_count", "input_shape"]
 
 

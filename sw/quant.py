@@ -118,7 +118,7 @@ class ZeroPointQuantizer(nn.Module):
         self.register_buffer("frozen_half", torch.tensor(0, dtype=torch.int64))
         self.weights_per_step = int(np.prod(shape)) // int(np.prod(step_shape))
 
-    # -- precision ------------------------------------------------------------------------------
+    # -- precision --------------------------------------------------------------------------------
 
     def half_levels(self) -> int:
         """The integer ``k`` (``2k+1`` levels) used now and at export: frozen, or learned."""
@@ -168,7 +168,7 @@ class ZeroPointQuantizer(nn.Module):
                 best_error = torch.where(better, error, best_error)
         self.step.copy_(best_step.view(self.step.shape))
 
-    # -- forward ------------------------------------------------------------------------------------
+    # -- forward ----------------------------------------------------------------------------------
 
     def _quantize(self, weight, step, half) -> torch.Tensor:
         return round_ste(torch.clamp(weight / step, -half, half)) * step
@@ -185,7 +185,7 @@ class ZeroPointQuantizer(nn.Module):
         half = self.half_levels()
         return torch.clamp(torch.round(weight / self.positive_step()), -half, half).to(torch.int64)
 
-    # -- rate -----------------------------------------------------------------------------------
+    # -- rate -------------------------------------------------------------------------------------
 
     def _soft_bits_at(self, weight, step, half: int) -> torch.Tensor:
         x = torch.clamp(weight / step, -half, half).reshape(-1)
@@ -319,7 +319,8 @@ def export_tensors(model: nn.Module) -> list:
         step = module.quantizer.positive_step().detach().to(torch.float32).reshape(-1)
         tensors.append(CodedTensor(prefix + "weight", (q + half).numpy().astype(np.uint8),
                                    levels=2 * half + 1, zero_point=half, scale=step.numpy()))
-        done.update({prefix + "weight", prefix + "quantizer.step", prefix + "quantizer.learned_half",
+        done.update({prefix + "weight", prefix + "quantizer.step",
+                     prefix + "quantizer.learned_half",
                      prefix + "quantizer.frozen_half"})
         if module.bias is not None:
             integers, scale = symmetric_bias_quantize(module.bias)

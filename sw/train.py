@@ -35,7 +35,6 @@ from .lower import lower, order_tensors, program_word_count, resnet_layers
 from .models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
 from .params import CodecParams
 
-
 __all__ = ["add_arguments", "run", "train_float", "train_qat", "evaluate", "export",
            "file_rates", "Dist"]
 

@@ -11,8 +11,15 @@ what :mod:`sw.board` computes through the golden model and the reference engine.
 import numpy as np
 import pytest
 
-from sw.board import (InferenceReport, check_inference, default_container, default_images,
-                      expected_inference, image_set, parse_inference)
+from sw.board import (
+    InferenceReport,
+    check_inference,
+    default_container,
+    default_images,
+    expected_inference,
+    image_set,
+    parse_inference,
+)
 from sw.format import Status
 from sw.params import CodecParams
 

@@ -6,8 +6,16 @@ import zlib
 import numpy as np
 import pytest
 
-from sw.board import (FLASH_OFFSET, BoardReport, check_line, expected_report, flash_image,
-                      format_line, model_region, parse_line)
+from sw.board import (
+    FLASH_OFFSET,
+    BoardReport,
+    check_line,
+    expected_report,
+    flash_image,
+    format_line,
+    model_region,
+    parse_line,
+)
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.golden import golden_decode
@@ -77,11 +85,28 @@ def test_malformed_lines_rejected(line):
 
 # -- the inference system ----------------------------------------------------------------------
 
-from sw.board import (CRC_LINE, FINAL_LINE, FIELD_BITS, IMAGE_LINE, IMAGE_STORE_WORDS,  # noqa: E402
-                      IMAGES_OFFSET, ImageLine, InferenceReport, check_inference, default_images,
-                      expected_inference, image_set, images_region, inference_lines,
-                      line_fields, parse_fields, parse_image_set, parse_inference, record_words,
-                      render_line)
+from sw.board import (  # noqa: E402
+    CRC_LINE,
+    FIELD_BITS,
+    FINAL_LINE,
+    IMAGE_LINE,
+    IMAGE_STORE_WORDS,
+    IMAGES_OFFSET,
+    ImageLine,
+    InferenceReport,
+    check_inference,
+    default_images,
+    expected_inference,
+    image_set,
+    images_region,
+    inference_lines,
+    line_fields,
+    parse_fields,
+    parse_image_set,
+    parse_inference,
+    record_words,
+    render_line,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +138,8 @@ def test_image_set_round_trip_and_limits():
     got_pixels, got_labels = parse_image_set(data)
     assert (got_pixels == pixels).all() and (got_labels == labels).all()
     with pytest.raises(ValueError, match="image store holds"):
-        image_set(np.zeros((IMAGE_STORE_WORDS // 33 + 1, 64)), np.zeros(IMAGE_STORE_WORDS // 33 + 1))
+        too_many = IMAGE_STORE_WORDS // 33 + 1
+        image_set(np.zeros((too_many, 64)), np.zeros(too_many))
     with pytest.raises(ValueError, match="0..255"):
         image_set(np.full((1, 4), 256), [0])
     with pytest.raises(ValueError, match="labels"):

@@ -250,8 +250,13 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     UART lines placed and routed; the flash image holds the images and the model; the report
     gives the engine's share, its cycles per image and the lines the board must print."""
     from hw.engine import engine_cycles
-    from sw.board import (IMAGES_OFFSET, default_images, expected_inference, image_set,
-                          inference_lines)
+    from sw.board import (
+        IMAGES_OFFSET,
+        default_images,
+        expected_inference,
+        image_set,
+        inference_lines,
+    )
     from sw.container import read_container
 
     out = tmp_path / "out"
@@ -272,7 +277,8 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     program = read_container(model).program
     assert report["cycles_per_image"] == engine_cycles(program, 1)
     engine = report["engine"]
-    assert engine["module"].endswith("engine") and 0 < engine["luts"] < report["resources"]["luts"]["used"]
+    assert engine["module"].endswith("engine")
+    assert 0 < engine["luts"] < report["resources"]["luts"]["used"]
     assert "engine share" in captured.out and "image lines" in captured.out
 
 

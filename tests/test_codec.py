@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sw import fastcodec
-from sw.codec import (DecodeError, FrequencyTable, decode_reference, encode_reference,
-                      entropy_bits)
+from sw.codec import DecodeError, FrequencyTable, decode_reference, encode_reference, entropy_bits
 from sw.format import Status
 from sw.params import CodecParams
 
 
 def round_trip(sections, params):
     """Encode with both coders, check they agree, decode with both, return the fast payloads."""
-    tables = [(s, FrequencyTable.from_counts(np.bincount(s, minlength=levels), params.precision_bits))
+    tables = [(s, FrequencyTable.from_counts(np.bincount(s, minlength=levels),
+                                             params.precision_bits))
               for s, levels in sections]
     states, payloads = encode_reference(tables, params)
     fast_states, fast_payloads = fastcodec.encode(tables, params)

@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw.container import (CodedTensor, ContainerError, MappedTensor, RawTensor,
-                          estimated_section_size, parse, read_container, write_container)
+from sw.container import (
+    CodedTensor,
+    ContainerError,
+    MappedTensor,
+    RawTensor,
+    estimated_section_size,
+    parse,
+    read_container,
+    write_container,
+)
 from sw.format import MAGIC, SectionKind, Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
@@ -106,7 +114,8 @@ def read_status(data, params=None):
 
 @pytest.fixture(scope="module")
 def small():
-    tensors = [CodedTensor("a", np.random.default_rng(2).choice(3, size=(6, 5), p=[.2, .6, .2]), 3, 1),
+    tensors = [CodedTensor("a", np.random.default_rng(2).choice(3, size=(6, 5), p=[.2, .6, .2]),
+                           3, 1),
                RawTensor("b", np.ones(3, np.float16)),
                CodedTensor("c", np.array([[1, 0], [2, 2]]), 3, 1)]
     return write_container(tensors, CodecParams(state_count=4))
@@ -141,7 +150,8 @@ def test_decoder_parameters_must_match(small):
 
 
 def rewrite(data: bytes, offset: int, fmt: str, *values) -> bytes:
-    """``data`` with a field replaced and every CRC made right again, as a malicious writer would."""
+    """``data`` with a field replaced and every CRC made right again, as a malicious writer
+    would."""
     data = bytearray(data)
     struct.pack_into("<" + fmt, data, offset, *values)
     state_count = struct.unpack_from("<H", data, 12)[0]

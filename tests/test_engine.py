@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sw.container import CodedTensor, read_container, write_container
-from sw.engine import (BoundNetwork, infer, infer_float, infer_reference, quantize_images,
-                       requantize)
+from sw.engine import BoundNetwork, infer, infer_float, infer_reference, quantize_images, requantize
 from sw.lower import Layer, lower, order_tensors
 from sw.program import Op, Opcode, ValueType
 from tests.test_program import small_network

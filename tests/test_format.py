@@ -28,7 +28,8 @@ def test_worked_example():
     coder_states = list(states)
     for j, k, before, slot, symbol, _, word, after in rows:
         j, k = int(j), int(k)
-        assert k == j % 2 and int(before, 16) == coder_states[k] and int(slot) == coder_states[k] % 16
+        assert k == j % 2 and int(before, 16) == coder_states[k]
+        assert int(slot) == coder_states[k] % 16
         # One step of state k alone: a one-state coder over a one-symbol section.
         state = [coder_states[k]]
         decoded, used = decode_section_reference(

@@ -29,8 +29,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.cases import (corner_tensors, corrupt, header_fields, mapped_container,
-                       programmed_container, random_container, set_field)
+from sim.cases import (
+    corner_tensors,
+    corrupt,
+    header_fields,
+    mapped_container,
+    programmed_container,
+    random_container,
+    set_field,
+)
 from sw.container import ContainerError, parse, write_container
 from sw.format import Status
 from sw.golden import golden_decode

@@ -1,13 +1,19 @@
 """Signature tests of the decoder components: ports, shapes, layouts, parameter checks."""
 
 import pytest
-from amaranth import unsigned, signed
+from amaranth import signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.crc import Crc32Word
-from hw.decoder import (PIPELINE_DEPTH, ProgramWord, StatusLayout, WeightBatch, WeightDecoder,
-                        port_signals)
+from hw.decoder import (
+    PIPELINE_DEPTH,
+    ProgramWord,
+    StatusLayout,
+    WeightBatch,
+    WeightDecoder,
+    port_signals,
+)
 from hw.tables import SymbolTables
 from hw.wordbuf import WordBuffer
 from sw.params import CodecParams

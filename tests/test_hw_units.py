@@ -21,8 +21,15 @@ from hw.decoder import WeightDecoder
 from hw.onehot import OneHotMachine
 from hw.tables import LOOKUP_LATENCY, SymbolTables, bucket_shift, popcount
 from hw.wordbuf import WordBuffer
-from sim.cases import (corner_tensors, corrupt, mapped_container, program_container,
-                       programmed_container, random_container, uniform)
+from sim.cases import (
+    corner_tensors,
+    corrupt,
+    mapped_container,
+    program_container,
+    programmed_container,
+    random_container,
+    uniform,
+)
 from sim.pysim import run_pysim, words_of
 from sw.codec import FrequencyTable
 from sw.container import CodedTensor, RawTensor, write_container
@@ -568,6 +575,7 @@ def with_section(container: bytes, section: bytes, index: int, params=CodecParam
     """``container`` with ``section`` inserted as section ``index``: section_count and the
     header CRC follow."""
     import struct
+
     from sw.container import parse
     start = 20 + 4 * params.state_count
     start += sum(info.size for info in parse(container, params).sections[:index])

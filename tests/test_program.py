@@ -7,13 +7,18 @@ import zlib
 import numpy as np
 import pytest
 
-from sw.container import (PROGRAM_NAME, CodedTensor, ContainerError, RawTensor, read_container,
-                          write_container)
+from sw.container import (
+    PROGRAM_NAME,
+    CodedTensor,
+    ContainerError,
+    RawTensor,
+    read_container,
+    write_container,
+)
 from sw.format import Status
 from sw.golden import golden_decode
 from sw.lower import Layer, lower, order_tensors
-from sw.program import (HEADER_WORDS, NO_SKIP, OP_WORDS, Op, Opcode, Program, ProgramError,
-                        ValueType)
+from sw.program import HEADER_WORDS, NO_SKIP, OP_WORDS, Op, Opcode, Program, ProgramError, ValueType
 
 
 def small_network(rng=None, skip=True):

@@ -6,8 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from sim import decode
-from sim import testbench
+from sim import decode, testbench
 from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.params import CodecParams

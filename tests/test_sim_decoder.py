@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 
 from hw.decoder import PIPELINE_DEPTH
-from sim.cases import (corner_tensors, corrupt, mapped_container, program_container, quantized,
-                       random_container, skewed, uniform)
+from sim.cases import (
+    corner_tensors,
+    corrupt,
+    mapped_container,
+    program_container,
+    quantized,
+    random_container,
+    skewed,
+    uniform,
+)
 from sim.testbench import Case, run_cases
-from sw.container import CodedTensor, RawTensor, write_container
+from sw.container import RawTensor, write_container
 from sw.format import Status
 from sw.golden import golden_decode
 from sw.params import CodecParams

@@ -12,11 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.cases import corner_tensors, random_container
-from sw import fastcodec
 from sw.board import expected_report
-from sw.codec import (FrequencyTable, PayloadExhausted, decode_section_chunked,
-                      decode_section_reference, encode_reference)
-from sw.container import CodedTensor, ContainerError, parse, read_container, write_container
+from sw.codec import (
+    FrequencyTable,
+    PayloadExhausted,
+    decode_section_chunked,
+    decode_section_reference,
+    encode_reference,
+)
+from sw.container import CodedTensor, ContainerError, parse, write_container
 from sw.format import MAX_SECTION_SYMBOLS, Status
 from sw.golden import golden_decode
 from sw.params import CodecParams

@@ -12,8 +12,7 @@ from sw import quant
 from sw.container import read_container
 from sw.data import digits
 from sw.models import build_model
-from sw.train import (Dist, TensorData, evaluate, file_rates, load_decoded, train_float,
-                      train_qat)
+from sw.train import Dist, TensorData, evaluate, file_rates, load_decoded, train_float, train_qat
 
 # 6 bits/weight: the tiny model's 4,968 weights carry a 374-byte program (0.6 bits/weight)
 TINY = ["--model", "digits-tiny", "--epochs", "2", "--qat-epochs", "6", "--target-bpw", "6"]

@@ -80,7 +80,8 @@ def measure(symbols_by_layer, levels, params, repeats):
     container = read_container(write_container(tensors, params))
     payload_bits = 8 * sum(info.payload_bytes for info in container.sections)
     table_bits = 8 * sum(info.table_bytes for info in container.sections)
-    header_bits = 8 * (container.file_header_bytes + sum(i.header_bytes for i in container.sections))
+    header_bits = 8 * (container.file_header_bytes
+                       + sum(i.header_bytes for i in container.sections))
     row = {
         "count": count, "entropy": entropy / count, "payload": payload_bits / count,
         "file": 8 * container.size / count, "tables": table_bits / count,
@@ -197,8 +198,10 @@ def main(argv) -> int:
         overhead = 100 * (row["tables"] + row["headers"]) / row["file"]
         print(f"{levels:>6} {row['entropy']:8.4f} {row['payload']:8.4f} "
               f"{row['payload'] / row['entropy']:8.5f} {row['tables']:7.4f} {row['headers']:8.4f} "
-              f"{row['file']:7.4f} {overhead:8.3f} {row['encode']:9.1f} {row['decode']:9.1f}   {peers}")
-    print("\nbits per weight; 'payload' excludes the 32 K-bit initial states, counted in 'headers'; "
+              f"{row['file']:7.4f} {overhead:8.3f} {row['encode']:9.1f} "
+              f"{row['decode']:9.1f}   {peers}")
+    print("\nbits per weight; 'payload' excludes the 32 K-bit initial states, counted in "
+          "'headers'; "
           "peers code the same symbols (zstd and xz as one byte per weight).")
     verify, numpy_import, size = startup_seconds()
     print(f"start-up: python -m sw verify of a {size}-byte file {verify:.2f} s, "

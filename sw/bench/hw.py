@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         res = report["resources"]
         clock = min(report["clocks"].values(), key=lambda c: c["fmax_mhz"])
         lcs = res["logic_cells"]
-        print(f"{design:<8} {report['lanes']:>5} {lcs['used']:>5} ({100 * lcs['used'] / lcs['available']:3.0f}%)"
+        share = 100 * lcs["used"] / lcs["available"]
+        print(f"{design:<8} {report['lanes']:>5} {lcs['used']:>5} ({share:3.0f}%)"
               f" {res['luts']['used']:>5} {res['ffs']['used']:>5} {res['dsp']['used']:>4} "
               f"{res['ebr']['used']:>5} {clock['fmax_mhz']:>9.2f} "
               f"{'yes' if report['timing_met'] else 'no':>4} {report['placement_seed']:>7} "

@@ -20,8 +20,7 @@ from .. import compress, quant
 from ..container import CodedTensor, RawTensor, write_container
 from ..data import digits
 from ..models import build_model, fold_batchnorm, weight_count
-from ..train import (Dist, TensorData, evaluate, file_rates, load_decoded, train_float,
-                     train_qat)
+from ..train import Dist, TensorData, evaluate, file_rates, load_decoded, train_float, train_qat
 
 TARGETS = (0.5, 0.8, 1.2, 2.0, 4.0)
 
@@ -184,7 +183,7 @@ def plot(results, path) -> None:
     plt.close(figure)
 
 
-# -- MNIST-1D: every method on data that can tell them apart -----------------------------------------
+# -- MNIST-1D: every method on data that can tell them apart -------------------------------------
 
 #: budgets of PTQ (data-free and calibrated) on MNIST-1D
 MNIST1D_PTQ_TARGETS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -443,7 +442,7 @@ def plot_mnist1d(results, path) -> None:
     plt.close(figure)
 
 
-# -- a transformer-sized state dict: time, memory and budget of compress -----------------------------
+# -- a transformer-sized state dict: time, memory and budget of compress -------------------------
 
 def synthetic_transformer(seed: int = 0, d: int = 512, ff: int = 2048, vocab: int = 16000,
                           layers: int = 6) -> dict:
@@ -484,6 +483,7 @@ def main_transformer(args) -> int:
     import resource
     import subprocess
     import sys
+
     from safetensors.numpy import save_file
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,13 @@
 
 import numpy as np
 
-from ..container import (CodedTensor, MappedTensor, RawTensor, estimated_section_size,
-                         write_container)
+from ..container import (
+    CodedTensor,
+    MappedTensor,
+    RawTensor,
+    estimated_section_size,
+    write_container,
+)
 from ..params import CodecParams
 from ..tensorio import load_tensors
 from . import add_params_arguments, params_from

@@ -1,10 +1,8 @@
-import numpy as np
 
 from ..codec import entropy_bits
 from ..container import CodedTensor, MappedTensor
 from ..format import SectionKind
 from . import read_file, read_with_progress
-
 
 
 def add_arguments(parser):
@@ -72,12 +70,14 @@ def run(args) -> int:
               f"decoder refuses these): {shown}{more}")
     print(f"weights {weights}, other parameters {container.parameter_count - weights}")
     print(f"bytes: payload {payload}, tables {tables}, headers {headers}, raw tensors {raw}, "
-          f"total {container.size}; headers+tables {100 * (headers + tables) / container.size:.2f} %")
+          f"total {container.size}; "
+          f"headers+tables {100 * (headers + tables) / container.size:.2f} %")
     if container.program is not None:
         print_program(container)
     if weights:
         print(f"entropy {entropy_total / weights:.4f} bits/weight, payload "
-              f"{8 * payload / weights:.4f} ({100 * (8 * payload / max(entropy_total, 1e-12) - 1):+.3f} %), "
+              f"{8 * payload / weights:.4f} "
+              f"({100 * (8 * payload / max(entropy_total, 1e-12) - 1):+.3f} %), "
               f"weights only {container.bits_per_weight(weights_only=True):.4f}, "
               f"whole model {container.bits_per_weight():.4f} bits/weight")
     return 0
