@@ -65,6 +65,7 @@ def run_cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(tmp_path, model):
     source, coded = tmp_path / "m.npz", tmp_path / "m.sbit"
     np.savez(source, **model)

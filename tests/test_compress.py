@@ -80,6 +80,7 @@ def test_allocation_respects_budget_and_improves_with_it():
         compress.allocate(layers, 10.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.8, 2.0, 4.0])
 def test_budget_is_a_ceiling_met_within_a_thousandth(mlp_state, target, tmp_path):
     path, state = mlp_state
@@ -110,6 +111,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_table_and_report(mlp_state, tmp_path):
     path, state = mlp_state
     out, report = tmp_path / "m.sbit", tmp_path / "r.json"
@@ -132,6 +134,7 @@ def test_cli_table_and_report(mlp_state, tmp_path):
     (["{model}", "--target-bpw", 0.01], "below the fixed cost"),
     (["{model}", "--target-bpw", 2, "--bias-levels", 4], "must be odd"),
 ])
+@pytest.mark.slow
 def test_cli_errors_are_one_line(mlp_state, tmp_path, args, message):
     path, _ = mlp_state
     done = run_cli(*[str(a).format(model=path) for a in args], "-o", tmp_path / "x.sbit")
@@ -140,6 +143,7 @@ def test_cli_errors_are_one_line(mlp_state, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_cli_fold_and_evaluate(tmp_path):
     """A model with BatchNorm is folded first, then compressed; both accuracies reported."""
     from sw.models import build_model
@@ -165,6 +169,7 @@ def test_cli_fold_and_evaluate(tmp_path):
     assert figures["accuracy_float"] == figures["accuracy"]
 
 
+@pytest.mark.slow
 def test_cli_unfolded_model_gets_no_program(tmp_path):
     """A state dict still holding BatchNorm cannot lower: the file is written without a
     program and the reason is one line."""
@@ -177,6 +182,7 @@ def test_cli_unfolded_model_gets_no_program(tmp_path):
     assert read_container(out.read_bytes()).program is None
 
 
+@pytest.mark.slow
 def test_non_finite_weights_named(mlp_state, tmp_path):
     _, state = mlp_state
     broken = dict(state)
@@ -216,6 +222,7 @@ def test_per_channel_steps_chosen_where_rows_differ():
     assert rows["scaled"]["per_channel"] and not rows["alike"]["per_channel"]
 
 
+@pytest.mark.slow
 def test_cli_calibrated_builtin(tmp_path):
     """--calibration builtin: GPTQ and bias correction on the model's own training inputs."""
     from sw.models import build_model

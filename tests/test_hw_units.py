@@ -373,6 +373,7 @@ def test_worked_example(lanes):
     assert len(result.transfers) == 12 // lanes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lanes, stall", [(1, 0.0), (4, 0.3), (8, 0.5)])
 def test_corner_sections(lanes, stall):
     params = CodecParams()
@@ -382,12 +383,14 @@ def test_corner_sections(lanes, stall):
 
 @pytest.mark.parametrize("precision, states, lanes", [(12, 24, 3), (8, 1, 1), (15, 8, 2),
                                                        (8, 16, 4), (11, 4, 4)])
+@pytest.mark.slow
 def test_parameter_variants(precision, states, lanes):
     params = CodecParams(precision_bits=precision, state_count=states)
     container, _ = random_container(precision * states, params, sections=3, max_size=150)
     check_against_golden(container, params, lanes, stall_in=0.2, stall_out=0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lanes", [2, 4])
 def test_starved_input_replays(lanes):
     """A source that delivers a word one cycle in eight leaves steps short of words at the
@@ -402,6 +405,7 @@ def test_starved_input_replays(lanes):
                          max_cycles=200_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 def test_damaged_containers(seed):
     rng = np.random.default_rng(100 + seed)
@@ -419,6 +423,7 @@ def test_parameter_mismatch():
     assert result.status == Status.PARAM_MISMATCH
 
 
+@pytest.mark.slow
 def test_after_error_input_drains_and_after_done_it_stops():
     params = CodecParams()
     good = write_container([CodedTensor("w", np.arange(40) % 3, 3, 1)], params)
@@ -526,6 +531,7 @@ def with_header_crc(data: bytes, state_count: int = 32) -> bytes:
 
 @pytest.mark.parametrize("name, data, status", list(field_cases()),
                          ids=[c[0] for c in field_cases()])
+@pytest.mark.slow
 def test_each_check(name, data, status):
     params = CodecParams()
     assert golden_decode(data, params).status == status
@@ -592,6 +598,7 @@ def golden_program(container, params):
 
 @pytest.mark.parametrize("which, lanes, stall", [("small", 2, 0.0), ("small", 4, 0.4),
                                                  ("mlp", 4, 0.3), ("mlp", 1, 0.6)])
+@pytest.mark.slow
 def test_program_words(which, lanes, stall):
     """Every data word of the PROGRAM section leaves on ``program``, once, in order, with
     ``last`` on the final one only, under stalls of the input and of ``weights.ready``; the
@@ -609,6 +616,7 @@ def test_program_words(which, lanes, stall):
     assert len(expected) == {"small": 6 + 3 * 20 + 1 + 1, "mlp": 116}[which]
 
 
+@pytest.mark.slow
 def test_program_word_latency():
     """A program word leaves two cycles after its input handshake (it is taken from the input
     register a cycle later, and registered), valid for that one cycle, and its payload is the
@@ -678,6 +686,7 @@ def test_program_odd_length_patched():
     assert result.program[-1] == (words[-1] & 0xFF, 1, 1)
 
 
+@pytest.mark.slow
 def test_empty_program_and_program_elsewhere():
     """A PROGRAM section with data_bytes = 0 gives no word; one that is not the first section
     (a rule of the engine, docs/INFERENCE.md, not of the decoder) gives its words all the

@@ -47,6 +47,7 @@ def test_digits_model_has_many_weights_per_channel():
     assert 200_000 <= weight_count(folded) <= 500_000 and weight_count(folded) > 300 * biases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_imagenet_resnets_quantize_and_round_trip(name):
     """Random weights and inputs: quantize, export, decode, load, same outputs bit for bit."""

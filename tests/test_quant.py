@@ -156,6 +156,7 @@ def tiny_quantized(seed=0, per_channel=False):
     return quant.quantize_model(fold_batchnorm(model), per_channel, bits=2.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_export_decode_load_is_exact(per_channel):
     qmodel = tiny_quantized(per_channel=per_channel)

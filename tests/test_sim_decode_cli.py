@@ -11,7 +11,8 @@ from sw.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.params import CodecParams
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# simulations of the decoder's Verilog: the slow tier
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from sw.format import Status
 from sw.golden import golden_decode
 from sw.params import CodecParams
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# simulations of the decoder's Verilog: the slow tier
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 def model(rng, params, weights, layers=4, levels=3, sigma=0.35):

@@ -15,6 +15,7 @@ PORTS = {"clk": ("i", 1), "rst": ("i", 1), "stop": ("i", 1), "region": ("i", 1),
          "exhausted": ("o", 1)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quad", [True, False], ids=["quad", "single"])
 def test_reader_against_flash_model(quad, tmp_path):
     reader = SPIFlashReader(offsets=(OFFSET, SECOND_OFFSET), max_bytes=MAX_BYTES, clk_freq=50e6,

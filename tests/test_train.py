@@ -60,6 +60,7 @@ def check_run(done, out, report, processes):
     return figures
 
 
+@pytest.mark.slow
 def test_train_one_process(tmp_path):
     out, report, baseline = tmp_path / "t.sbit", tmp_path / "r.json", tmp_path / "b.pt"
     done = run_train(*TINY, "--out", out, "--report", report, "--save-baseline", baseline)
@@ -71,6 +72,7 @@ def test_train_one_process(tmp_path):
     assert json.loads(report.read_text())["float_accuracy"] == first["float_accuracy"]
 
 
+@pytest.mark.slow
 def test_train_ddp_two_processes(tmp_path):
     out, report = tmp_path / "t.sbit", tmp_path / "r.json"
     check_run(run_train(*TINY, "--out", out, "--report", report, processes=2), out, report, 2)
@@ -81,6 +83,7 @@ def test_train_ddp_two_processes(tmp_path):
     (["--model", "digits-tiny", "--target-bpw", "1"], "below the fixed overhead"),
     (["--target-bpw", "0"], "must be positive"),
 ])
+@pytest.mark.slow
 def test_train_errors_are_one_line(tmp_path, args, message):
     done = run_train(*args, "--out", tmp_path / "x.sbit")
     assert done.returncode != 0
@@ -88,6 +91,7 @@ def test_train_errors_are_one_line(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_qat_meets_a_rate_it_has_to_reach():
     """The multiplier must bring the whole file from above the target to it."""
     threads = torch.get_num_threads()
@@ -118,6 +122,7 @@ def check_qat_meets_rate():
     assert file_rates(container)["bits_per_weight"] <= 4.0 * 1.02
 
 
+@pytest.mark.slow
 def test_mnist1d_trains_on_its_own_data(tmp_path):
     """MNIST-1D's sequences, not random images; no integer program (1 x k kernels)."""
     out, report = tmp_path / "m.sbit", tmp_path / "r.json"
