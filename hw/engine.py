@@ -46,6 +46,19 @@ _RECORD = {
 }
 
 
+def _above(x, bound: int):
+    """``x > bound`` for an unsigned ``x`` and a constant: some bit of ``x`` is 1 where the
+    bound's is 0, and the bits above it are equal. Yosys makes a carry chain of a comparison
+    with a constant (a logic cell a bit with its LUT unused); this is LUTs only."""
+    if bound < 0:
+        return Const(1, 1)
+    terms = [x[i] & (x[i + 1:] == (bound >> (i + 1)))
+             for i in range(len(x)) if not (bound >> i) & 1]
+    if bound >> len(x):
+        return Const(0, 1)
+    return Cat(*terms).any() if terms else Const(0, 1)
+
+
 def engine_cycles(program, lanes: int = 1) -> int:
     """The ``cycles`` :class:`InferenceEngine` reports for one image of ``program`` (a
     :class:`sw.program.Program`) when the pixels and the weights are never late: the cycles from
@@ -246,12 +259,15 @@ class InferenceEngine(wiring.Component):
 
         # The bound of the section being consumed: a section that ends early
         # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
-        # |value| > bound, as two comparisons side by side instead of a negation followed by a
-        # comparison (that chain was on the critical path)
+        # |value| > bound as one 16-bit comparison: with x = value ^ sign (|value| - 1 when
+        # negative, 15 bits), |value| > bound is x >= bound when negative and x > bound when
+        # not, i.e. 2x + sign > 2 bound. (Two signed comparisons and a negated bound register
+        # cost ~110 LC; a negation in front of the comparison was on the critical path.)
         bound = Signal(15)
-        negative_bound = Signal(signed(16))
         out_of_bound = Signal()
-        m.d.comb += out_of_bound.eq((value > bound) | (value < negative_bound))
+        value_sign = value[15]
+        m.d.comb += out_of_bound.eq(
+            Cat(value_sign, value[:15] ^ value_sign.replicate(15)) > Cat(Const(0, 1), bound))
 
         # -- the program and the current operation -------------------------------------------
         program_count = Signal(range(self.program_words + 1))
@@ -455,7 +471,6 @@ class InferenceEngine(wiring.Component):
             m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
                          on_last_channel.eq(~last_channel.any()),
                          ky.eq(0), kx.eq(0), bound.eq(weight_bound),
-                         negative_bound.eq(-weight_bound),
                          weight_start.eq(input_address + first_offset)]
 
         # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
@@ -477,18 +492,18 @@ class InferenceEngine(wiring.Component):
         positions_over = Signal()        # `multiplied` > max_positions (H'*W' in DECODE)
         image_beyond = Signal()          # the image's end, cursor + C*H*W, beyond the memory
         m.d.sync += [
-            word_wide.eq(word[SZ:].any()), word_beyond.eq(word >= self.memory_words),
-            word_over_channels.eq(word > self.max_channels),
+            word_wide.eq(word[SZ:].any()), word_beyond.eq(_above(word, self.memory_words - 1)),
+            word_over_channels.eq(_above(word, self.max_channels)),
             product_wide.eq(multiplied[16:].any()),
-            positions_over.eq(multiplied > self.max_positions),
+            positions_over.eq(_above(multiplied, self.max_positions)),
             image_beyond.eq(multiplied[SZ:].any() |
-                            (cursor + multiplied[:SZ] > self.memory_words)),
+                            _above(cursor + multiplied[:SZ], self.memory_words)),
         ]
         # An output is checked as it is written: its address has a bit more than the memory's,
         # and a write at or beyond memory_words is refused (a product of the output's size at
         # the record cost 110 LCs).
         output_beyond = Signal()
-        m.d.sync += output_beyond.eq(output_address >= self.memory_words)
+        m.d.sync += output_beyond.eq(_above(output_address, self.memory_words - 1))
 
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
@@ -604,7 +619,7 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += weight_bound.eq(word)
                     with m.Case(14):
                         # the bias bound, for the section taken first
-                        m.d.sync += [bound.eq(word), negative_bound.eq(-word[:15])]
+                        m.d.sync += bound.eq(word)
                     with m.Case(15):
                         m.d.sync += shift.eq(word)
                     with m.Case(16):
@@ -677,7 +692,10 @@ class InferenceEngine(wiring.Component):
                     fail(Status.BAD_PROGRAM)
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
-                inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+                # row and column run from -pad to at most H and W (kernel 1 or 3, stride 1 or
+                # 2): beyond the input is -1, H or W, tests of a sign and of equality instead of
+                # two carry chains (~45 LC)
+                inside = ~row[-1] & (row != height) & ~column[-1] & (column != width)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
                              s1_weight.eq(Mux(inside, weight, 0))]
                 step = Mux(stride2, 2, 1)
