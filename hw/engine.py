@@ -387,7 +387,9 @@ class InferenceEngine(wiring.Component):
         b_negative = Signal()
         op_a = Signal(16)
         op_b = Signal(16)
-        multiplied = Signal(32)
+        # no reset (it is a product every cycle): Yosys then keeps it in the SB_MAC16's output
+        # register, not in 32 flip-flops of their own (fed from the DSP, each took a logic cell)
+        multiplied = Signal(32, reset_less=True)
         negative_2 = Signal()            # the sign of the product in op_a x op_b
         negative_3 = Signal()            # ... of the product in `multiplied`
         m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
