@@ -371,12 +371,11 @@ class InferenceEngine(wiring.Component):
                          accumulator_write.en.eq(1)]
         m.d.sync += s1_valid.eq(0)
 
-        # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered in and out ------
-        # Every product but the MAC's goes through it: the header's and DECODE's sizes, and
-        # the requantization's terms, each a 16x16 product of magnitudes with a sign and an
-        # offset of 0 or 16 bits. What the state names (a_src, b_src) is registered every
-        # cycle, then its magnitude (when *_signed), then the product: three cycles. (The
-        # magnitude's carry chain right behind the state's multiplexer made 30 MHz.)
+        # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
+        # Its terms are each a 16x16 product of magnitudes with a sign and an offset of 0 or 16
+        # bits. What RQ's step names (a_src, b_src) is registered every cycle, then its
+        # magnitude (when *_signed), then the product: three cycles. (The magnitude's carry
+        # chain right behind the state's multiplexer made 30 MHz.)
         a_src = Signal(16)
         a_signed = Signal()
         b_src = Signal(16)
@@ -398,6 +397,23 @@ class InferenceEngine(wiring.Component):
                      op_b.eq(Mux(b_negative, -b_reg, b_reg)),
                      negative_2.eq(a_negative ^ b_negative),
                      multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
+
+        # -- the sizes' 16x16 unsigned multiplier (another SB_MAC16) -------------------------
+        # The header's C*H and C*H*W, DECODE's H*W, H'*W' and C*H*W: the operands are chosen
+        # by `fetch` alone (below the FSM), registered, registered again in the DSP, and the
+        # product is the DSP's output register: three cycles, as the other's. Sharing one
+        # multiplier with the requantization made its operands 8-way multiplexers behind the
+        # states' decoding (~300 LUTs); a DSP of the UP5K's 8 costs no logic cell.
+        size_a_src = Signal(16)
+        size_b_src = Signal(16)
+        size_a = Signal(16)
+        size_b = Signal(16)
+        size_a_dsp = Signal(16, reset_less=True)   # no reset: the DSP's input registers
+        size_b_dsp = Signal(16, reset_less=True)
+        sizes = Signal(32, reset_less=True)
+        m.d.sync += [size_a.eq(size_a_src), size_b.eq(size_b_src),
+                     size_a_dsp.eq(size_a), size_b_dsp.eq(size_b),
+                     sizes.eq(size_a_dsp * size_b_dsp)]
 
         # -- requantization: one accumulating adder ------------------------------------------
         # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
@@ -490,16 +506,16 @@ class InferenceEngine(wiring.Component):
         word_wide = Signal()             # the word does not fit a size register
         word_beyond = Signal()           # ... is not an address of the memory
         word_over_channels = Signal()
-        product_wide = Signal()          # `multiplied` >= 2**16 (C*H in the header)
-        positions_over = Signal()        # `multiplied` > max_positions (H'*W' in DECODE)
+        product_wide = Signal()          # `sizes` >= 2**16 (C*H in the header)
+        positions_over = Signal()        # `sizes` > max_positions (H'*W' in DECODE)
         image_beyond = Signal()          # the image's end, cursor + C*H*W, beyond the memory
         m.d.sync += [
             word_wide.eq(word[SZ:].any()), word_beyond.eq(_above(word, self.memory_words - 1)),
             word_over_channels.eq(_above(word, self.max_channels)),
-            product_wide.eq(multiplied[16:].any()),
-            positions_over.eq(_above(multiplied, self.max_positions)),
-            image_beyond.eq(multiplied[SZ:].any() |
-                            _above(cursor + multiplied[:SZ], self.memory_words)),
+            product_wide.eq(sizes[16:].any()),
+            positions_over.eq(_above(sizes, self.max_positions)),
+            image_beyond.eq(sizes[SZ:].any() |
+                            _above(cursor + sizes[:SZ], self.memory_words)),
         ]
         # An output is checked as it is written: its address has a bit more than the memory's,
         # and a write at or beyond memory_words is refused (a product of the output's size at
@@ -549,7 +565,6 @@ class InferenceEngine(wiring.Component):
                     with m.Case(2):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(3):
-                        m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
                         check(word_wide)                      # C
                     with m.Case(4):
                         m.d.sync += width.eq(word)
@@ -557,13 +572,12 @@ class InferenceEngine(wiring.Component):
                         check(word_wide)                      # W
                     with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
-                        m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
-                        m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
+                        m.d.sync += [size_carry.eq(sizes[16] & width[0]),
                                      cursor.eq(word)]
                     with m.Case(7):
                         check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
-                        m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
+                        m.d.sync += channels_left.eq((sizes + (size_carry << 16)) - 1)
                     with m.Case(10):
                         check(image_beyond)
                         m.next = "PIXELS"
@@ -640,7 +654,6 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [fetch.eq(fetch + 1), cursor.eq(input_address), pool_sum.eq(0)]
                 with m.Switch(fetch):
                     with m.Case(0):
-                        m.d.comb += [a_src.eq(height), b_src.eq(width)]
                         m.d.sync += [
                             first_offset.eq(Mux(pad, -(width + 1), 0)),
                             row_back.eq(width - (kernel - 1)),
@@ -649,20 +662,17 @@ class InferenceEngine(wiring.Component):
                             position.eq(0),
                         ]
                         first_out_channel()
-                    with m.Case(1):
-                        m.d.comb += [a_src.eq(out_height), b_src.eq(out_width)]
                     with m.Case(3):
-                        m.d.comb += [a_src.eq(in_channels), b_src.eq(multiplied[:16])]
-                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, sizes))
                     with m.Case(4):
                         m.d.sync += [
-                            last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
+                            last_position.eq(Mux(is_pool, channel_stride, sizes) - 1),
                             channel_step.eq(channel_stride - kernel_span),
                         ]
                     with m.Case(5):
                         check(positions_over)                 # H'*W'
                 with m.If(fetch == 6):
-                    m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
+                    m.d.sync += last_channel.eq(Mux(is_linear, sizes, in_channels) - 1)
                     with m.If(is_pool):
                         m.next = "POOL"
                     with m.Elif(has_bias):
@@ -860,6 +870,20 @@ class InferenceEngine(wiring.Component):
         with m.If(error):
             # whatever state the FSM is in: take and drop the pixels too, answer nothing
             m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
+
+        # -- the sizes' operands, by the step: products of other steps and states are not read
+        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1, C*(H*W)
+        # at 3 (a product arrives three steps after its operands are chosen).
+        with m.Switch(fetch):
+            with m.Case(0):
+                m.d.comb += [size_a_src.eq(height), size_b_src.eq(width)]
+            with m.Case(1):
+                m.d.comb += [size_a_src.eq(out_height), size_b_src.eq(out_width)]
+            with m.Case(3):
+                m.d.comb += [size_a_src.eq(in_channels),
+                             size_b_src.eq(Mux(fsm.ongoing("HEADER"), word, sizes[:16]))]
+            with m.Case(6):
+                m.d.comb += [size_a_src.eq(width), size_b_src.eq(sizes[:16])]
 
         # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
         # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
