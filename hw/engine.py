@@ -22,6 +22,7 @@ from sw.format import Status
 from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 
 from .decoder import ProgramWord, WeightBatch
+from .dsp import Counter32
 from .spram import SinglePortRam
 
 __all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine", "engine_cycles"]
@@ -219,10 +220,11 @@ class InferenceEngine(wiring.Component):
         busy = Signal()
         m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
                      self.status.busy.eq(busy & ~error)]
-        # also the answer's count: it stops with busy, so the prediction needs no copy
-        cycles = Signal(32)
-        with m.If(busy):
-            m.d.sync += cycles.eq(cycles + 1)
+        # also the answer's count: it stops with busy, so the prediction needs no copy. In an
+        # SB_MAC16 on iCE40 (hw/dsp.py): in logic it took ~33 logic cells. Cleared in PROGRAM.
+        m.submodules.cycle_counter = cycle_counter = Counter32()
+        cycles = cycle_counter.count
+        m.d.comb += cycle_counter.enable.eq(busy)
 
         # -- the weight stream, one value at a time ------------------------------------------
         batch = Signal(WeightBatch(N))
@@ -441,8 +443,7 @@ class InferenceEngine(wiring.Component):
         shifting = Signal()
         rq_last = Signal()               # the position requantized is the channel's last
         clamped_value = Signal(16)       # the value RQ_WRITE made, written the next cycle
-        write_pending = Signal()
-        write_address = Signal(AW)
+        write_pending = Signal()         # ... at output_address, which then steps
         m.d.sync += write_pending.eq(0)
         placed = Signal(48)
         m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
@@ -538,7 +539,8 @@ class InferenceEngine(wiring.Component):
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
                 # unconditional: behind the word's tests they were a long enable chain
-                m.d.sync += [fetch.eq(0), cycles.eq(0), program_cursor.eq(0)]
+                m.d.sync += [fetch.eq(0), program_cursor.eq(0)]
+                m.d.comb += cycle_counter.clear.eq(1)
                 with m.If(value_valid):
                     # a coded section before the program: the program is not the first
                     # section (docs/INFERENCE.md, rule 5)
@@ -558,7 +560,6 @@ class InferenceEngine(wiring.Component):
             with m.State("HEADER"):
                 # word f - 1 of the header is read at fetch f; C*H*W on the multiplier
                 m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
-                size_carry = Signal()    # bit 16 of C*H times bit 0 of W: bit 16 of C*H*W
                 with m.Switch(fetch):
                     with m.Case(1):
                         m.d.sync += last_op.eq(word[:8] - 1)
@@ -572,12 +573,13 @@ class InferenceEngine(wiring.Component):
                         check(word_wide)                      # W
                     with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
-                        m.d.sync += [size_carry.eq(sizes[16] & width[0]),
-                                     cursor.eq(word)]
+                        m.d.sync += cursor.eq(word)
                     with m.Case(7):
                         check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
-                        m.d.sync += channels_left.eq((sizes + (size_carry << 16)) - 1)
+                        # C*H*W - 1 modulo 2**AW (AW <= 16: bits from 16 up, where C*H's
+                        # 17th bit would carry, do not reach the register)
+                        m.d.sync += channels_left.eq(sizes[:AW] - 1)
                     with m.Case(10):
                         check(image_beyond)
                         m.next = "PIXELS"
@@ -785,8 +787,7 @@ class InferenceEngine(wiring.Component):
                 # first cycle). The output and the skip tensor are walked in address order,
                 # channel after channel: two counters instead of sums of addresses.
                 m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
-                             write_address.eq(output_address),
-                             position.eq(position + 1), output_address.eq(output_address + 1),
+                             position.eq(position + 1),
                              skip_cursor.eq(skip_cursor + 1)]
                 with m.If(rq_last):
                     next_out_channel()
@@ -832,7 +833,11 @@ class InferenceEngine(wiring.Component):
                                                (single_multiplier & ~is_pool))]
                 # the last output is (classes, 1, 1), just written, ending at
                 # output_address: scanned from its start (unconditional, as in DECODE)
-                m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
+                # after RQ_WRITE this is the write's cycle: output_address steps only at its
+                # end, hence + write_pending (as a carry-in: output_address + ~last + carry)
+                m.d.sync += [cursor.eq((Cat(Const(1, 1), output_address[:AW]) +
+                                        Cat(write_pending,
+                                            ~Cat(last_out_channel, Const(0, max(0, AW - CW)))))[1:]),
                              argmax_valid.eq(0), argmax_end.eq(0)]
                 with m.If(op_index == last_op):
                     first_out_channel()
@@ -887,8 +892,11 @@ class InferenceEngine(wiring.Component):
 
         # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
         # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
+        # (it writes at output_address and steps it, rather than keep the address in a register
+        # of its own: 13 flip-flops fed from a register, a logic cell each)
         with m.If(write_pending):
-            m.d.comb += [address.eq(write_address), activation_write_data.eq(clamped_value),
+            m.d.sync += output_address.eq(output_address + 1)
+            m.d.comb += [address.eq(output_address), activation_write_data.eq(clamped_value),
                          activation_write_en.eq(1)]
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
