@@ -306,8 +306,9 @@ class InferenceEngine(wiring.Component):
         weight_bound = Signal(15)
         shift = Signal(6)
         skip_shift = Signal(5)
-        b_low = Signal(16)               # bias_multiplier B, two words
-        b_high = Signal(16)
+        # bias_multiplier B stays in the program RAM, read as A is (two words here cost 32
+        # flip-flops fed from the RAM, a logic cell each, and a wider operand multiplexer)
+        b_address = Signal(range(self.program_words + 1))   # of its low word
 
         # Loop bounds of the current operation, made ready in DECODE, and the counters. Each
         # loop's end is a flag set with its counter (on_last_*), so that no comparison of a
@@ -447,8 +448,11 @@ class InferenceEngine(wiring.Component):
         m.d.sync += write_pending.eq(0)
         placed = Signal(48)
         m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
-        addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
-        carry_in = Mux(add_one, 1, negative_3)
+        # When add_one is set no term is in flight: `multiplied` is 0 (RQ's steps 5-7 and the
+        # shifts set no operands) and negative_3 is 0, so the +1 is the carry-in alone (gating
+        # the addend with add_one made 5-input functions: 2 LUTs a bit)
+        addend = Mux(negative_3, ~placed, placed)
+        carry_in = add_one | negative_3
         # the carry-in as a low bit of both operands: one adder for +-placed and +1
         summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
         with m.If(term_3 | add_one):
@@ -531,6 +535,10 @@ class InferenceEngine(wiring.Component):
         load_weight = Signal()
         pad = kernel >> 1
         m.d.comb += bias_read.addr.eq(out_channel)
+        # One adder steps the cursor in PIXELS, MAC, POOL and ARGMAX: stride2 is 0 but in a
+        # convolution's MAC (NEXT clears it, and a pool's record sets it to 0). Apart, the
+        # MAC's `+ step` and the others' `+ 1` were two adders (~13 LC).
+        cursor_step = cursor + Mux(stride2, 2, 1)
         out_height = Mux(is_conv, Mux(stride2, (height + 1) >> 1, height), 1)
         out_width = Mux(is_conv, Mux(stride2, (width + 1) >> 1, width), 1)
 
@@ -577,10 +585,12 @@ class InferenceEngine(wiring.Component):
                     with m.Case(7):
                         check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
-                        # C*H*W - 1 modulo 2**AW (AW <= 16: bits from 16 up, where C*H's
-                        # 17th bit would carry, do not reach the register)
-                        m.d.sync += channels_left.eq(sizes[:AW] - 1)
+                        # C*H*W modulo 2**AW (AW <= 16: bits from 16 up, where C*H's 17th
+                        # bit would carry, do not reach the register), less 1 at the next
+                        # step with the pixels' decrement (an adder of its own cost ~13 LC)
+                        m.d.sync += channels_left.eq(sizes[:AW])
                     with m.Case(10):
+                        m.d.sync += channels_left.eq(channels_left - 1)
                         check(image_beyond)
                         m.next = "PIXELS"
             # ---- the image ----
@@ -589,7 +599,7 @@ class InferenceEngine(wiring.Component):
                 with m.If(self.pixels.valid):
                     m.d.comb += [activation_write_data.eq(self.pixels.payload),
                                  activation_write_en.eq(1)]
-                    m.d.sync += [cursor.eq(cursor + 1), channels_left.eq(channels_left - 1)]
+                    m.d.sync += [cursor.eq(cursor_step), channels_left.eq(channels_left - 1)]
                     with m.If(channels_left == 0):
                         m.d.sync += [op_index.eq(0), fetch.eq(0),
                                      program_cursor.eq(HEADER_WORDS)]
@@ -641,11 +651,8 @@ class InferenceEngine(wiring.Component):
                     with m.Case(15):
                         m.d.sync += shift.eq(word)
                     with m.Case(16):
-                        m.d.sync += skip_shift.eq(word)
-                    with m.Case(17):
-                        m.d.sync += b_low.eq(word)
-                    with m.Case(18):
-                        m.d.sync += b_high.eq(word)
+                        # the cursor stands on B's low word (record word 16)
+                        m.d.sync += [skip_shift.eq(word), b_address.eq(program_cursor)]
                     with m.Case(OP_WORDS):
                         m.d.sync += [single_multiplier.eq(word == 1), fetch.eq(0)]
                         m.next = "DECODE"
@@ -734,7 +741,7 @@ class InferenceEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [ox_left.eq(ox_left - 1), column.eq(column + step),
                                  on_last_ox.eq(ox_left == 1),
-                                 cursor.eq(cursor + step)]
+                                 cursor.eq(cursor_step)]
                 with m.If(fault):   # last, so that it decides the next state
                     fail(Status.BAD_PROGRAM)
             # ---- requantize the channel's accumulators, one position at a time ----
@@ -748,16 +755,17 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += address.eq(skip_cursor)
                 m.d.sync += [rq_step.eq(rq_step << 1),
                              rq_last.eq(position == last_position)]
+                # B's low word is on the program RAM's output at step 0, its high word at
+                # step 1, A from step 2 (the address, below the FSM)
                 with m.If(rq_step[0]):
-                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
                                  add_term.eq(1)]
                     m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
                 with m.If(rq_step[1]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
-                                 b_src.eq(b_high), b_signed.eq(1), add_term.eq(1),
+                                 b_src.eq(word), b_signed.eq(1), add_term.eq(1),
                                  term_high.eq(1)]
                 with m.If(rq_step[2]):
-                    # A stays on the program RAM's output for the whole channel
                     m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
                 with m.If(rq_step[3]):
                     m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
@@ -808,7 +816,7 @@ class InferenceEngine(wiring.Component):
                 # added and the cursor stays on the next plane.
                 m.d.sync += pool_end.eq(position == last_position)
                 with m.If(~pool_end):
-                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
+                    m.d.sync += [cursor.eq(cursor_step), position.eq(position + 1)]
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
                 with m.If(pool_end):
@@ -828,16 +836,16 @@ class InferenceEngine(wiring.Component):
             # ---- the next operation, or the answer ----
             with m.State("NEXT"):
                 # the program cursor stands on the last multiplier read (a pool has none)
-                m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
+                m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0), stride2.eq(0),
                              program_cursor.eq(program_cursor +
                                                (single_multiplier & ~is_pool))]
                 # the last output is (classes, 1, 1), just written, ending at
                 # output_address: scanned from its start (unconditional, as in DECODE)
                 # after RQ_WRITE this is the write's cycle: output_address steps only at its
                 # end, hence + write_pending (as a carry-in: output_address + ~last + carry)
+                last_inverted = ~Cat(last_out_channel, Const(0, max(0, AW - CW)))
                 m.d.sync += [cursor.eq((Cat(Const(1, 1), output_address[:AW]) +
-                                        Cat(write_pending,
-                                            ~Cat(last_out_channel, Const(0, max(0, AW - CW)))))[1:]),
+                                        Cat(write_pending, last_inverted))[1:]),
                              argmax_valid.eq(0), argmax_end.eq(0)]
                 with m.If(op_index == last_op):
                     first_out_channel()
@@ -846,7 +854,7 @@ class InferenceEngine(wiring.Component):
                     m.next = "FETCH"
             with m.State("ARGMAX"):
                 # argmax_end: the value arriving is the last (out_channel was the last read)
-                m.d.sync += [cursor.eq(cursor + 1), argmax_label.eq(out_channel),
+                m.d.sync += [cursor.eq(cursor_step), argmax_label.eq(out_channel),
                              argmax_valid.eq(1), argmax_end.eq(on_last_out_channel)]
                 next_out_channel()
                 with m.If(argmax_valid):
@@ -875,6 +883,14 @@ class InferenceEngine(wiring.Component):
         with m.If(error):
             # whatever state the FSM is in: take and drop the pixels too, answer nothing
             m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
+
+        # -- the program RAM's address: B for the requantization's first two steps -----------
+        # Its low word is read in MAC and RQ_WRITE (the cycles before RQ's first step; neither
+        # reads the RAM), its high word in step 0; otherwise the cursor (A from step 1 on).
+        with m.If(fsm.ongoing("MAC") | fsm.ongoing("RQ_WRITE")):
+            m.d.comb += program_read.addr.eq(b_address)
+        with m.Elif(rq_step[0]):
+            m.d.comb += program_read.addr.eq(b_address + 1)
 
         # -- the sizes' operands, by the step: products of other steps and states are not read
         # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1, C*(H*W)
