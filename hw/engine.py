@@ -300,11 +300,14 @@ class InferenceEngine(wiring.Component):
         width = Signal(SZ)               # positions are 0 only: H and W never exclude them)
         kernel = Signal(2)               # 1 for a linear layer: a 1x1 conv over C*H*W channels
         last_out_channel = Signal(CW)
-        input_address = Signal(AW)
+        # the input's address is loaded into the cursor (FETCH leaves it alone; DECODE keeps it
+        # for a pool's first plane), and what the channels need of it is kept as weight_origin:
+        # a register of its own, fed from the RAM, took a logic cell a bit
+        weight_origin = Signal(AW)       # input_address + first_offset
         output_address = Signal(AW + 1)  # output address of the next value written
         skip_cursor = Signal(AW)         # skip address of the value being requantized
         weight_bound = Signal(15)
-        shift = Signal(6)
+        shift = Signal(6)                # S - 1
         skip_shift = Signal(5)
         # bias_multiplier B stays in the program RAM, read as A is (two words here cost 32
         # flip-flops fed from the RAM, a logic cell each, and a wider operand multiplexer)
@@ -494,7 +497,7 @@ class InferenceEngine(wiring.Component):
             m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
                          on_last_channel.eq(~last_channel.any()),
                          ky.eq(0), kx.eq(0), bound.eq(weight_bound),
-                         weight_start.eq(input_address + first_offset)]
+                         weight_start.eq(weight_origin)]
 
         # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
         # more than max_channels output channels or max_positions output positions, or a field
@@ -635,7 +638,7 @@ class InferenceEngine(wiring.Component):
                     with m.Case(8):
                         m.d.sync += stride2.eq(is_conv & (word == 2))
                     with m.Case(9):
-                        m.d.sync += input_address.eq(word)
+                        m.d.sync += cursor.eq(word)               # input_address
                     with m.Case(10):
                         m.d.sync += output_address.eq(word)
                     with m.Case(11):
@@ -649,7 +652,7 @@ class InferenceEngine(wiring.Component):
                         # the bias bound, for the section taken first
                         m.d.sync += bound.eq(word)
                     with m.Case(15):
-                        m.d.sync += shift.eq(word)
+                        m.d.sync += shift.eq(word - 1)            # S - 1, the shifts
                     with m.Case(16):
                         # the cursor stands on B's low word (record word 16)
                         m.d.sync += [skip_shift.eq(word), b_address.eq(program_cursor)]
@@ -659,8 +662,8 @@ class InferenceEngine(wiring.Component):
             with m.State("DECODE"):
                 # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
                 # fetch counts the steps
-                # a pool's first plane (unconditional: the cursor's enable was critical)
-                m.d.sync += [fetch.eq(fetch + 1), cursor.eq(input_address), pool_sum.eq(0)]
+                # the cursor stays on the input (FETCH loaded it): a pool's first plane
+                m.d.sync += [fetch.eq(fetch + 1), pool_sum.eq(0)]
                 with m.Switch(fetch):
                     with m.Case(0):
                         m.d.sync += [
@@ -671,6 +674,8 @@ class InferenceEngine(wiring.Component):
                             position.eq(0),
                         ]
                         first_out_channel()
+                    with m.Case(1):
+                        m.d.sync += weight_origin.eq(cursor + first_offset)
                     with m.Case(3):
                         m.d.sync += channel_stride.eq(Mux(is_linear, 1, sizes))
                     with m.Case(4):
@@ -760,7 +765,7 @@ class InferenceEngine(wiring.Component):
                 with m.If(rq_step[0]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
                                  add_term.eq(1)]
-                    m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
+                    m.d.sync += [total.eq(0), shift_count.eq(shift)]
                 with m.If(rq_step[1]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
                                  b_src.eq(word), b_signed.eq(1), add_term.eq(1),
