@@ -280,6 +280,9 @@ class InferenceEngine(wiring.Component):
         # RAM, not kept), stepping a word a channel when each channel has its own.
         program_cursor = Signal(range(self.program_words + 1))
         m.d.comb += program_read.addr.eq(program_cursor)
+        # one adder steps it: by 1, or in NEXT by 0 or 1 (two adders cost ~8 LC)
+        program_increment = Signal(init=1)
+        program_next = program_cursor + program_increment
         word = program_read.data
         fetch = Signal(range(OP_WORDS + 1))
 
@@ -303,7 +306,9 @@ class InferenceEngine(wiring.Component):
         # the input's address is loaded into the cursor (FETCH leaves it alone; DECODE keeps it
         # for a pool's first plane), and what the channels need of it is kept as weight_origin:
         # a register of its own, fed from the RAM, took a logic cell a bit
-        weight_origin = Signal(AW)       # input_address + first_offset
+        # input_address - (pad * width + pad): (0, 0) of a plane's first weight; -(width + 1)
+        # is ~width, no adder (as a register of its own it cost ~20 LC)
+        weight_origin = Signal(AW)
         output_address = Signal(AW + 1)  # output address of the next value written
         skip_cursor = Signal(AW)         # skip address of the value being requantized
         weight_bound = Signal(15)
@@ -345,7 +350,6 @@ class InferenceEngine(wiring.Component):
         # stepped as (kx, ky, channel) advance by per-operation constants. Addresses are
         # modulo the memory: what wraps below 0 is padding, never read.
         weight_start = Signal(AW)
-        first_offset = Signal(AW)        # -(pad * width + pad): (0, 0) of a plane's first
         row_back = Signal(AW)            # width - (kernel - 1): kx back to 0, ky + 1
         kernel_span = Signal(AW)         # (kernel - 1) * (width + 1)
         channel_step = Signal(AW)        # channel_stride - kernel_span: the next plane
@@ -558,7 +562,7 @@ class InferenceEngine(wiring.Component):
                     fail(Status.BAD_PROGRAM)
                 with m.Elif(self.program.valid):
                     m.d.comb += [program_write.data.eq(self.program.payload.word),
-                                 program_write.en.eq(program_count < self.program_words)]
+                                 program_write.en.eq(~_above(program_count, self.program_words - 1))]
                     m.d.sync += program_count.eq(program_count + 1)
                     with m.If(program_count == self.program_words):
                         fail(Status.BAD_PROGRAM)   # longer than this engine holds
@@ -570,7 +574,7 @@ class InferenceEngine(wiring.Component):
                             m.next = "HEADER"
             with m.State("HEADER"):
                 # word f - 1 of the header is read at fetch f; C*H*W on the multiplier
-                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
+                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_next)]
                 with m.Switch(fetch):
                     with m.Case(1):
                         m.d.sync += last_op.eq(word[:8] - 1)
@@ -610,8 +614,8 @@ class InferenceEngine(wiring.Component):
             # ---- the next operation's record: word f - 1 at fetch f ----
             with m.State("FETCH"):
                 # the cursor stops on the record's first multiplier
-                with m.If(fetch < OP_WORDS):
-                    m.d.sync += program_cursor.eq(program_cursor + 1)
+                with m.If(~_above(fetch, OP_WORDS - 1)):
+                    m.d.sync += program_cursor.eq(program_next)
                 m.d.sync += fetch.eq(fetch + 1)
                 with m.Switch(fetch):
                     with m.Case(1):
@@ -667,7 +671,6 @@ class InferenceEngine(wiring.Component):
                 with m.Switch(fetch):
                     with m.Case(0):
                         m.d.sync += [
-                            first_offset.eq(Mux(pad, -(width + 1), 0)),
                             row_back.eq(width - (kernel - 1)),
                             kernel_span.eq(Mux(kernel == 3, (width + 1) << 1, 0)),
                             last_ox.eq(out_width - 1), last_oy.eq(out_height - 1),
@@ -675,7 +678,7 @@ class InferenceEngine(wiring.Component):
                         ]
                         first_out_channel()
                     with m.Case(1):
-                        m.d.sync += weight_origin.eq(cursor + first_offset)
+                        m.d.sync += weight_origin.eq(cursor + Mux(pad, ~width[:AW], 0))
                     with m.Case(3):
                         m.d.sync += channel_stride.eq(Mux(is_linear, 1, sizes))
                     with m.Case(4):
@@ -805,7 +808,7 @@ class InferenceEngine(wiring.Component):
                 with m.If(rq_last):
                     next_out_channel()
                     with m.If(~single_multiplier):
-                        m.d.sync += program_cursor.eq(program_cursor + 1)   # the next A
+                        m.d.sync += program_cursor.eq(program_next)   # the next A
                     with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
@@ -841,9 +844,9 @@ class InferenceEngine(wiring.Component):
             # ---- the next operation, or the answer ----
             with m.State("NEXT"):
                 # the program cursor stands on the last multiplier read (a pool has none)
+                m.d.comb += program_increment.eq(single_multiplier & ~is_pool)
                 m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0), stride2.eq(0),
-                             program_cursor.eq(program_cursor +
-                                               (single_multiplier & ~is_pool))]
+                             program_cursor.eq(program_next)]
                 # the last output is (classes, 1, 1), just written, ending at
                 # output_address: scanned from its start (unconditional, as in DECODE)
                 # after RQ_WRITE this is the write's cycle: output_address steps only at its
