@@ -119,7 +119,8 @@ def _check(cycles: int = 70000, seed: int = 1) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "both.v").write_text(verilog.convert(Both(), name="both"))
-        lines = ["`timescale 1ns/1ps", "module tb;", "reg clk = 0, rst = 1, clear = 0, enable = 0;",
+        lines = ["`timescale 1ns/1ps", "module tb;",
+                 "reg clk = 0, rst = 1, clear = 0, enable = 0;",
                  "wire [31:0] d, l;",
                  "both dut(.clk(clk), .rst(rst), .clear(clear), .enable(enable), "
                  ".dsp_count(d), .logic_count(l));",
@@ -133,8 +134,9 @@ def _check(cycles: int = 70000, seed: int = 1) -> None:
                              "$display(\"MISMATCH %h %h\", d, l); end")
         lines += ["$display(\"done bad=%0d last=%0d\", bad, l);", "$finish;", "end", "endmodule"]
         (tmp / "tb.v").write_text("\n".join(lines))
-        subprocess.run(["iverilog", "-g2012", "-o", str(tmp / "sim"), "-DNO_ICE40_DEFAULT_ASSIGNMENTS",
-                        str(tmp / "tb.v"), str(tmp / "both.v"), str(cells)], check=True)
+        subprocess.run(["iverilog", "-g2012", "-o", str(tmp / "sim"),
+                        "-DNO_ICE40_DEFAULT_ASSIGNMENTS", str(tmp / "tb.v"), str(tmp / "both.v"),
+                        str(cells)], check=True)
         out = subprocess.run(["vvp", str(tmp / "sim")], check=True, capture_output=True,
                              text=True).stdout
     print(out.strip().splitlines()[-1])

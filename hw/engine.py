@@ -10,7 +10,9 @@ one layer and the activations are stored.
 
 This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
 cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
-several output positions of the same weight at once.
+several output positions of the same weight at once. On the UP5K (the board's memories, 1 lane)
+it takes 2,300 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the
+requantization's terms, the cycle counter), about 33 MHz (docs/INFERENCE.md).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -123,9 +125,10 @@ class InferenceEngine(wiring.Component):
         A program with a tensor past it is refused with ``BAD_PROGRAM``.
     program_words : int
         Program RAM; a longer program is refused with ``BAD_PROGRAM``. The defaults of this
-        and the next two are what the UP5K build keeps in 8 block RAMs (512 x 16: 2,
-        512 x 16: 2, 512 x 32: 4), beside the decoder's 14: the digits ResNet needs 237
-        program words, 128 channels and 64 positions.
+        and the next two take 8 block RAMs (512 x 16: 2, 512 x 16: 2, 512 x 32: 4); the board
+        builds 256, 128 and 64 (:data:`sw.board.ENGINE_MEMORIES`, 4 block RAMs and ~50 logic
+        cells fewer): the digits ResNet needs 237 program words, 128 channels and 64
+        positions.
     max_channels : int
         Output channels of one operation (its biases are kept); more are ``BAD_PROGRAM``.
     max_positions : int
@@ -273,8 +276,9 @@ class InferenceEngine(wiring.Component):
 
         # -- the program and the current operation -------------------------------------------
         program_count = Signal(range(self.program_words + 1))
-        last_op = Signal(8)              # op_count - 1
-        op_index = Signal(8)
+        # operations still to run, this one included: counting down, no index beside a bound
+        # (the op count modulo 256, as an index against op_count - 1 was)
+        ops_left = Signal(8)
         # The program RAM's read address, a counter: the header and a record are read word
         # after word, then it stays on the current channel's multiplier (A is read from the
         # RAM, not kept), stepping a word a channel when each channel has its own.
@@ -562,7 +566,8 @@ class InferenceEngine(wiring.Component):
                     fail(Status.BAD_PROGRAM)
                 with m.Elif(self.program.valid):
                     m.d.comb += [program_write.data.eq(self.program.payload.word),
-                                 program_write.en.eq(~_above(program_count, self.program_words - 1))]
+                                 program_write.en.eq(
+                                     ~_above(program_count, self.program_words - 1))]
                     m.d.sync += program_count.eq(program_count + 1)
                     with m.If(program_count == self.program_words):
                         fail(Status.BAD_PROGRAM)   # longer than this engine holds
@@ -577,7 +582,7 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_next)]
                 with m.Switch(fetch):
                     with m.Case(1):
-                        m.d.sync += last_op.eq(word[:8] - 1)
+                        m.d.sync += ops_left.eq(word[:8])
                     with m.Case(2):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(3):
@@ -608,7 +613,7 @@ class InferenceEngine(wiring.Component):
                                  activation_write_en.eq(1)]
                     m.d.sync += [cursor.eq(cursor_step), channels_left.eq(channels_left - 1)]
                     with m.If(channels_left == 0):
-                        m.d.sync += [op_index.eq(0), fetch.eq(0),
+                        m.d.sync += [fetch.eq(0),
                                      program_cursor.eq(HEADER_WORDS)]
                         m.next = "FETCH"
             # ---- the next operation's record: word f - 1 at fetch f ----
@@ -755,7 +760,9 @@ class InferenceEngine(wiring.Component):
             # ---- requantize the channel's accumulators, one position at a time ----
             # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
             # outputs; each term's operands are set three cycles before it is added.
-            bias_value = Mux(has_bias, bias_read.data, 0)
+            # Without a bias or a skip input their terms are not added (add_term), rather than
+            # zeroed in the operand's multiplexer (~20 LUTs)
+            bias_value = bias_read.data
             accumulator = accumulator_read.data
             with m.State("RQ"):
                 # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
@@ -767,11 +774,11 @@ class InferenceEngine(wiring.Component):
                 # step 1, A from step 2 (the address, below the FSM)
                 with m.If(rq_step[0]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
-                                 add_term.eq(1)]
+                                 add_term.eq(has_bias)]
                     m.d.sync += [total.eq(0), shift_count.eq(shift)]
                 with m.If(rq_step[1]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
-                                 b_src.eq(word), b_signed.eq(1), add_term.eq(1),
+                                 b_src.eq(word), b_signed.eq(1), add_term.eq(has_bias),
                                  term_high.eq(1)]
                 with m.If(rq_step[2]):
                     m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
@@ -779,9 +786,9 @@ class InferenceEngine(wiring.Component):
                     m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
                                  add_term.eq(1), term_high.eq(1)]
                 with m.If(rq_step[4]):
-                    m.d.comb += [a_src.eq(Mux(has_skip, activation_read_data, 0)),
+                    m.d.comb += [a_src.eq(activation_read_data),
                                  a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
-                                 add_term.eq(1), term_high.eq(skip_shift[4])]
+                                 add_term.eq(has_skip), term_high.eq(skip_shift[4])]
                 with m.If(rq_step[7]):
                     # the last term is added this cycle
                     m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
@@ -845,7 +852,7 @@ class InferenceEngine(wiring.Component):
             with m.State("NEXT"):
                 # the program cursor stands on the last multiplier read (a pool has none)
                 m.d.comb += program_increment.eq(single_multiplier & ~is_pool)
-                m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0), stride2.eq(0),
+                m.d.sync += [ops_left.eq(ops_left - 1), fetch.eq(0), stride2.eq(0),
                              program_cursor.eq(program_next)]
                 # the last output is (classes, 1, 1), just written, ending at
                 # output_address: scanned from its start (unconditional, as in DECODE)
@@ -855,7 +862,7 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [cursor.eq((Cat(Const(1, 1), output_address[:AW]) +
                                         Cat(write_pending, last_inverted))[1:]),
                              argmax_valid.eq(0), argmax_end.eq(0)]
-                with m.If(op_index == last_op):
+                with m.If(ops_left == 1):
                     first_out_channel()
                     m.next = "ARGMAX"
                 with m.Else():
