@@ -357,8 +357,12 @@ class InferenceEngine(wiring.Component):
         row_back = Signal(AW)            # width - (kernel - 1): kx back to 0, ky + 1
         kernel_span = Signal(AW)         # (kernel - 1) * (width + 1)
         channel_step = Signal(AW)        # channel_stride - kernel_span: the next plane
-        row = Signal(signed(SZ + 1))     # input row of (oy, ky)
-        column = Signal(signed(SZ + 1))  # input column of (ox, kx)
+        # input row of (oy, ky) and column of (ox, kx): from -1 to 2 H' - 1 at most (stride 2,
+        # kernel 3), and H' <= max_positions where a MAC runs (DECODE refuses more): as wide as
+        # that needs, not as the memory (15 bits a register and an adder cost ~20 LC)
+        RW = min(SZ + 1, (2 * self.max_positions).bit_length() + 1)
+        row = Signal(signed(RW))
+        column = Signal(signed(RW))
         column_start = Signal(signed(2))  # kx - pad of the weight being applied
         row_address = Signal(AW)         # where the current output row's reads start
         # The checks of a value BIAS or WEIGHT takes, acted on the next cycle: between the
