@@ -11,7 +11,7 @@ one layer and the activations are stored.
 This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
 cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
 several output positions of the same weight at once. On the UP5K (the board's memories, 1 lane)
-it takes 2,300 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the
+it takes 2,271 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the
 requantization's terms, the cycle counter), about 33 MHz (docs/INFERENCE.md).
 """
 
