@@ -304,7 +304,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
     :data:`DEFAULT_LANES`. ``decoder_only`` builds the board's decoder harness instead
     (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
     decoder's own resources and Fmax, no flash image. ``engine_only`` builds the inference
-    engine's harness likewise (:class:`boards.icebreaker.EngineHarness`, iCE40 only; report
+    engine's harness likewise (:class:`boards.icebreaker.EngineHarness` with the board's
+    :data:`sw.board.ENGINE_MEMORIES`, iCE40 only; report
     ``"design": "engine"``). ``frequency`` (Hz) defaults to the board's
     :data:`DEFAULT_FREQUENCY_MHZ`. With ``seeds`` above 1, a placement that misses timing is
     tried again with other nextpnr seeds, up to ``seeds`` placements in all, and the fastest is
@@ -387,7 +388,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         if decoder_only:
             top = DecoderHarness(params, lanes, frequency=frequency)
         elif engine_only:
-            top = EngineHarness(lanes, frequency=frequency)
+            # the board's engine: the memories the inference system builds
+            from sw.board import ENGINE_MEMORIES
+            top = EngineHarness(lanes, frequency=frequency, **ENGINE_MEMORIES)
         else:
             top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad,
                                 inference=inference, wide_crc=wide_crc)
@@ -578,7 +581,8 @@ def main(argv=None) -> int:
                              "resources and Fmax; no flash image)")
     parser.add_argument("--engine-only", action="store_true",
                         help="build the inference engine alone in a measurement harness "
-                             "(iCEBreaker; its own resources and Fmax; no flash image)")
+                             "(iCEBreaker, sw.board.ENGINE_MEMORIES; its own resources and "
+                             "Fmax; no flash image)")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="when timing is missed, place and route again with other nextpnr "
                              "seeds, up to N placements in all, and keep the fastest "

@@ -10,7 +10,9 @@ one layer and the activations are stored.
 
 This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
 cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
-several output positions of the same weight at once.
+several output positions of the same weight at once. On the UP5K (the board's memories, 1 lane)
+it takes 2,271 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the
+requantization's terms, the cycle counter), about 33 MHz (docs/INFERENCE.md).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -22,6 +24,7 @@ from sw.format import Status
 from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 
 from .decoder import ProgramWord, WeightBatch
+from .dsp import Counter32
 from .spram import SinglePortRam
 
 __all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine", "engine_cycles"]
@@ -44,6 +47,19 @@ _RECORD = {
     "skip_address": 10, "flags": 11, "weight_bound": 12, "bias_bound": 13, "shift": 14,
     "skip_shift": 15, "bias_low": 16, "bias_high": 17, "multiplier_count": 19,
 }
+
+
+def _above(x, bound: int):
+    """``x > bound`` for an unsigned ``x`` and a constant: some bit of ``x`` is 1 where the
+    bound's is 0, and the bits above it are equal. Yosys makes a carry chain of a comparison
+    with a constant (a logic cell a bit with its LUT unused); this is LUTs only."""
+    if bound < 0:
+        return Const(1, 1)
+    terms = [x[i] & (x[i + 1:] == (bound >> (i + 1)))
+             for i in range(len(x)) if not (bound >> i) & 1]
+    if bound >> len(x):
+        return Const(0, 1)
+    return Cat(*terms).any() if terms else Const(0, 1)
 
 
 def engine_cycles(program, lanes: int = 1) -> int:
@@ -109,9 +125,10 @@ class InferenceEngine(wiring.Component):
         A program with a tensor past it is refused with ``BAD_PROGRAM``.
     program_words : int
         Program RAM; a longer program is refused with ``BAD_PROGRAM``. The defaults of this
-        and the next two are what the UP5K build keeps in 8 block RAMs (512 x 16: 2,
-        512 x 16: 2, 512 x 32: 4), beside the decoder's 14: the digits ResNet needs 237
-        program words, 128 channels and 64 positions.
+        and the next two take 8 block RAMs (512 x 16: 2, 512 x 16: 2, 512 x 32: 4); the board
+        builds 256, 128 and 64 (:data:`sw.board.ENGINE_MEMORIES`, 4 block RAMs and ~50 logic
+        cells fewer): the digits ResNet needs 237 program words, 128 channels and 64
+        positions.
     max_channels : int
         Output channels of one operation (its biases are kept); more are ``BAD_PROGRAM``.
     max_positions : int
@@ -206,10 +223,11 @@ class InferenceEngine(wiring.Component):
         busy = Signal()
         m.d.comb += [self.status.error.eq(error), self.status.code.eq(code),
                      self.status.busy.eq(busy & ~error)]
-        # also the answer's count: it stops with busy, so the prediction needs no copy
-        cycles = Signal(32)
-        with m.If(busy):
-            m.d.sync += cycles.eq(cycles + 1)
+        # also the answer's count: it stops with busy, so the prediction needs no copy. In an
+        # SB_MAC16 on iCE40 (hw/dsp.py): in logic it took ~33 logic cells. Cleared in PROGRAM.
+        m.submodules.cycle_counter = cycle_counter = Counter32()
+        cycles = cycle_counter.count
+        m.d.comb += cycle_counter.enable.eq(busy)
 
         # -- the weight stream, one value at a time ------------------------------------------
         batch = Signal(WeightBatch(N))
@@ -246,22 +264,29 @@ class InferenceEngine(wiring.Component):
 
         # The bound of the section being consumed: a section that ends early
         # or late, or holds a value beyond its bound, is refused (docs/INFERENCE.md, rule 6).
-        # |value| > bound, as two comparisons side by side instead of a negation followed by a
-        # comparison (that chain was on the critical path)
+        # |value| > bound as one 16-bit comparison: with x = value ^ sign (|value| - 1 when
+        # negative, 15 bits), |value| > bound is x >= bound when negative and x > bound when
+        # not, i.e. 2x + sign > 2 bound. (Two signed comparisons and a negated bound register
+        # cost ~110 LC; a negation in front of the comparison was on the critical path.)
         bound = Signal(15)
-        negative_bound = Signal(signed(16))
         out_of_bound = Signal()
-        m.d.comb += out_of_bound.eq((value > bound) | (value < negative_bound))
+        value_sign = value[15]
+        m.d.comb += out_of_bound.eq(
+            Cat(value_sign, value[:15] ^ value_sign.replicate(15)) > Cat(Const(0, 1), bound))
 
         # -- the program and the current operation -------------------------------------------
         program_count = Signal(range(self.program_words + 1))
-        last_op = Signal(8)              # op_count - 1
-        op_index = Signal(8)
+        # operations still to run, this one included: counting down, no index beside a bound
+        # (the op count modulo 256, as an index against op_count - 1 was)
+        ops_left = Signal(8)
         # The program RAM's read address, a counter: the header and a record are read word
         # after word, then it stays on the current channel's multiplier (A is read from the
         # RAM, not kept), stepping a word a channel when each channel has its own.
         program_cursor = Signal(range(self.program_words + 1))
         m.d.comb += program_read.addr.eq(program_cursor)
+        # one adder steps it: by 1, or in NEXT by 0 or 1 (two adders cost ~8 LC)
+        program_increment = Signal(init=1)
+        program_next = program_cursor + program_increment
         word = program_read.data
         fetch = Signal(range(OP_WORDS + 1))
 
@@ -282,14 +307,20 @@ class InferenceEngine(wiring.Component):
         width = Signal(SZ)               # positions are 0 only: H and W never exclude them)
         kernel = Signal(2)               # 1 for a linear layer: a 1x1 conv over C*H*W channels
         last_out_channel = Signal(CW)
-        input_address = Signal(AW)
+        # the input's address is loaded into the cursor (FETCH leaves it alone; DECODE keeps it
+        # for a pool's first plane), and what the channels need of it is kept as weight_origin:
+        # a register of its own, fed from the RAM, took a logic cell a bit
+        # input_address - (pad * width + pad): (0, 0) of a plane's first weight; -(width + 1)
+        # is ~width, no adder (as a register of its own it cost ~20 LC)
+        weight_origin = Signal(AW)
         output_address = Signal(AW + 1)  # output address of the next value written
         skip_cursor = Signal(AW)         # skip address of the value being requantized
         weight_bound = Signal(15)
-        shift = Signal(6)
+        shift = Signal(6)                # S - 1
         skip_shift = Signal(5)
-        b_low = Signal(16)               # bias_multiplier B, two words
-        b_high = Signal(16)
+        # bias_multiplier B stays in the program RAM, read as A is (two words here cost 32
+        # flip-flops fed from the RAM, a logic cell each, and a wider operand multiplexer)
+        b_address = Signal(range(self.program_words + 1))   # of its low word
 
         # Loop bounds of the current operation, made ready in DECODE, and the counters. Each
         # loop's end is a flag set with its counter (on_last_*), so that no comparison of a
@@ -323,12 +354,15 @@ class InferenceEngine(wiring.Component):
         # stepped as (kx, ky, channel) advance by per-operation constants. Addresses are
         # modulo the memory: what wraps below 0 is padding, never read.
         weight_start = Signal(AW)
-        first_offset = Signal(AW)        # -(pad * width + pad): (0, 0) of a plane's first
         row_back = Signal(AW)            # width - (kernel - 1): kx back to 0, ky + 1
         kernel_span = Signal(AW)         # (kernel - 1) * (width + 1)
         channel_step = Signal(AW)        # channel_stride - kernel_span: the next plane
-        row = Signal(signed(SZ + 1))     # input row of (oy, ky)
-        column = Signal(signed(SZ + 1))  # input column of (ox, kx)
+        # input row of (oy, ky) and column of (ox, kx): from -1 to 2 H' - 1 at most (stride 2,
+        # kernel 3), and H' <= max_positions where a MAC runs (DECODE refuses more): as wide as
+        # that needs, not as the memory (15 bits a register and an adder cost ~20 LC)
+        RW = min(SZ + 1, (2 * self.max_positions).bit_length() + 1)
+        row = Signal(signed(RW))
+        column = Signal(signed(RW))
         column_start = Signal(signed(2))  # kx - pad of the weight being applied
         row_address = Signal(AW)         # where the current output row's reads start
         # The checks of a value BIAS or WEIGHT takes, acted on the next cycle: between the
@@ -355,12 +389,11 @@ class InferenceEngine(wiring.Component):
                          accumulator_write.en.eq(1)]
         m.d.sync += s1_valid.eq(0)
 
-        # -- one shared 16x16 unsigned multiplier (one SB_MAC16), registered in and out ------
-        # Every product but the MAC's goes through it: the header's and DECODE's sizes, and
-        # the requantization's terms, each a 16x16 product of magnitudes with a sign and an
-        # offset of 0 or 16 bits. What the state names (a_src, b_src) is registered every
-        # cycle, then its magnitude (when *_signed), then the product: three cycles. (The
-        # magnitude's carry chain right behind the state's multiplexer made 30 MHz.)
+        # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
+        # Its terms are each a 16x16 product of magnitudes with a sign and an offset of 0 or 16
+        # bits. What RQ's step names (a_src, b_src) is registered every cycle, then its
+        # magnitude (when *_signed), then the product: three cycles. (The magnitude's carry
+        # chain right behind the state's multiplexer made 30 MHz.)
         a_src = Signal(16)
         a_signed = Signal()
         b_src = Signal(16)
@@ -371,7 +404,9 @@ class InferenceEngine(wiring.Component):
         b_negative = Signal()
         op_a = Signal(16)
         op_b = Signal(16)
-        multiplied = Signal(32)
+        # no reset (it is a product every cycle): Yosys then keeps it in the SB_MAC16's output
+        # register, not in 32 flip-flops of their own (fed from the DSP, each took a logic cell)
+        multiplied = Signal(32, reset_less=True)
         negative_2 = Signal()            # the sign of the product in op_a x op_b
         negative_3 = Signal()            # ... of the product in `multiplied`
         m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
@@ -380,6 +415,23 @@ class InferenceEngine(wiring.Component):
                      op_b.eq(Mux(b_negative, -b_reg, b_reg)),
                      negative_2.eq(a_negative ^ b_negative),
                      multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
+
+        # -- the sizes' 16x16 unsigned multiplier (another SB_MAC16) -------------------------
+        # The header's C*H and C*H*W, DECODE's H*W, H'*W' and C*H*W: the operands are chosen
+        # by `fetch` alone (below the FSM), registered, registered again in the DSP, and the
+        # product is the DSP's output register: three cycles, as the other's. Sharing one
+        # multiplier with the requantization made its operands 8-way multiplexers behind the
+        # states' decoding (~300 LUTs); a DSP of the UP5K's 8 costs no logic cell.
+        size_a_src = Signal(16)
+        size_b_src = Signal(16)
+        size_a = Signal(16)
+        size_b = Signal(16)
+        size_a_dsp = Signal(16, reset_less=True)   # no reset: the DSP's input registers
+        size_b_dsp = Signal(16, reset_less=True)
+        sizes = Signal(32, reset_less=True)
+        m.d.sync += [size_a.eq(size_a_src), size_b.eq(size_b_src),
+                     size_a_dsp.eq(size_a), size_b_dsp.eq(size_b),
+                     sizes.eq(size_a_dsp * size_b_dsp)]
 
         # -- requantization: one accumulating adder ------------------------------------------
         # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
@@ -407,13 +459,15 @@ class InferenceEngine(wiring.Component):
         shifting = Signal()
         rq_last = Signal()               # the position requantized is the channel's last
         clamped_value = Signal(16)       # the value RQ_WRITE made, written the next cycle
-        write_pending = Signal()
-        write_address = Signal(AW)
+        write_pending = Signal()         # ... at output_address, which then steps
         m.d.sync += write_pending.eq(0)
         placed = Signal(48)
         m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
-        addend = Mux(add_one, 0, Mux(negative_3, ~placed, placed))
-        carry_in = Mux(add_one, 1, negative_3)
+        # When add_one is set no term is in flight: `multiplied` is 0 (RQ's steps 5-7 and the
+        # shifts set no operands) and negative_3 is 0, so the +1 is the carry-in alone (gating
+        # the addend with add_one made 5-input functions: 2 LUTs a bit)
+        addend = Mux(negative_3, ~placed, placed)
+        carry_in = add_one | negative_3
         # the carry-in as a low bit of both operands: one adder for +-placed and +1
         summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
         with m.If(term_3 | add_one):
@@ -455,8 +509,7 @@ class InferenceEngine(wiring.Component):
             m.d.sync += [channels_left.eq(last_channel), first_in_channel.eq(1),
                          on_last_channel.eq(~last_channel.any()),
                          ky.eq(0), kx.eq(0), bound.eq(weight_bound),
-                         negative_bound.eq(-weight_bound),
-                         weight_start.eq(input_address + first_offset)]
+                         weight_start.eq(weight_origin)]
 
         # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
         # more than max_channels output channels or max_positions output positions, or a field
@@ -473,22 +526,22 @@ class InferenceEngine(wiring.Component):
         word_wide = Signal()             # the word does not fit a size register
         word_beyond = Signal()           # ... is not an address of the memory
         word_over_channels = Signal()
-        product_wide = Signal()          # `multiplied` >= 2**16 (C*H in the header)
-        positions_over = Signal()        # `multiplied` > max_positions (H'*W' in DECODE)
+        product_wide = Signal()          # `sizes` >= 2**16 (C*H in the header)
+        positions_over = Signal()        # `sizes` > max_positions (H'*W' in DECODE)
         image_beyond = Signal()          # the image's end, cursor + C*H*W, beyond the memory
         m.d.sync += [
-            word_wide.eq(word[SZ:].any()), word_beyond.eq(word >= self.memory_words),
-            word_over_channels.eq(word > self.max_channels),
-            product_wide.eq(multiplied[16:].any()),
-            positions_over.eq(multiplied > self.max_positions),
-            image_beyond.eq(multiplied[SZ:].any() |
-                            (cursor + multiplied[:SZ] > self.memory_words)),
+            word_wide.eq(word[SZ:].any()), word_beyond.eq(_above(word, self.memory_words - 1)),
+            word_over_channels.eq(_above(word, self.max_channels)),
+            product_wide.eq(sizes[16:].any()),
+            positions_over.eq(_above(sizes, self.max_positions)),
+            image_beyond.eq(sizes[SZ:].any() |
+                            _above(cursor + sizes[:SZ], self.memory_words)),
         ]
         # An output is checked as it is written: its address has a bit more than the memory's,
         # and a write at or beyond memory_words is refused (a product of the output's size at
         # the record cost 110 LCs).
         output_beyond = Signal()
-        m.d.sync += output_beyond.eq(output_address >= self.memory_words)
+        m.d.sync += output_beyond.eq(_above(output_address, self.memory_words - 1))
 
         def fail(status):
             m.d.sync += [error.eq(1), code.eq(status)]
@@ -497,6 +550,10 @@ class InferenceEngine(wiring.Component):
         load_weight = Signal()
         pad = kernel >> 1
         m.d.comb += bias_read.addr.eq(out_channel)
+        # One adder steps the cursor in PIXELS, MAC, POOL and ARGMAX: stride2 is 0 but in a
+        # convolution's MAC (NEXT clears it, and a pool's record sets it to 0). Apart, the
+        # MAC's `+ step` and the others' `+ 1` were two adders (~13 LC).
+        cursor_step = cursor + Mux(stride2, 2, 1)
         out_height = Mux(is_conv, Mux(stride2, (height + 1) >> 1, height), 1)
         out_width = Mux(is_conv, Mux(stride2, (width + 1) >> 1, width), 1)
 
@@ -505,14 +562,16 @@ class InferenceEngine(wiring.Component):
             with m.State("PROGRAM"):
                 m.d.comb += program_write.addr.eq(program_count)
                 # unconditional: behind the word's tests they were a long enable chain
-                m.d.sync += [fetch.eq(0), cycles.eq(0), program_cursor.eq(0)]
+                m.d.sync += [fetch.eq(0), program_cursor.eq(0)]
+                m.d.comb += cycle_counter.clear.eq(1)
                 with m.If(value_valid):
                     # a coded section before the program: the program is not the first
                     # section (docs/INFERENCE.md, rule 5)
                     fail(Status.BAD_PROGRAM)
                 with m.Elif(self.program.valid):
                     m.d.comb += [program_write.data.eq(self.program.payload.word),
-                                 program_write.en.eq(program_count < self.program_words)]
+                                 program_write.en.eq(
+                                     ~_above(program_count, self.program_words - 1))]
                     m.d.sync += program_count.eq(program_count + 1)
                     with m.If(program_count == self.program_words):
                         fail(Status.BAD_PROGRAM)   # longer than this engine holds
@@ -524,15 +583,13 @@ class InferenceEngine(wiring.Component):
                             m.next = "HEADER"
             with m.State("HEADER"):
                 # word f - 1 of the header is read at fetch f; C*H*W on the multiplier
-                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_cursor + 1)]
-                size_carry = Signal()    # bit 16 of C*H times bit 0 of W: bit 16 of C*H*W
+                m.d.sync += [fetch.eq(fetch + 1), program_cursor.eq(program_next)]
                 with m.Switch(fetch):
                     with m.Case(1):
-                        m.d.sync += last_op.eq(word[:8] - 1)
+                        m.d.sync += ops_left.eq(word[:8])
                     with m.Case(2):
                         m.d.sync += in_channels.eq(word)
                     with m.Case(3):
-                        m.d.comb += [a_src.eq(in_channels), b_src.eq(word)]
                         check(word_wide)                      # C
                     with m.Case(4):
                         m.d.sync += width.eq(word)
@@ -540,14 +597,16 @@ class InferenceEngine(wiring.Component):
                         check(word_wide)                      # W
                     with m.Case(6):
                         # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
-                        m.d.comb += [a_src.eq(multiplied[:16]), b_src.eq(width)]
-                        m.d.sync += [size_carry.eq(multiplied[16] & width[0]),
-                                     cursor.eq(word)]
+                        m.d.sync += cursor.eq(word)
                     with m.Case(7):
                         check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
-                        m.d.sync += channels_left.eq((multiplied + (size_carry << 16)) - 1)
+                        # C*H*W modulo 2**AW (AW <= 16: bits from 16 up, where C*H's 17th
+                        # bit would carry, do not reach the register), less 1 at the next
+                        # step with the pixels' decrement (an adder of its own cost ~13 LC)
+                        m.d.sync += channels_left.eq(sizes[:AW])
                     with m.Case(10):
+                        m.d.sync += channels_left.eq(channels_left - 1)
                         check(image_beyond)
                         m.next = "PIXELS"
             # ---- the image ----
@@ -556,16 +615,16 @@ class InferenceEngine(wiring.Component):
                 with m.If(self.pixels.valid):
                     m.d.comb += [activation_write_data.eq(self.pixels.payload),
                                  activation_write_en.eq(1)]
-                    m.d.sync += [cursor.eq(cursor + 1), channels_left.eq(channels_left - 1)]
+                    m.d.sync += [cursor.eq(cursor_step), channels_left.eq(channels_left - 1)]
                     with m.If(channels_left == 0):
-                        m.d.sync += [op_index.eq(0), fetch.eq(0),
+                        m.d.sync += [fetch.eq(0),
                                      program_cursor.eq(HEADER_WORDS)]
                         m.next = "FETCH"
             # ---- the next operation's record: word f - 1 at fetch f ----
             with m.State("FETCH"):
                 # the cursor stops on the record's first multiplier
-                with m.If(fetch < OP_WORDS):
-                    m.d.sync += program_cursor.eq(program_cursor + 1)
+                with m.If(~_above(fetch, OP_WORDS - 1)):
+                    m.d.sync += program_cursor.eq(program_next)
                 m.d.sync += fetch.eq(fetch + 1)
                 with m.Switch(fetch):
                     with m.Case(1):
@@ -592,7 +651,7 @@ class InferenceEngine(wiring.Component):
                     with m.Case(8):
                         m.d.sync += stride2.eq(is_conv & (word == 2))
                     with m.Case(9):
-                        m.d.sync += input_address.eq(word)
+                        m.d.sync += cursor.eq(word)               # input_address
                     with m.Case(10):
                         m.d.sync += output_address.eq(word)
                     with m.Case(11):
@@ -604,28 +663,23 @@ class InferenceEngine(wiring.Component):
                         m.d.sync += weight_bound.eq(word)
                     with m.Case(14):
                         # the bias bound, for the section taken first
-                        m.d.sync += [bound.eq(word), negative_bound.eq(-word[:15])]
+                        m.d.sync += bound.eq(word)
                     with m.Case(15):
-                        m.d.sync += shift.eq(word)
+                        m.d.sync += shift.eq(word - 1)            # S - 1, the shifts
                     with m.Case(16):
-                        m.d.sync += skip_shift.eq(word)
-                    with m.Case(17):
-                        m.d.sync += b_low.eq(word)
-                    with m.Case(18):
-                        m.d.sync += b_high.eq(word)
+                        # the cursor stands on B's low word (record word 16)
+                        m.d.sync += [skip_shift.eq(word), b_address.eq(program_cursor)]
                     with m.Case(OP_WORDS):
                         m.d.sync += [single_multiplier.eq(word == 1), fetch.eq(0)]
                         m.next = "DECODE"
             with m.State("DECODE"):
                 # H*W, H'*W' and C*H*W on the multiplier, three cycles each, overlapped;
                 # fetch counts the steps
-                # a pool's first plane (unconditional: the cursor's enable was critical)
-                m.d.sync += [fetch.eq(fetch + 1), cursor.eq(input_address), pool_sum.eq(0)]
+                # the cursor stays on the input (FETCH loaded it): a pool's first plane
+                m.d.sync += [fetch.eq(fetch + 1), pool_sum.eq(0)]
                 with m.Switch(fetch):
                     with m.Case(0):
-                        m.d.comb += [a_src.eq(height), b_src.eq(width)]
                         m.d.sync += [
-                            first_offset.eq(Mux(pad, -(width + 1), 0)),
                             row_back.eq(width - (kernel - 1)),
                             kernel_span.eq(Mux(kernel == 3, (width + 1) << 1, 0)),
                             last_ox.eq(out_width - 1), last_oy.eq(out_height - 1),
@@ -633,19 +687,18 @@ class InferenceEngine(wiring.Component):
                         ]
                         first_out_channel()
                     with m.Case(1):
-                        m.d.comb += [a_src.eq(out_height), b_src.eq(out_width)]
+                        m.d.sync += weight_origin.eq(cursor + Mux(pad, ~width[:AW], 0))
                     with m.Case(3):
-                        m.d.comb += [a_src.eq(in_channels), b_src.eq(multiplied[:16])]
-                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, multiplied))
+                        m.d.sync += channel_stride.eq(Mux(is_linear, 1, sizes))
                     with m.Case(4):
                         m.d.sync += [
-                            last_position.eq(Mux(is_pool, channel_stride, multiplied) - 1),
+                            last_position.eq(Mux(is_pool, channel_stride, sizes) - 1),
                             channel_step.eq(channel_stride - kernel_span),
                         ]
                     with m.Case(5):
                         check(positions_over)                 # H'*W'
                 with m.If(fetch == 6):
-                    m.d.sync += last_channel.eq(Mux(is_linear, multiplied, in_channels) - 1)
+                    m.d.sync += last_channel.eq(Mux(is_linear, sizes, in_channels) - 1)
                     with m.If(is_pool):
                         m.next = "POOL"
                     with m.Elif(has_bias):
@@ -677,7 +730,10 @@ class InferenceEngine(wiring.Component):
                     fail(Status.BAD_PROGRAM)
             with m.State("MAC"):
                 # issue the read of position (oy, ox) for this weight; stage 1 adds it
-                inside = (row >= 0) & (row < height) & (column >= 0) & (column < width)
+                # row and column run from -pad to at most H and W (kernel 1 or 3, stride 1 or
+                # 2): beyond the input is -1, H or W, tests of a sign and of equality instead of
+                # two carry chains (~45 LC)
+                inside = ~row[-1] & (row != height) & ~column[-1] & (column != width)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
                              s1_weight.eq(Mux(inside, weight, 0))]
                 step = Mux(stride2, 2, 1)
@@ -702,13 +758,15 @@ class InferenceEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [ox_left.eq(ox_left - 1), column.eq(column + step),
                                  on_last_ox.eq(ox_left == 1),
-                                 cursor.eq(cursor + step)]
+                                 cursor.eq(cursor_step)]
                 with m.If(fault):   # last, so that it decides the next state
                     fail(Status.BAD_PROGRAM)
             # ---- requantize the channel's accumulators, one position at a time ----
             # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
             # outputs; each term's operands are set three cycles before it is added.
-            bias_value = Mux(has_bias, bias_read.data, 0)
+            # Without a bias or a skip input their terms are not added (add_term), rather than
+            # zeroed in the operand's multiplexer (~20 LUTs)
+            bias_value = bias_read.data
             accumulator = accumulator_read.data
             with m.State("RQ"):
                 # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
@@ -716,24 +774,25 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += address.eq(skip_cursor)
                 m.d.sync += [rq_step.eq(rq_step << 1),
                              rq_last.eq(position == last_position)]
+                # B's low word is on the program RAM's output at step 0, its high word at
+                # step 1, A from step 2 (the address, below the FSM)
                 with m.If(rq_step[0]):
-                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(b_low),
-                                 add_term.eq(1)]
-                    m.d.sync += [total.eq(0), shift_count.eq(shift - 1)]
+                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
+                                 add_term.eq(has_bias)]
+                    m.d.sync += [total.eq(0), shift_count.eq(shift)]
                 with m.If(rq_step[1]):
                     m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
-                                 b_src.eq(b_high), b_signed.eq(1), add_term.eq(1),
+                                 b_src.eq(word), b_signed.eq(1), add_term.eq(has_bias),
                                  term_high.eq(1)]
                 with m.If(rq_step[2]):
-                    # A stays on the program RAM's output for the whole channel
                     m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
                 with m.If(rq_step[3]):
                     m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
                                  add_term.eq(1), term_high.eq(1)]
                 with m.If(rq_step[4]):
-                    m.d.comb += [a_src.eq(Mux(has_skip, activation_read_data, 0)),
+                    m.d.comb += [a_src.eq(activation_read_data),
                                  a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
-                                 add_term.eq(1), term_high.eq(skip_shift[4])]
+                                 add_term.eq(has_skip), term_high.eq(skip_shift[4])]
                 with m.If(rq_step[7]):
                     # the last term is added this cycle
                     m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
@@ -755,13 +814,12 @@ class InferenceEngine(wiring.Component):
                 # first cycle). The output and the skip tensor are walked in address order,
                 # channel after channel: two counters instead of sums of addresses.
                 m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
-                             write_address.eq(output_address),
-                             position.eq(position + 1), output_address.eq(output_address + 1),
+                             position.eq(position + 1),
                              skip_cursor.eq(skip_cursor + 1)]
                 with m.If(rq_last):
                     next_out_channel()
                     with m.If(~single_multiplier):
-                        m.d.sync += program_cursor.eq(program_cursor + 1)   # the next A
+                        m.d.sync += program_cursor.eq(program_next)   # the next A
                     with m.If(on_last_out_channel):
                         m.next = "NEXT"
                     with m.Else():
@@ -777,7 +835,7 @@ class InferenceEngine(wiring.Component):
                 # added and the cursor stays on the next plane.
                 m.d.sync += pool_end.eq(position == last_position)
                 with m.If(~pool_end):
-                    m.d.sync += [cursor.eq(cursor + 1), position.eq(position + 1)]
+                    m.d.sync += [cursor.eq(cursor_step), position.eq(position + 1)]
                 with m.If(position != 0):
                     m.d.sync += pool_sum.eq(pool_sum + activation_read_data)
                 with m.If(pool_end):
@@ -797,21 +855,25 @@ class InferenceEngine(wiring.Component):
             # ---- the next operation, or the answer ----
             with m.State("NEXT"):
                 # the program cursor stands on the last multiplier read (a pool has none)
-                m.d.sync += [op_index.eq(op_index + 1), fetch.eq(0),
-                             program_cursor.eq(program_cursor +
-                                               (single_multiplier & ~is_pool))]
+                m.d.comb += program_increment.eq(single_multiplier & ~is_pool)
+                m.d.sync += [ops_left.eq(ops_left - 1), fetch.eq(0), stride2.eq(0),
+                             program_cursor.eq(program_next)]
                 # the last output is (classes, 1, 1), just written, ending at
                 # output_address: scanned from its start (unconditional, as in DECODE)
-                m.d.sync += [cursor.eq(output_address - last_out_channel - 1),
+                # after RQ_WRITE this is the write's cycle: output_address steps only at its
+                # end, hence + write_pending (as a carry-in: output_address + ~last + carry)
+                last_inverted = ~Cat(last_out_channel, Const(0, max(0, AW - CW)))
+                m.d.sync += [cursor.eq((Cat(Const(1, 1), output_address[:AW]) +
+                                        Cat(write_pending, last_inverted))[1:]),
                              argmax_valid.eq(0), argmax_end.eq(0)]
-                with m.If(op_index == last_op):
+                with m.If(ops_left == 1):
                     first_out_channel()
                     m.next = "ARGMAX"
                 with m.Else():
                     m.next = "FETCH"
             with m.State("ARGMAX"):
                 # argmax_end: the value arriving is the last (out_channel was the last read)
-                m.d.sync += [cursor.eq(cursor + 1), argmax_label.eq(out_channel),
+                m.d.sync += [cursor.eq(cursor_step), argmax_label.eq(out_channel),
                              argmax_valid.eq(1), argmax_end.eq(on_last_out_channel)]
                 next_out_channel()
                 with m.If(argmax_valid):
@@ -841,10 +903,35 @@ class InferenceEngine(wiring.Component):
             # whatever state the FSM is in: take and drop the pixels too, answer nothing
             m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
 
+        # -- the program RAM's address: B for the requantization's first two steps -----------
+        # Its low word is read in MAC and RQ_WRITE (the cycles before RQ's first step; neither
+        # reads the RAM), its high word in step 0; otherwise the cursor (A from step 1 on).
+        with m.If(fsm.ongoing("MAC") | fsm.ongoing("RQ_WRITE")):
+            m.d.comb += program_read.addr.eq(b_address)
+        with m.Elif(rq_step[0]):
+            m.d.comb += program_read.addr.eq(b_address + 1)
+
+        # -- the sizes' operands, by the step: products of other steps and states are not read
+        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1, C*(H*W)
+        # at 3 (a product arrives three steps after its operands are chosen).
+        with m.Switch(fetch):
+            with m.Case(0):
+                m.d.comb += [size_a_src.eq(height), size_b_src.eq(width)]
+            with m.Case(1):
+                m.d.comb += [size_a_src.eq(out_height), size_b_src.eq(out_width)]
+            with m.Case(3):
+                m.d.comb += [size_a_src.eq(in_channels),
+                             size_b_src.eq(Mux(fsm.ongoing("HEADER"), word, sizes[:16]))]
+            with m.Case(6):
+                m.d.comb += [size_a_src.eq(width), size_b_src.eq(sizes[:16])]
+
         # -- a requantized value, written the cycle after RQ_WRITE ---------------------------
         # (the clamp in front of the SPRAM's data input was the critical path: 30.6 MHz)
+        # (it writes at output_address and steps it, rather than keep the address in a register
+        # of its own: 13 flip-flops fed from a register, a logic cell each)
         with m.If(write_pending):
-            m.d.comb += [address.eq(write_address), activation_write_data.eq(clamped_value),
+            m.d.sync += output_address.eq(output_address + 1)
+            m.d.comb += [address.eq(output_address), activation_write_data.eq(clamped_value),
                          activation_write_en.eq(1)]
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
