@@ -26,8 +26,7 @@ iverilog:
 # Train and compress the digits ResNet, check the file, run its integer program, run the
 # decoder's RTL on it against the golden model, simulate the inference system (flash model ->
 # decoder -> engine -> UART) on four held-out digits against the reference engine, and build
-# the bitstreams: the inference system for the ULX3S (on the iCEBreaker's UP5K it does not fit
-# yet) and the iCEBreaker's default, the CRC system.
+# the iCEBreaker bitstream and flash image of the inference system holding it.
 demo: setup
 	$(PYTHON) -m sw train --out $(OUT)/digits.sbit --report $(OUT)/train.json
 	$(PYTHON) -m sw inspect $(OUT)/digits.sbit
@@ -36,7 +35,6 @@ demo: setup
 	$(PYTHON) -m sw infer $(OUT)/digits.sbit --quiet
 	$(PYTHON) -m sim.board $(OUT)/digits.sbit --images 4
 	$(PYTHON) -m hw.build --board icebreaker --container $(OUT)/digits.sbit --out $(OUT)/icebreaker
-	$(PYTHON) -m hw.build --board ulx3s-85f --inference --container $(OUT)/digits.sbit --out $(OUT)/ulx3s
 
 test: setup
 	$(PYTHON) -m pytest -n 2 -q

@@ -29,8 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from sw.board import (FLASH_OFFSET, IMAGES_OFFSET, default_images, expected_inference,
-                      expected_report, flash_image, format_line, image_set, inference_lines)
+from sw.board import (
+    FLASH_OFFSET,
+    IMAGES_OFFSET,
+    default_images,
+    expected_inference,
+    expected_report,
+    flash_image,
+    format_line,
+    image_set,
+    inference_lines,
+)
 from sw.format import Status
 from sw.params import CodecParams
 
@@ -195,11 +204,12 @@ DEFAULT_LANES = 2
 #: Decoder lanes of the inference system: its engine takes at most one weight a cycle, which
 #: one lane gives, and the engine needs the chip's room.
 DEFAULT_INFERENCE_LANES = 1
-#: What each board builds without --inference or --crc-system: the inference system where it
-#: fits. On the UP5K it does not yet: decoder (1 lane), engine, flash reader, image store and
-#: UART lines need 5,673 logic cells of its 5,280 (docs/BOARD.md), so the iCEBreaker
-#: builds the CRC system by default until the engine and the decoder shrink.
-DEFAULT_INFERENCE = {"icebreaker": False, "ulx3s-85f": True}
+#: What each board builds without --inference or --crc-system: the inference system.
+DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
+#: Core clock of the inference system per board. On the UP5K the system fills 98 % of the
+#: logic cells and reaches about 29.5 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
+#: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next.
+DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 24.0}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:
@@ -321,8 +331,6 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
     if board not in BOARDS:
         raise BuildError(f"unknown board {board!r} (supported: {', '.join(BOARDS)})")
     family = "ecp5" if board in ECP5_BOARDS else "ice40"
-    if frequency is None:
-        frequency = DEFAULT_FREQUENCY_MHZ[board] * 1e6
     if decoder_only and engine_only:
         raise BuildError("--decoder-only and --engine-only build different designs: one at "
                          "a time")
@@ -333,6 +341,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
     if inference is None:
         inference = DEFAULT_INFERENCE[board]
     inference = inference and not (decoder_only or engine_only)
+    if frequency is None:
+        frequency = (DEFAULT_INFERENCE_FREQUENCY_MHZ if inference
+                     else DEFAULT_FREQUENCY_MHZ)[board] * 1e6
     if lanes is None:
         lanes = DEFAULT_INFERENCE_LANES if inference else DEFAULT_LANES
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
@@ -423,7 +434,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
     resources = _resources(_cell_counts(build_dir / "top.stat.json"), nextpnr, family)
-    engine_share = _module_share(build_dir / "top.stat.json", ".engine", family) if inference else None
+    engine_share = (_module_share(build_dir / "top.stat.json", ".engine", family)
+                    if inference else None)
     # nextpnr also times a "clock" made of the constant-0 net on the clock pins of the
     # unregistered SB_MAC16 (DSP) blocks; it is no clock of the design.
     # nextpnr-ecp5 names a clock after its global net ("$glbnet$clk"); report the net's name.
@@ -557,7 +569,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", metavar="DIR",
                         help="output directory (default build/BOARD)")
     parser.add_argument("--frequency", type=float, metavar="MHZ",
-                        help="core clock requested from the PLL (default: the board's, "
+                        help="core clock requested from the PLL (default: the inference "
+                             "system's "
+                             + ", ".join(f"{b} {f:g}"
+                                         for b, f in DEFAULT_INFERENCE_FREQUENCY_MHZ.items())
+                             + "; the other designs' "
                              + ", ".join(f"{b} {f:g}" for b, f in DEFAULT_FREQUENCY_MHZ.items())
                              + ")")
     parser.add_argument("--single-spi", action="store_true",
@@ -565,13 +581,10 @@ def main(argv=None) -> int:
     design = parser.add_mutually_exclusive_group()
     design.add_argument("--inference", action="store_true", default=None,
                         help="build the inference system: the board classifies the held-out "
-                             "digits while its decoder expands the weights (default on "
-                             + ", ".join(b for b, i in DEFAULT_INFERENCE.items() if i) + ")")
+                             "digits while its decoder expands the weights (the default)")
     design.add_argument("--crc-system", action="store_true",
-                        help="build the CRC system: decode the container once, print a digest "
-                             "of the weights (default on "
-                             + ", ".join(b for b, i in DEFAULT_INFERENCE.items() if not i)
-                             + ")")
+                        help="build the CRC system instead: decode the container once, print "
+                             "a digest of the weights")
     parser.add_argument("--images", type=int, metavar="K",
                         help="put the first K held-out digits in flash (default: all 450)")
     parser.add_argument("--wide-crc", action="store_true",

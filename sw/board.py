@@ -415,12 +415,11 @@ def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), lev
     """
     import warnings
 
-    from sklearn.exceptions import ConvergenceWarning
-
-    from .bench.codec import train_digits_mlp, zero_point_quantize
     from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
 
+    from .bench.codec import train_digits_mlp, zero_point_quantize
     from .container import CodedTensor, write_container
     from .lower import BIAS_LEVELS, lower, mlp_layers, order_tensors
 

@@ -1,17 +1,35 @@
-"""``python -m hw.build``: the default iCEBreaker build end to end, and its argument errors."""
+"""``python -m hw.build``: the iCEBreaker and ULX3S builds end to end, and argument errors."""
 
 import json
 import struct
 
 import pytest
 
-from hw.build import DEFAULT_FREQUENCY_MHZ, DEFAULT_LANES, main
-from sw.board import FLASH_OFFSET, expected_report, format_line
+from hw.build import (
+    DEFAULT_FREQUENCY_MHZ,
+    DEFAULT_INFERENCE_FREQUENCY_MHZ,
+    DEFAULT_INFERENCE_LANES,
+    DEFAULT_LANES,
+    main,
+)
+from hw.engine import engine_cycles
+from sw.board import (
+    FLASH_OFFSET,
+    IMAGES_OFFSET,
+    default_images,
+    expected_inference,
+    expected_report,
+    format_line,
+    image_set,
+    inference_lines,
+)
+from sw.container import read_container
 
 
 @pytest.mark.slow
 def test_default_icebreaker_build(tmp_path, capsys):
-    """Synthesis, P&R and packing of the default system; report, image and exit status agree."""
+    """Synthesis, P&R and packing of the default design, the inference system with the default
+    model and the held-out digits; report, image and exit status agree."""
     out = tmp_path / "out"
     status = main(["--board", "icebreaker", "--out", str(out)])
     captured = capsys.readouterr()
@@ -25,8 +43,8 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert "timing missed" in captured.err
     assert "logic cells" in captured.out
 
-    assert report["board"] == "icebreaker" and report["lanes"] == DEFAULT_LANES
-    assert report["design"] == "crc system"       # the inference system does not fit the UP5K
+    assert report["board"] == "icebreaker" and report["lanes"] == DEFAULT_INFERENCE_LANES
+    assert report["design"] == "inference system"
     assert report["device"] == "iCE40UP5K-SG48"
     resources = report["resources"]
     assert resources["logic_cells"]["available"] == 5280
@@ -35,31 +53,59 @@ def test_default_icebreaker_build(tmp_path, capsys):
         assert 0 <= entry["used"] <= entry["available"], name
     assert resources["logic_cells"]["used"] > 0 and resources["ebr"]["used"] > 0
     assert resources["pll"]["used"] == 1
-    # The PLL's output is the one clock: 12 MHz * 48 / 16 = 36 MHz (icepll's dividers).
-    assert DEFAULT_FREQUENCY_MHZ["icebreaker"] == 36.0
-    assert report["pll"] == {"DIVR": 0, "DIVF": 47, "DIVQ": 4, "FILTER_RANGE": 1}
+    assert resources["spram"]["used"] == 2          # the engine's activations, the images
+    # The PLL's output is the one clock: 12 MHz * 64 / 32 = 24 MHz (icepll's dividers).
+    assert DEFAULT_INFERENCE_FREQUENCY_MHZ["icebreaker"] == 24.0
+    assert report["pll"] == {"DIVR": 0, "DIVF": 63, "DIVQ": 5, "FILTER_RANGE": 1}
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
-    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ["icebreaker"], abs=0.01)
-    assert clock["fmax_mhz"] > 0
+    assert clock["target_mhz"] == pytest.approx(24.0, abs=0.01)
     assert clock["critical_path"]["ns"] == pytest.approx(1000 / clock["fmax_mhz"], rel=0.02)
     assert "critical path" in captured.out
     assert report["timing_met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
-    assert report["weights_per_second"] == round(DEFAULT_LANES * clock["fmax_mhz"] * 1e6)
     # The default configuration is chosen to build: it fits and meets timing.
     assert status == 0 and report["timing_met"]
 
-    # The flash image: bitstream at 0, erased gap, length and container at 1 MiB.
-    bitstream = (out / "top.bin").read_bytes()
+    # The engine's share and its cycles, and the lines the board must print.
     model = (out / "model.sbit").read_bytes()
+    program = read_container(model).program
+    assert report["cycles_per_image"] == engine_cycles(program, DEFAULT_INFERENCE_LANES)
+    engine = report["engine"]
+    assert 0 < engine["luts"] < resources["luts"]["used"] and engine["spram"] == 1
+    pixels, labels = default_images(model)
+    assert len(pixels) == 450 == report["images"]["count"]
+    assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
+
+    # The flash image: bitstream at 0, the images at 768 KiB, the container at 1 MiB.
+    bitstream = (out / "top.bin").read_bytes()
     image = (out / "flash.bin").read_bytes()
     assert b"\x7e\xaa\x99\x7e" in bitstream[:64]          # iCE40 sync word
-    assert 50_000 < len(bitstream) < FLASH_OFFSET
+    assert 50_000 < len(bitstream) < IMAGES_OFFSET
     assert image[:len(bitstream)] == bitstream
-    assert set(image[len(bitstream):FLASH_OFFSET]) == {0xFF}
+    assert set(image[len(bitstream):IMAGES_OFFSET]) == {0xFF}
+    images = image_set(pixels, labels)
+    assert image[IMAGES_OFFSET + 4:IMAGES_OFFSET + 4 + len(images)] == images
     assert struct.unpack_from("<I", image, FLASH_OFFSET)[0] == len(model)
     assert image[FLASH_OFFSET + 4:] == model
     assert report["model"]["bytes"] == len(model)
+
+
+@pytest.mark.slow
+def test_crc_system_icebreaker_build(tmp_path, capsys):
+    """The CRC system (--crc-system): 2 lanes at 36 MHz, the model alone in flash."""
+    out = tmp_path / "out"
+    status = main(["--board", "icebreaker", "--crc-system", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["design"] == "crc system" and report["lanes"] == DEFAULT_LANES
+    assert report["timing_met"]
+    assert report["pll"] == {"DIVR": 0, "DIVF": 47, "DIVQ": 4, "FILTER_RANGE": 1}
+    assert report["weights_per_second"] == round(
+        DEFAULT_LANES * report["clocks"]["clk"]["fmax_mhz"] * 1e6)
+    model = (out / "model.sbit").read_bytes()
+    image = (out / "flash.bin").read_bytes()
+    assert image[FLASH_OFFSET + 4:] == model
     assert report["expected_line"] == format_line(expected_report(model))
 
 

@@ -121,6 +121,7 @@ def run_engine(data: bytes, images, *, lanes=2, stall=0.3, seed=0, max_cycles=40
     pytest.param(1, 0.0, marks=pytest.mark.slow),
     pytest.param(4, 0.5, marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_small_network_equals_the_reference(lanes, stall):
     lowered, tensors, images = small_network()
     data = write_container(tensors, program=lowered.program)
@@ -234,6 +235,7 @@ def _small_limits():
     return write_container(tensors, program=program), images, program, limits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", ["memory_words", "max_channels", "max_positions", "image"])
 def test_a_program_beyond_the_engines_memories_is_refused(limit):
     """One word of memory, one channel or one position short: BAD_PROGRAM, not a wrap."""
@@ -259,6 +261,7 @@ def test_a_program_beyond_the_engines_memories_is_refused(limit):
         board.ENGINE_MEMORIES.update(saved)
 
 
+@pytest.mark.slow
 def test_a_program_at_the_engines_limits_runs():
     """The limits are inclusive: a program that fills every memory exactly runs bit-exact."""
     data, images, _, limits = _small_limits()
@@ -276,6 +279,7 @@ def test_a_second_program_is_refused(after):
     assert error and code == Status.BAD_PROGRAM and not answered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lanes", [1, 2, 3])
 def test_the_cycle_model_is_exact(lanes):
     """engine_cycles predicts the engine's own count when nothing is late."""
