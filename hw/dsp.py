@@ -12,7 +12,7 @@ from amaranth import ClockSignal, Const, Instance, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Counter32"]
+__all__ = ["Counter32", "check_against_logic"]
 
 
 class Counter32(wiring.Component):
@@ -83,8 +83,9 @@ class Counter32(wiring.Component):
         return m
 
 
-def _check(cycles: int = 70000, seed: int = 1) -> None:
-    """Simulate the SB_MAC16 form on Yosys' cell model (Icarus) against the logic form."""
+def check_against_logic(cycles: int = 70000, seed: int = 1) -> str:
+    """Simulate the SB_MAC16 form on Yosys' cell model (Icarus) against the logic form; raise
+    ``AssertionError`` on any difference, else return the simulation's summary."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -136,9 +137,10 @@ def _check(cycles: int = 70000, seed: int = 1) -> None:
                         str(cells)], check=True)
         out = subprocess.run(["vvp", str(tmp / "sim")], check=True, capture_output=True,
                              text=True).stdout
-    print(" ".join(out.strip().splitlines()[-2:]))
-    assert "bad=0" in out, out
+    if "bad=0" not in out:
+        raise AssertionError(out)
+    return " ".join(out.strip().splitlines()[-2:])
 
 
 if __name__ == "__main__":
-    _check()
+    print(check_against_logic())
