@@ -1,12 +1,15 @@
-"""The board system: flash -> decoder -> CRC and counters -> one UART line and two LEDs.
+"""The board systems: everything clocked by the core clock, the same on every board.
 
-:class:`BoardSystem` is everything clocked by the core clock and is what the full-system
-simulation runs (``sim/board.py``). It is the same on every board: the tops in ``boards/``
+:class:`InferenceSystem`: flash -> image store and, for every image, decoder -> inference
+engine -> a UART line per image and a final line, two LEDs. :class:`BoardSystem` (the CRC
+system): flash -> decoder -> CRC and counters -> one UART line and two LEDs. Both are what the
+full-system simulations run (``sim/board.py``); the tops in ``boards/``
 (:class:`boards.icebreaker.ICEBreakerTop`, :class:`boards.ulx3s.ULX3STop`) add what only the
-real chip has: the PLL, the power-on reset and the board's pins. :func:`measured_decoder` is the
-decoder wired for measurement, which both boards' decoder harnesses use.
+real chip has: the PLL, the power-on reset and the board's pins. :func:`measured_decoder` and
+:func:`measured_engine` are the decoder and the engine wired for measurement, which the boards'
+harnesses use.
 
-docs/BOARD.md gives the flash layout, the UART line and the LEDs.
+docs/BOARD.md gives the flash layout, the UART lines and the LEDs.
 """
 
 import string
