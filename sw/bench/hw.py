@@ -1,9 +1,9 @@
-"""``python -m sw.bench hw``: the decoder and the board system for 1, 2, 4 and 8 lanes.
+"""``python -m sw.bench hw``: the decoder and the CRC system for 1, 2, 4 and 8 lanes.
 
 Every build is the full ``python -m hw.build`` flow (Yosys ``synth_ice40 -dsp``, nextpnr-ice40,
 icepack, all YoWASP) on the iCE40UP5K of the iCEBreaker at a 48 MHz target: once the decoder
-alone in a measurement harness (``--decoder-only``: its own cost), once the whole board system
-with the default model. The table gives resources, the Fmax nextpnr reports for the core clock
+alone in a measurement harness (``--decoder-only``: its own cost), once the whole CRC system
+(``--crc-system``) with the default model. The table gives resources, the Fmax nextpnr reports for the core clock
 and ``weights/s = lanes x Fmax`` (the decoder's peak rate; on the board the flash and the
 one-weight-per-cycle CRC cap it lower, see docs/BOARD.md). A configuration that does not fit is
 shown as such. ``--seeds N`` gives each build that misses 48 MHz up to N placements (nextpnr
@@ -26,12 +26,13 @@ def _build_one(job) -> dict:
     lanes, decoder_only, out_root, container, name, seeds = job
     out = Path(out_root) / f"{'decoder' if decoder_only else 'system'}{lanes}"
     try:
+        # the CRC system: the decoder's own rate at N lanes (the inference system takes one)
         return build(lanes=lanes, container=container, model_name=name, out_dir=out,
-                     decoder_only=decoder_only, frequency=48e6, seeds=seeds,
+                     decoder_only=decoder_only, inference=False, frequency=48e6, seeds=seeds,
                      log=lambda *_: None)
     except BuildError as error:
         return {"lanes": lanes, "error": str(error),
-                "design": "decoder harness" if decoder_only else "board system"}
+                "design": "decoder harness" if decoder_only else "crc system"}
 
 
 def main(argv=None) -> int:
