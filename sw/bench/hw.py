@@ -3,10 +3,10 @@
 Every build is the full ``python -m hw.build`` flow (Yosys ``synth_ice40 -dsp``, nextpnr-ice40,
 icepack, all YoWASP) on the iCE40UP5K of the iCEBreaker at a 48 MHz target: once the decoder
 alone in a measurement harness (``--decoder-only``: its own cost), once the whole CRC system
-(``--crc-system``) with the default model. The table gives resources, the Fmax nextpnr reports for the core clock
-and ``weights/s = lanes x Fmax`` (the decoder's peak rate; on the board the flash and the
-one-weight-per-cycle CRC cap it lower, see docs/BOARD.md). A configuration that does not fit is
-shown as such. ``--seeds N`` gives each build that misses 48 MHz up to N placements (nextpnr
+(``--crc-system``) with the default model. The table gives resources, the Fmax nextpnr reports
+for the core clock and ``weights/s = lanes x Fmax`` (the decoder's peak rate; on the board the
+flash and the one-weight-per-cycle CRC cap it lower, see docs/BOARD.md). A configuration that
+does not fit is shown as such. ``--seeds N`` gives each build that misses 48 MHz up to N placements (nextpnr
 seeds, ``python -m hw.build --seeds``) and keeps the fastest; the ``seed`` column says which.
 It prints figures; it is not a test.
 """
