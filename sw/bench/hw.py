@@ -6,8 +6,9 @@ alone in a measurement harness (``--decoder-only``: its own cost), once the whol
 (``--crc-system``) with the default model. The table gives resources, the Fmax nextpnr reports
 for the core clock and ``weights/s = lanes x Fmax`` (the decoder's peak rate; on the board the
 flash and the one-weight-per-cycle CRC cap it lower, see docs/BOARD.md). A configuration that
-does not fit is shown as such. ``--seeds N`` gives each build that misses 48 MHz up to N placements (nextpnr
-seeds, ``python -m hw.build --seeds``) and keeps the fastest; the ``seed`` column says which.
+does not fit is shown as such. ``--seeds N`` gives each build that misses 48 MHz up to N
+placements (nextpnr seeds, ``python -m hw.build --seeds``) and keeps the fastest; the ``seed``
+column says which.
 It prints figures; it is not a test.
 """
 
