@@ -251,7 +251,7 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
     from amaranth.back import verilog
 
     from hw.system import InferenceSystem
-    from sw.board import flash_image
+    from sw.board import FLASH_OFFSET, flash_image
 
     from .testbench import choose_simulator
 
@@ -262,13 +262,11 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
                              truncation_idle_cycles=8192)
     plan = []
     for index, (name, images, data, limit_cycles) in enumerate(cases):
-        image = bytearray(flash_image(data if data is not None else b"", images=images)
-                          if images is not None else flash_image(data or b""))
-        if data is None:     # no container: erase its region, length word included
-            from sw.board import FLASH_OFFSET
+        image = flash_image(data or b"", images=images)
+        if data is None:     # no container: its region erased, length word included
             image = image[:FLASH_OFFSET]
         path = build_dir / f"flash{index}.bin"
-        path.write_bytes(bytes(image))
+        path.write_bytes(image)
         plan.append({"name": name, "flash": str(path), "limit_cycles": int(limit_cycles),
                      "output": str(build_dir / f"output{index}.txt")})
     build_and_run(verilog=verilog.convert(system, name="board", emit_src=False),

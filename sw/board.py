@@ -129,12 +129,17 @@ class BoardReport:
     cycles: int = None  #: core clock cycles from reset to the verdict (hardware only)
 
 
-def model_region(container: bytes) -> bytes:
-    """What lies at ``FLASH_OFFSET``: the ``u32`` length, then the container."""
-    if len(container) > MAX_CONTAINER_BYTES:
-        raise ValueError(f"the container ({len(container)} bytes) does not fit in the flash "
-                         f"after {FLASH_OFFSET:#x}")
-    return struct.pack("<I", len(container)) + bytes(container)
+def _region(data: bytes, limit: int, what: str, where: str) -> bytes:
+    """A length-prefixed flash region: the ``u32`` length, then ``data`` (at most ``limit``)."""
+    if len(data) > limit:
+        raise ValueError(f"{what} ({len(data)} bytes) does not fit {where}")
+    return struct.pack("<I", len(data)) + bytes(data)
+
+
+def model_region(container: bytes, offset: int = FLASH_OFFSET) -> bytes:
+    """What lies at ``offset`` (``FLASH_OFFSET``): the ``u32`` length, then the container."""
+    return _region(container, FLASH_SIZE - offset - IMAGE_HEADER_BYTES, "the container",
+                   f"in the flash after {offset:#x}")
 
 
 def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLASH_OFFSET,
@@ -146,26 +151,20 @@ def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLAS
     bitstream the first bytes are erased (0xFF); to keep a bitstream already in flash, write
     :func:`model_region` at ``offset`` instead (``iceprog -o 1M``), or :func:`images_region`.
     """
-    bitstream = bytes(bitstream or b"")
-    end = offset if images is None else IMAGES_OFFSET
-    if len(bitstream) > end:
-        raise ValueError(f"the bitstream ({len(bitstream)} bytes) runs past flash address "
-                         f"{end:#x}")
-    if len(container) > FLASH_SIZE - offset - IMAGE_HEADER_BYTES:
-        raise ValueError(f"the container ({len(container)} bytes) does not fit in the flash "
-                         f"after {offset:#x}")
-    image = bitstream + b"\xff" * (end - len(bitstream))
+    regions = [(offset, model_region(container, offset))]
     if images is not None:
-        image += _images_region_bytes(images) + b"\xff" * (offset - IMAGES_OFFSET)
-        image = image[:offset]
-    return image + struct.pack("<I", len(container)) + bytes(container)
-
-
-def _images_region_bytes(images: bytes) -> bytes:
-    if len(images) > MAX_IMAGE_SET_BYTES:
-        raise ValueError(f"the image set ({len(images)} bytes) does not fit between "
-                         f"{IMAGES_OFFSET:#x} and the model at {FLASH_OFFSET:#x}")
-    return struct.pack("<I", len(images)) + bytes(images)
+        regions.insert(0, (IMAGES_OFFSET, _region(
+            images, MAX_IMAGE_SET_BYTES, "the image set",
+            f"between {IMAGES_OFFSET:#x} and the model at {FLASH_OFFSET:#x}")))
+    image = bytearray(bitstream or b"")
+    if len(image) > regions[0][0]:
+        raise ValueError(f"the bitstream ({len(image)} bytes) runs past flash address "
+                         f"{regions[0][0]:#x}")
+    for address, region in regions:
+        if len(image) > address:
+            raise ValueError(f"the regions overlap at flash address {address:#x}")
+        image += b"\xff" * (address - len(image)) + region
+    return bytes(image)
 
 
 def images_region(container: bytes, images: bytes) -> bytes:
