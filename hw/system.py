@@ -53,6 +53,17 @@ TRUNCATION_IDLE_CYCLES = 1 << 16
 DRAIN_LIMIT = 1023
 
 
+def _quiet_cycles(m: Module, limit: int, active) -> Signal:
+    """Cycles since ``active`` was last high, held at ``limit``: how a system tells that the
+    decoder, which waits for words forever, will get none (it is ``limit`` then)."""
+    idle = Signal(range(limit + 1))
+    with m.If(active):
+        m.d.sync += idle.eq(0)
+    with m.Elif(idle != limit):
+        m.d.sync += idle.eq(idle + 1)
+    return idle
+
+
 class ReportLine(wiring.Component):
     """Prints one of its lines (``sw.board`` templates) when ``start`` is high.
 
@@ -326,7 +337,6 @@ class BoardSystem(wiring.Component):
         layers = Signal(16)
         weights = Signal(32)
         cycles = Signal(32)
-        idle = Signal(range(self.truncation_idle_cycles + 1))
         truncated = Signal()
         code = Signal(4)
         drain = Signal(range(DRAIN_LIMIT + 1))
@@ -340,10 +350,7 @@ class BoardSystem(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         # The decoder waits for words forever; only the feeder knows that none will come.
-        with m.If(taken | ~exhausted):
-            m.d.sync += idle.eq(0)
-        with m.Elif(idle != self.truncation_idle_cycles):
-            m.d.sync += idle.eq(idle + 1)
+        idle = _quiet_cycles(m, self.truncation_idle_cycles, taken | ~exhausted)
 
         with m.If(~verdict):
             with m.If(decoder.status.done):
@@ -674,13 +681,10 @@ class InferenceSystem(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         # The decoder waits for words forever; only the feeder knows that none will come.
-        idle = Signal(range(self.truncation_idle_cycles + 1))
         exhausted = Signal()
         m.d.comb += exhausted.eq(reader.exhausted & ~skid.o.valid)
-        with m.If(~exhausted | decoder.weights.valid | decoder.program.valid):
-            m.d.sync += idle.eq(0)
-        with m.Elif(idle != self.truncation_idle_cycles):
-            m.d.sync += idle.eq(idle + 1)
+        idle = _quiet_cycles(m, self.truncation_idle_cycles,
+                            ~exhausted | decoder.weights.valid | decoder.program.valid)
         decoded = Signal()              # the decoder checked the whole container: OK
 
         m.d.comb += [
