@@ -8,8 +8,7 @@ of the whole file:
 1. for each layer and each candidate step (a log-spaced grid) the weights are rounded once and
    bucketed by ``|q|``; prefix sums then give, for every ``k`` from 1 to 127 at once, the
    squared error (rounding inside, clipping outside) and the exact entropy of the clamped
-   symbols, so each layer has a few thousand ``(rate, distortion)`` candidates; beside them,
-   plain round-to-nearest on every ``2k+1`` levels (step ``max|w| / k``, nothing clipped);
+   symbols, so each layer has a few thousand ``(rate, distortion)`` candidates;
 2. a Lagrange multiplier is bisected so that each layer's ``argmin D + lambda R`` fits the
    budget, then layers are upgraded greedily into what is left (steepest ``dD/dR`` first);
 3. the container is written and measured; if the real file misses the budget (the coder is
@@ -175,29 +174,6 @@ def _grid_candidates(u, weight, steps, peak, scale_up, extra_bits):
             np.concatenate(out_d))
 
 
-def _plain_candidates(u, weight, peak, scale_up, extra_bits):
-    """Round-to-nearest's own grids: for every ``k``, the step ``peak / k`` that clips nothing.
-
-    The log-spaced grid of :func:`_grid_candidates` passes near these steps but not through
-    them; with them on the list, plain round-to-nearest on ``2k+1`` levels (the step stored as
-    float32, as the container holds it) is always one of the tensor's candidates, so the
-    allocation can only find something better in its own measure, never worse.
-    """
-    total = u.size
-    out_h, out_s, out_r, out_d = [], [], [], []
-    for half in range(1, MAX_HALF + 1):
-        step = float(np.float32(peak / half))
-        q = np.clip(np.rint(u / step), -half, half)
-        counts = np.bincount((q + half).astype(np.int64), minlength=2 * half + 1)
-        bits = total * math.log2(total) - float(_entropy_terms(counts).sum())
-        out_h.append(half)
-        out_s.append(step)
-        out_r.append(max(bits, 0.0) * scale_up + TABLE_BITS_PER_LEVEL * (2 * half + 1)
-                     + extra_bits)
-        out_d.append(float((weight * (u - q * step) ** 2).sum()) * scale_up)
-    return np.array(out_h), np.array(out_s), np.array(out_r), np.array(out_d)
-
-
 def _pareto(order_rate, distortion):
     """Indices (into the arrays) of the Pareto front: by rate, strictly falling distortion."""
     order = np.lexsort((distortion, order_rate))
@@ -254,8 +230,7 @@ def layer_candidates(weights: np.ndarray, steps: int = 96, sample: int = 1 << 16
     if peak == 0:
         # an all-zero tensor: 3 levels, every symbol the zero point, free
         return zero
-    parts = [(*_grid_candidates(values, weight, steps, peak, scale_up, 0.0), PER_TENSOR),
-             (*_plain_candidates(values, weight, peak, scale_up, 0.0), PER_TENSOR)]
+    parts = [(*_grid_candidates(values, weight, steps, peak, scale_up, 0.0), PER_TENSOR)]
     reference = None
     if per_channel and rows > 1:
         reference = np.sqrt((w * w).mean(axis=1))

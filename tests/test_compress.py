@@ -238,28 +238,6 @@ def test_cli_calibrated_builtin(tmp_path):
     assert "out.err" in done.stdout and "coded at zero bits" in done.stdout
 
 
-def _rtn_point(w, half):
-    """Rate (bits, table included) and squared error of round-to-nearest, step max|w| / k."""
-    step = float(np.float32(np.abs(w).max() / half))
-    q = np.clip(np.rint(w / step), -half, half)
-    rate = (entropy_of_counts(np.bincount((q + half).astype(int).ravel())) * w.size
-            + 16 * (2 * half + 1))
-    return rate, ((q * step - w) ** 2).sum()
-
-
-@pytest.mark.parametrize("kind", ["normal", "laplace", "uniform"])
-def test_round_to_nearest_grid_is_never_better_than_a_candidate(kind):
-    """For every level count, plain RTN (step max|w| / k, nothing clipped) is matched or beaten
-    by one of the tensor's candidates at no more bits: the log-spaced steps alone miss it."""
-    rng = np.random.default_rng(5)
-    w = getattr(rng, kind)(size=(32, 96))
-    c = compress.layer_candidates(w, steps=96)
-    for half in range(1, compress.MAX_HALF + 1):
-        rate, distortion = _rtn_point(w, half)
-        assert np.any((c.rate <= rate * (1 + 1e-9)) & (c.distortion <= distortion * (1 + 1e-9))
-                      ), f"RTN on {2 * half + 1} levels beats every candidate"
-
-
 def _channel_error(state, container):
     """Each output channel's squared error over its energy, averaged per tensor, summed: the
     relative output error of every layer for white inputs (the allocation's own measure)."""
