@@ -247,14 +247,18 @@ def main_mnist1d(args) -> int:
           f"{float_seconds:.0f} s", flush=True)
     results = {"model": "mnist1d", "float_accuracy": float_accuracy, "weights": weights,
                "test_count": len(test_set), "float_seconds": float_seconds, "rows": []}
+    float_predictions = predictions(folded, x_test)
 
     def record(method, target, data, seconds, **extra):
         decoded, container = load_decoded("mnist1d", data)
+        # paired with the float model: how many test predictions the quantization changed
+        changed = int((predictions(decoded, x_test) != float_predictions).sum())
         row = {"method": method, "target_bpw": target, "accuracy": evaluate(decoded, test_set),
-               **file_rates(container), "seconds": seconds, **extra}
+               "changed": changed, **file_rates(container), "seconds": seconds, **extra}
         results["rows"].append(row)
         print(f"{method:<22} target {str(target):>5}: {row['bits_per_weight']:.3f} bits/weight, "
-              f"{row['accuracy']:.2f} %  ({seconds:.1f} s)", flush=True)
+              f"{row['accuracy']:.2f} %, {changed} predictions changed  ({seconds:.1f} s)",
+              flush=True)
         return row
 
     for bits in RTN_BITS:
@@ -318,6 +322,14 @@ def main_mnist1d(args) -> int:
 
 
 @torch.no_grad()
+def predictions(model, x, batch_size: int = 500) -> torch.Tensor:
+    """The class ``model`` predicts for each input of ``x``."""
+    model.eval()
+    return torch.cat([model(x[start:start + batch_size]).argmax(1)
+                      for start in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def layer_sensitivity(folded, test_set, levels: int = 3) -> list:
     """What each layer costs the float model alone: top-1 change, in points, with only that
     layer's weights on ``levels`` levels at their least-MSE step (no training), the others float.
@@ -348,14 +360,16 @@ def mnist1d_table(results) -> str:
     float_accuracy = results["float_accuracy"]
     lines = [f"MNIST-1D CNN, {results['weights']} weights, float {float_accuracy:.2f} % on "
              f"{results['test_count']} test sequences", "",
-             "| method | target | bits/w (model / weights) | top-1 | vs float | levels per layer |",
-             "|---|---|---|---|---|---|"]
+             "| method | target | bits/w (model / weights) | top-1 | vs float | predictions "
+             "changed | levels per layer |",
+             "|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         levels = row.get("levels")
         levels = ", ".join(map(str, levels)) if isinstance(levels, list) else str(levels)
         lines.append(f"| {row['method']} | {row['target_bpw']:g} | {row['bits_per_weight']:.3f} "
                      f"/ {row['bits_per_weight_weights_only']:.3f} | {row['accuracy']:.2f} % | "
-                     f"{row['accuracy'] - float_accuracy:+.2f} | {levels} |")
+                     f"{row['accuracy'] - float_accuracy:+.2f} | {row.get('changed', '-')} | "
+                     f"{levels} |")
 
     def at(method, target):
         return next((r for r in results["rows"] if r["method"] == method
@@ -405,9 +419,11 @@ def mnist1d_table(results) -> str:
         same = at("PTQ data-free", round(rtn["bits_per_weight"], 4))
         if same:
             gain = same["accuracy"] - rtn["accuracy"]
+            changed = (f"; predictions changed {same['changed']} vs {rtn['changed']}"
+                       if "changed" in same and "changed" in rtn else "")
             lines.append(f"| data-free PTQ >= RTN + entropy coding at {rtn['bits_per_weight']:.3f}"
                          f" bits/w ({rtn['target_bpw']}-bit RTN) | PTQ {same['accuracy']:.2f} % "
-                         f"vs RTN {rtn['accuracy']:.2f} % ({gain:+.2f}) | "
+                         f"vs RTN {rtn['accuracy']:.2f} % ({gain:+.2f}){changed} | "
                          f"{'yes' if gain >= 0 else 'no'} |")
     return "\n".join(lines) + "\n"
 
