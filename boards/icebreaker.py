@@ -98,6 +98,8 @@ class ICEBreakerTop(Elaboratable):
     ----------
     params, lanes, quad
         As :class:`InferenceSystem` and :class:`BoardSystem`.
+    columns : int
+        As :class:`InferenceSystem` (the inference system only).
     frequency : float
         Requested core clock (Hz); the PLL gives the nearest it can (``self.frequency``).
     inference : bool
@@ -108,10 +110,11 @@ class ICEBreakerTop(Elaboratable):
     """
 
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, *,
-                 frequency: float = 36e6, quad: bool = True, inference: bool = True,
-                 wide_crc: bool = False):
+                 columns: int = 1, frequency: float = 36e6, quad: bool = True,
+                 inference: bool = True, wide_crc: bool = False):
         self.params = params
         self.lanes = lanes
+        self.columns = columns
         self.quad = quad
         self.inference = inference
         self.wide_crc = wide_crc
@@ -123,8 +126,8 @@ class ICEBreakerTop(Elaboratable):
         _core_clock(m, platform, self.pll)
 
         if self.inference:
-            system = InferenceSystem(self.params, self.lanes, clk_freq=self.frequency,
-                                     quad=self.quad)
+            system = InferenceSystem(self.params, self.lanes, columns=self.columns,
+                                     clk_freq=self.frequency, quad=self.quad)
         else:
             system = BoardSystem(self.params, self.lanes, clk_freq=self.frequency,
                                  quad=self.quad, wide_crc=self.wide_crc)

@@ -161,9 +161,11 @@ class ULX3STop(Elaboratable):
     pll_keys = PLL_KEYS
 
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 4, *,
-                 frequency: float = 48e6, inference: bool = False, wide_crc: bool = False):
+                 columns: int = 1, frequency: float = 48e6, inference: bool = False,
+                 wide_crc: bool = False):
         self.params = params
         self.lanes = lanes
+        self.columns = columns
         self.quad = False
         self.inference = inference
         self.wide_crc = wide_crc
@@ -174,8 +176,8 @@ class ULX3STop(Elaboratable):
         m = Module()
         _ecp5_core_clock(m, platform, self.pll, clock=_ULX3S.clock, button=_ULX3S.button)
         if self.inference:
-            system = InferenceSystem(self.params, self.lanes, clk_freq=self.frequency,
-                                     quad=False)
+            system = InferenceSystem(self.params, self.lanes, columns=self.columns,
+                                     clk_freq=self.frequency, quad=False)
         else:
             system = BoardSystem(self.params, self.lanes, clk_freq=self.frequency, quad=False,
                                  wide_crc=self.wide_crc)

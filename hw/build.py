@@ -204,12 +204,17 @@ DEFAULT_LANES = 2
 #: Decoder lanes of the inference system: its engine takes at most one weight a cycle, which
 #: one lane gives, and the engine needs the chip's room.
 DEFAULT_INFERENCE_LANES = 1
+#: Output columns the inference engine computes a cycle (hw.engine.InferenceEngine), each with
+#: a multiplier and a copy of the activation memory. The UP5K has no room for a second: its
+#: system fills 98 % of the logic cells with one.
+DEFAULT_INFERENCE_COLUMNS = {"icebreaker": 1, "ulx3s-85f": 4}
 #: What each board builds without --inference or --crc-system: the inference system.
 DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
 #: Core clock of the inference system per board. On the UP5K the system fills 98 % of the
-#: logic cells and reaches about 29.5 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
-#: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next.
-DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 24.0}
+#: logic cells and reaches about 31 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
+#: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next. On the
+#: ULX3S the system with a 4-column engine reaches about 61 MHz: 48 MHz keeps a fifth.
+DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 48.0}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:
@@ -298,7 +303,8 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
             "fmax_mhz": {seed: round(tried[seed], 2) for seed in order}}
 
 
-def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = None,
+def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
+          container: bytes = None,
           model_name: str = None, out_dir, frequency: float = None,
           quad: bool = True, inference: bool = None,
           wide_crc: bool = False, decoder_only: bool = False, engine_only: bool = False,
@@ -311,7 +317,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
     the report gives the engine's share of the resources and its cycles per image; ``False``
     the CRC system (:class:`hw.system.BoardSystem`); ``None`` the board's default
     (:data:`DEFAULT_INFERENCE`). ``lanes`` defaults to :data:`DEFAULT_INFERENCE_LANES` or
-    :data:`DEFAULT_LANES`. ``decoder_only`` builds the board's decoder harness instead
+    :data:`DEFAULT_LANES`, ``columns`` (the engine's) to :data:`DEFAULT_INFERENCE_COLUMNS`.
+    ``decoder_only`` builds the board's decoder harness instead
     (:class:`boards.icebreaker.DecoderHarness`, :class:`boards.ulx3s.ULX3SDecoderHarness`): the
     decoder's own resources and Fmax, no flash image. ``engine_only`` builds the inference
     engine's harness likewise (:class:`boards.icebreaker.EngineHarness` with the board's
@@ -346,6 +353,10 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
                      else DEFAULT_FREQUENCY_MHZ)[board] * 1e6
     if lanes is None:
         lanes = DEFAULT_INFERENCE_LANES if inference else DEFAULT_LANES
+    if columns is None:
+        columns = DEFAULT_INFERENCE_COLUMNS[board]
+    if columns not in (1, 2, 4, 8, 16):
+        raise BuildError(f"columns must be 1, 2, 4, 8 or 16, not {columns}")
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise BuildError(f"seeds must be a whole number from 1 to 100, not {seeds!r}")
     try:
@@ -388,8 +399,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         if decoder_only:
             top = spec["harness"](params, lanes, frequency=frequency)
         else:
-            top = spec["top"](params, lanes, frequency=frequency, inference=inference,
-                              wide_crc=wide_crc)
+            top = spec["top"](params, lanes, columns=columns, frequency=frequency,
+                              inference=inference, wide_crc=wide_crc)
         platform = spec["platform"]()
         # synth_ecp5 maps to DSPs and block RAM by default (no -dsp as on iCE40).
         synth_opts = ""
@@ -401,9 +412,10 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         elif engine_only:
             # the board's engine: the memories the inference system builds
             from sw.board import ENGINE_MEMORIES
-            top = EngineHarness(lanes, frequency=frequency, **ENGINE_MEMORIES)
+            top = EngineHarness(lanes, frequency=frequency, columns=columns,
+                                **ENGINE_MEMORIES)
         else:
-            top = ICEBreakerTop(params, lanes, frequency=frequency, quad=quad,
+            top = ICEBreakerTop(params, lanes, columns=columns, frequency=frequency, quad=quad,
                                 inference=inference, wide_crc=wide_crc)
         platform = ICEBreakerPlatform()
         synth_opts = "-dsp"
@@ -465,6 +477,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
                    else "inference system" if inference else "crc system"),
         "device": f"{platform.device}-{platform.package}",
         "lanes": lanes,
+        "columns": columns,
         "params": {"precision_bits": params.precision_bits, "state_count": params.state_count},
         "flash_read": "quad 0xEB" if quad else "single 0x03",
         "weight_crc": "lane-wide" if wide_crc else "one weight per cycle",
@@ -491,10 +504,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         report["images"] = {"count": len(pixels), "flash_offset": IMAGES_OFFSET,
                             "bytes": len(image_set_bytes), "correct": expected.correct}
         report["engine"] = engine_share
-        # the engine's own count when the weights are never late (hw.engine.engine_cycles;
-        # the decoder at one lane keeps a linear layer at two cycles a weight)
+        # the engine's own count when the weights are never late (hw.engine.engine_cycles)
         from .engine import engine_cycles
-        cycles = engine_cycles(program, lanes)
+        cycles = engine_cycles(program, columns)
         report["cycles_per_image"] = cycles
         report["ms_per_image"] = round(1e3 * cycles / top.frequency, 2)
         report["expected_lines"] = inference_lines(expected)
@@ -507,9 +519,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, container: bytes = No
         report["expected_line"] = format_line(expected)
         report["files"].update({"flash_image": "flash.bin", "model": "model.sbit"})
     if engine_only:
-        # The engine computes one product a cycle; it takes a weight every H'*W' of them.
+        # The engine computes `columns` products a cycle.
         del report["weights_per_second"], report["flash_read"], report["weight_crc"]
-        report["products_per_second"] = round(core_fmax * 1e6)
+        report["products_per_second"] = round(columns * core_fmax * 1e6)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -522,6 +534,7 @@ def summary(report: dict) -> str:
     model = report.get("model")
     lines = [f"{report['board']} ({report['device']}), {report['design']}, "
              f"{report['lanes']} lanes"
+             + (f", engine {report['columns']} columns" if "cycles_per_image" in report else "")
              + (f", model {model['name']} ({model['bytes']} bytes)" if model else "")]
     lines += [f"  {name:<12} {r['used']:>5} / {r['available']:<5} "
               f"({100 * r['used'] / r['available'] if r['available'] else 0:5.1f} %)"
@@ -564,6 +577,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lanes", type=int, default=None,
                         help=f"decoder lanes (default {DEFAULT_INFERENCE_LANES} for the inference "
                              f"system, {DEFAULT_LANES} for the others)")
+    parser.add_argument("--columns", type=int, default=None,
+                        help="output columns the inference engine computes a cycle (1, 2, 4, "
+                             "8 or 16; default " + ", ".join(
+                                 f"{b} {c}" for b, c in DEFAULT_INFERENCE_COLUMNS.items()) + ")")
     parser.add_argument("--container", metavar="FILE",
                         help="model to put in flash (default: a small trained digits MLP)")
     parser.add_argument("--out", metavar="DIR",
@@ -620,7 +637,8 @@ def main(argv=None) -> int:
             raise BuildError(f"frequency {args.frequency} MHz is out of range")
         if args.out is None:
             args.out = f"build/{args.board}"
-        report = build(board=args.board, lanes=args.lanes, container=container, model_name=name,
+        report = build(board=args.board, lanes=args.lanes, columns=args.columns,
+                       container=container, model_name=name,
                        out_dir=args.out,
                        frequency=None if args.frequency is None else args.frequency * 1e6,
                        quad=not args.single_spi,

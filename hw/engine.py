@@ -8,11 +8,11 @@ its channel before taking the next one (the loop over positions is the innermost
 decoder's backpressure paces it; only the accumulators of one output channel, the biases of
 one layer and the activations are stored.
 
-This engine computes one product per cycle (a digits-ResNet image is about 3.2 M
-cycles). Its structure is the one a wider engine keeps: the lanes of a wider one would take
-several output positions of the same weight at once. On the UP5K (the board's memories, 1 lane)
-it takes 2,271 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the
-requantization's terms, the cycle counter), about 33 MHz (docs/INFERENCE.md).
+The engine applies a weight to ``columns`` neighbouring output columns a cycle, each reading
+its input from its own copy of the activation memory: a digits-ResNet image is 3.17 M cycles at
+one column, 1.13 M at four. On the UP5K (the board's memories, one column) it takes about 2,300
+logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the requantization's
+terms, the cycle counter), about 33 MHz alone (docs/INFERENCE.md).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -27,7 +27,8 @@ from .decoder import ProgramWord, WeightBatch
 from .dsp import Counter32
 from .spram import SinglePortRam
 
-__all__ = ["ActivationWrite", "EngineStatus", "Prediction", "InferenceEngine", "engine_cycles"]
+__all__ = ["ActivationWrite", "EngineStatus", "EngineActivity", "Prediction", "InferenceEngine",
+           "engine_cycles"]
 
 
 #: An activation the engine writes (pixels and every operation's outputs), for observers.
@@ -36,6 +37,11 @@ ActivationWrite = data.StructLayout({"address": unsigned(16), "value": signed(16
 #: ``busy`` while an image is in flight; ``error`` and ``code`` (a :class:`sw.format.Status`)
 #: when the engine refused the program or the weights that follow it. Sticky until reset.
 EngineStatus = data.StructLayout({"busy": 1, "error": 1, "code": 4})
+
+#: What the engine is doing, for observers (profiles): the running operation's
+#: :class:`sw.program.Opcode` (0 before the first), and ``waiting``: it needs a weight or a
+#: bias the decoder has not delivered.
+EngineActivity = data.StructLayout({"opcode": 2, "waiting": 1})
 
 #: The engine's answer for one image: the predicted class and the cycles it took.
 Prediction = data.StructLayout({"label": unsigned(16), "cycles": unsigned(32)})
@@ -62,64 +68,49 @@ def _above(x, bound: int):
     return Cat(*terms).any() if terms else Const(0, 1)
 
 
-def engine_cycles(program, lanes: int = 1) -> int:
-    """The ``cycles`` :class:`InferenceEngine` reports for one image of ``program`` (a
-    :class:`sw.program.Program`) when the pixels and the weights are never late: the cycles from
-    the program's last word to the answer, as the state machine below spends them.
+def engine_cycles(program, columns: int = 1) -> int:
+    """The ``cycles`` an :class:`InferenceEngine` of ``columns`` reports for one image of
+    ``program`` (a :class:`sw.program.Program`) when the pixels and the weights are never late:
+    the cycles from the program's last word to the answer, as the state machine below spends
+    them.
 
-    The weights arrive in transfers of ``lanes`` values, a section's last one shorter; the
-    engine takes a value a cycle from a transfer, and the next transfer one cycle after its last
-    value (``weights.ready`` is an empty batch), so a value that starts a transfer is ready two
-    cycles after the previous one was taken.
+    The engine takes a weight or bias the cycle it needs it, whatever the decoder's lanes (it
+    takes the next transfer in the cycle it takes a transfer's last value), so when the decoder
+    keeps up, the count depends on the program alone.
     """
     from sw.program import Opcode as _Opcode
 
     cycles = 11 + program.input_size           # HEADER (fetch 0..10), a pixel a cycle
-    ready = [-1]                               # the cycle the next value can be taken
-    index = [0]                                # the value's place in its section
-
-    def take(earliest, section_size):
-        at = max(earliest, ready[0])
-        index[0] += 1
-        batch_end = index[0] % lanes == 0 or index[0] == section_size
-        if index[0] == section_size:
-            index[0] = 0
-        ready[0] = at + (2 if batch_end else 1)
-        return at
-
     for op in program.ops:
         cycles += 21 + 7                       # FETCH (fetch 0..20), DECODE (fetch 0..6)
         if op.opcode == _Opcode.POOL:
             cycles += op.out_channels * (op.in_height * op.in_width + 2) + 1   # ..., NEXT
             continue
-        channels = op.out_channels
-        if op.has_bias:                        # BIAS: a value a cycle from the first cycle
-            t = cycles - 1
-            for _ in range(channels):
-                t = take(t + 1, channels)
-            cycles = t + 1
+        if op.has_bias:                        # BIAS: a value a cycle
+            cycles += op.out_channels
         positions = op.out_height * op.out_width
-        per_channel = op.fan_in
-        section = channels * per_channel
+        groups = op.out_height * -(-op.out_width // columns)   # MAC cycles of a weight
         shifts = (op.shift - 1) // 16 + (op.shift - 1) % 16
-        requantize = positions * (10 + shifts)  # RQ (8 steps, shifts, + 1), RQ_WRITE
-        for _ in range(channels):
-            t = take(cycles, section)          # WEIGHT: taken in its first cycle if ready
-            for _ in range(per_channel - 1):
-                # MAC takes the next weight on its last position, else WEIGHT waits
-                t = take(t + positions, section)
-            cycles = t + positions + requantize + 1
-        cycles += 1                            # NEXT
+        # WEIGHT takes a channel's first weight in its first cycle; MAC a position a cycle,
+        # and the next weight on a weight's last position; then RQ (8 steps, the shifts, + 1)
+        # and RQ_WRITE a position, and one cycle to the next channel
+        per_channel = op.fan_in * groups + positions * (10 + shifts) + 1
+        cycles += op.out_channels * per_channel + 1    # ..., NEXT
     return cycles + program.classes + 1        # ARGMAX
 
 
 class InferenceEngine(wiring.Component):
-    """Runs the integer program of docs/INFERENCE.md, one product per cycle.
+    """Runs the integer program of docs/INFERENCE.md, ``columns`` products per cycle.
 
     Parameters
     ----------
     lanes : int
         Of the decoder whose ``weights`` stream this engine takes.
+    columns : int
+        Output columns of a convolution a weight is applied to each cycle (1, 2, 4, 8 or 16):
+        that many multipliers and copies of the activation memory (they read the inputs of
+        neighbouring columns at once), accumulators in rows of ``columns``. A channel's
+        positions take ``H' x ceil(W' / columns)`` cycles a weight.
     memory_words : int
         Activation memory (values of 16 bits): one SB_SPRAM256KA (16K words) on iCE40.
         A program with a tensor past it is refused with ``BAD_PROGRAM``.
@@ -132,7 +123,8 @@ class InferenceEngine(wiring.Component):
     max_channels : int
         Output channels of one operation (its biases are kept); more are ``BAD_PROGRAM``.
     max_positions : int
-        Output positions of one channel (its accumulators are kept); more likewise.
+        Output positions of one channel (its accumulators are kept, in rows of ``columns``);
+        more likewise.
     spram : bool or None
         Activation memory as ``SB_SPRAM256KA`` blocks: ``None`` on an iCE40 platform only
         (:class:`hw.spram.SinglePortRam`).
@@ -151,11 +143,17 @@ class InferenceEngine(wiring.Component):
         Every activation written, for testbenches and debugging (unused in a build, it costs
         nothing).
     status : Out(EngineStatus)
+    activity : Out(EngineActivity)
+        For observers, as ``activations`` (unused in a build, it costs nothing).
     """
 
-    def __init__(self, lanes: int = 1, *, memory_words: int = 8192, program_words: int = 512,
-                 max_channels: int = 512, max_positions: int = 512, spram: bool = None):
+    def __init__(self, lanes: int = 1, *, columns: int = 1, memory_words: int = 8192,
+                 program_words: int = 512, max_channels: int = 512, max_positions: int = 512,
+                 spram: bool = None):
+        if columns not in (1, 2, 4, 8, 16):
+            raise ValueError(f"columns must be 1, 2, 4, 8 or 16, not {columns}")
         self.lanes = lanes
+        self.columns = columns
         self.memory_words = memory_words
         self.program_words = program_words
         self.max_channels = max_channels
@@ -168,11 +166,13 @@ class InferenceEngine(wiring.Component):
             "prediction": Out(stream.Signature(Prediction)),
             "activations": Out(stream.Signature(ActivationWrite, always_ready=True)),
             "status": Out(EngineStatus),
+            "activity": Out(EngineActivity),
         })
 
     def elaborate(self, platform):
         m = Module()
         N = self.lanes
+        C = self.columns
         # Widths from the parameters: an address, a size up to the memory, a channel, an
         # accumulator position (or a pool's plane, at most 256 values), an output row/column.
         AW = max(1, (self.memory_words - 1).bit_length())
@@ -200,8 +200,11 @@ class InferenceEngine(wiring.Component):
             shape=signed(16), depth=self.max_channels, init=[])
         bias_write = bias_ram.write_port()
         bias_read = bias_ram.read_port()
+        # a row of C accumulators a word: a channel's positions in rows of C columns, each row
+        # of the output starting a word (groups of a row never mix two rows). As many words
+        # as positions: a channel of width 1 takes a word a position.
         m.submodules.accumulator_ram = accumulator_ram = Memory(
-            shape=signed(32), depth=self.max_positions, init=[])
+            shape=data.ArrayLayout(signed(32), C), depth=self.max_positions, init=[])
         accumulator_write = accumulator_ram.write_port()
         # transparent: the MAC loop reads a position the cycle its last sum is written when a
         # channel has a single output position, and so does the requantization's first read
@@ -245,7 +248,9 @@ class InferenceEngine(wiring.Component):
         m.d.comb += [
             value.eq(batch.values[0]),
             value_valid.eq(batch_full),
-            self.weights.ready.eq(~batch_full | error),
+            # the next transfer is taken the cycle the batch's last value is: a linear layer
+            # then takes a weight a cycle (waiting for an empty batch made it two)
+            self.weights.ready.eq(~batch_full | (take_value & batch_end) | error),
         ]
         with m.If(self.weights.valid & self.weights.ready):
             payload = self.weights.payload
@@ -344,7 +349,6 @@ class InferenceEngine(wiring.Component):
         oy_left = Signal(XW)             # output rows and columns still to go after this one
         ox_left = Signal(XW)
         position = Signal(PW)
-        m.d.comb += accumulator_read.addr.eq(position)
         on_last_ox = Signal()
         on_last_oy = Signal()
         out_left = Signal(CW)            # output channels still to go after this one
@@ -379,14 +383,50 @@ class InferenceEngine(wiring.Component):
         s1_valid = Signal()
         s1_position = Signal(PW)
         s1_first = Signal()
-        s1_weight = Signal(signed(16))
-        product = Signal(signed(32))
-        m.d.comb += product.eq(s1_weight * activation_read_data)
-        with m.If(s1_valid):
-            m.d.comb += [accumulator_write.addr.eq(s1_position),
-                         accumulator_write.data.eq(
-                             Mux(s1_first, 0, accumulator_read.data) + product),
-                         accumulator_write.en.eq(1)]
+        s1_weights = Signal(data.ArrayLayout(signed(16), C))   # a column's, or 0
+        # Columns 1 .. C-1 read their inputs from copies of the activation memory, each written
+        # as the memory is: in MAC, column i's input is i (2i at stride 2) words past column
+        # 0's, the cursor.
+        column_data = [activation_read_data]
+        for i in range(1, C):
+            copy = SinglePortRam(self.memory_words, spram=self.spram)
+            m.submodules[f"activation_copy_{i}"] = copy
+            copy_data = Signal(signed(16), name=f"column_data_{i}")
+            m.d.comb += [
+                copy.addr.eq(address + Mux(activation_write_en, 0, Mux(stride2, 2 * i, i))),
+                copy.write_data.eq(activation_write_data),
+                copy.write_enable.eq(activation_write_en),
+                copy_data.eq(copy.read_data)]
+            column_data.append(copy_data)
+        if C == 1:
+            # stage 1 adds: the memory's output, the multiplier and the adder in one cycle
+            m.d.comb += accumulator_read.addr.eq(position)
+            add_valid, add_position, add_first, add_weights = \
+                s1_valid, s1_position, s1_first, s1_weights
+            add_data = column_data
+        else:
+            # Several columns: the copies spread over the die, and their outputs went through
+            # the multiplier and the adder into the accumulators in one cycle (46.6 MHz on the
+            # ECP5 at 4 columns). Stage 2 registers the inputs and adds; the accumulators are
+            # read a cycle later for it (s1_position follows position in every state, so RQ
+            # reads the position it names a cycle later too, still before its step 2).
+            add_valid = Signal()
+            add_position = Signal(PW)
+            add_first = Signal()
+            add_weights = Signal.like(s1_weights)
+            add_data = [Signal(signed(16), name=f"stage2_data_{i}") for i in range(C)]
+            m.d.sync += [add_valid.eq(s1_valid), add_position.eq(s1_position),
+                         add_first.eq(s1_first), add_weights.eq(s1_weights),
+                         s1_position.eq(position)]
+            m.d.sync += [add_data[i].eq(column_data[i]) for i in range(C)]
+            m.d.comb += accumulator_read.addr.eq(s1_position)
+        with m.If(add_valid):
+            m.d.comb += [accumulator_write.addr.eq(add_position), accumulator_write.en.eq(1)]
+            for i in range(C):
+                product = Signal(signed(32), name=f"product_{i}")
+                m.d.comb += [product.eq(add_weights[i] * add_data[i]),
+                             accumulator_write.data[i].eq(
+                                 Mux(add_first, 0, accumulator_read.data[i]) + product)]
         m.d.sync += s1_valid.eq(0)
 
         # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
@@ -549,6 +589,15 @@ class InferenceEngine(wiring.Component):
 
         load_weight = Signal()
         pad = kernel >> 1
+        # MAC walks a row C columns at a time: ox_left counts the columns after the group's
+        # first, and the group is the row's last when fewer than C follow it
+        group_bits = C.bit_length() - 1
+
+        def last_group(columns_left):
+            return ~columns_left[group_bits:].any()
+
+        # the requantization walks a row column by column (C > 1: a lane of the group's word)
+        rq_lane = Signal(range(C))
         m.d.comb += bias_read.addr.eq(out_channel)
         # One adder steps the cursor in PIXELS, MAC, POOL and ARGMAX: stride2 is 0 but in a
         # convolution's MAC (NEXT clears it, and a pool's record sets it to 0). Apart, the
@@ -697,6 +746,9 @@ class InferenceEngine(wiring.Component):
                         ]
                     with m.Case(5):
                         check(positions_over)                 # H'*W'
+                        if C > 1:   # MAC and RQ count groups: H' rows of ceil(W'/C)
+                            with m.If(~is_pool):
+                                m.d.sync += last_position.eq(sizes - 1)
                 with m.If(fetch == 6):
                     m.d.sync += last_channel.eq(Mux(is_linear, sizes, in_channels) - 1)
                     with m.If(is_pool):
@@ -733,16 +785,23 @@ class InferenceEngine(wiring.Component):
                 # row and column run from -pad to at most H and W (kernel 1 or 3, stride 1 or
                 # 2): beyond the input is -1, H or W, tests of a sign and of equality instead of
                 # two carry chains (~45 LC)
-                inside = ~row[-1] & (row != height) & ~column[-1] & (column != width)
+                row_inside = ~row[-1] & (row != height)
+                inside = row_inside & ~column[-1] & (column != width)
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
-                             s1_weight.eq(Mux(inside, weight, 0))]
+                             s1_weights[0].eq(Mux(inside, weight, 0))]
+                for i in range(1, C):
+                    # never left of the input (column >= -1); a column past the row's last
+                    # output multiplies by 0, and its accumulator is never read
+                    column_i = column + Mux(stride2, 2 * i, i)
+                    inside_i = row_inside & (column_i != width) & (ox_left >= i)
+                    m.d.sync += s1_weights[i].eq(Mux(inside_i, weight, 0))
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
                 with m.If(on_last_ox):
                     next_row = row_address + Mux(stride2, width << 1, width)
                     m.d.sync += [ox_left.eq(last_ox), column.eq(column_start),
                                  oy_left.eq(oy_left - 1),
-                                 on_last_ox.eq(~last_ox.any()),
+                                 on_last_ox.eq(last_group(last_ox)),
                                  on_last_oy.eq(oy_left == 1),
                                  row.eq(row + step), row_address.eq(next_row),
                                  cursor.eq(next_row)]
@@ -750,15 +809,24 @@ class InferenceEngine(wiring.Component):
                         # this weight is done: the next one, or the channel's requantization
                         with m.If(weight_last):
                             m.d.sync += [position.eq(0), rq_step.eq(1)]
+                            if C > 1:   # RQ's on_last_ox: the column is the row's last
+                                m.d.sync += [rq_lane.eq(0), on_last_ox.eq(~last_ox.any())]
                             m.next = "RQ"
                         with m.Elif(value_valid):
                             m.d.comb += load_weight.eq(1)
                         with m.Else():
                             m.next = "WEIGHT"
                 with m.Else():
-                    m.d.sync += [ox_left.eq(ox_left - 1), column.eq(column + step),
-                                 on_last_ox.eq(ox_left == 1),
-                                 cursor.eq(cursor_step)]
+                    if C == 1:
+                        m.d.sync += [ox_left.eq(ox_left - 1), column.eq(column + step),
+                                     on_last_ox.eq(ox_left == 1),
+                                     cursor.eq(cursor_step)]
+                    else:
+                        # the next group is the row's last when fewer than 2C columns follow
+                        group_step = Mux(stride2, 2 * C, C)
+                        m.d.sync += [ox_left.eq(ox_left - C), column.eq(column + group_step),
+                                     on_last_ox.eq(~ox_left[group_bits + 1:].any()),
+                                     cursor.eq(cursor + group_step)]
                 with m.If(fault):   # last, so that it decides the next state
                     fail(Status.BAD_PROGRAM)
             # ---- requantize the channel's accumulators, one position at a time ----
@@ -767,13 +835,15 @@ class InferenceEngine(wiring.Component):
             # Without a bias or a skip input their terms are not added (add_term), rather than
             # zeroed in the operand's multiplexer (~20 LUTs)
             bias_value = bias_read.data
-            accumulator = accumulator_read.data
+            accumulator = accumulator_read.data[rq_lane] if C > 1 else accumulator_read.data[0]
             with m.State("RQ"):
                 # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
                 # each is added three cycles later. Then, with rq_step empty, the shift.
                 m.d.comb += address.eq(skip_cursor)
                 m.d.sync += [rq_step.eq(rq_step << 1),
                              rq_last.eq(position == last_position)]
+                if C > 1:   # position names the row's group; the last column ends it
+                    m.d.sync += rq_last.eq((position == last_position) & on_last_ox)
                 # B's low word is on the program RAM's output at step 0, its high word at
                 # step 1, A from step 2 (the address, below the FSM)
                 with m.If(rq_step[0]):
@@ -814,8 +884,20 @@ class InferenceEngine(wiring.Component):
                 # first cycle). The output and the skip tensor are walked in address order,
                 # channel after channel: two counters instead of sums of addresses.
                 m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
-                             position.eq(position + 1),
                              skip_cursor.eq(skip_cursor + 1)]
+                if C == 1:
+                    m.d.sync += position.eq(position + 1)
+                else:
+                    # the next column: the group's next lane, or the next group at the group's
+                    # or the row's end
+                    with m.If(on_last_ox | (rq_lane == C - 1)):
+                        m.d.sync += [position.eq(position + 1), rq_lane.eq(0)]
+                    with m.Else():
+                        m.d.sync += rq_lane.eq(rq_lane + 1)
+                    with m.If(on_last_ox):
+                        m.d.sync += [ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any())]
+                    with m.Else():
+                        m.d.sync += [ox_left.eq(ox_left - 1), on_last_ox.eq(ox_left == 1)]
                 with m.If(rq_last):
                     next_out_channel()
                     with m.If(~single_multiplier):
@@ -903,6 +985,13 @@ class InferenceEngine(wiring.Component):
             # whatever state the FSM is in: take and drop the pixels too, answer nothing
             m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
 
+        m.d.comb += [
+            self.activity.opcode.eq(Mux(is_conv, Opcode.CONV, Mux(
+                is_linear, Opcode.LINEAR, Mux(is_pool, Opcode.POOL, 0)))),
+            self.activity.waiting.eq((fsm.ongoing("WEIGHT") | fsm.ongoing("BIAS")) &
+                                     ~value_valid),
+        ]
+
         # -- the program RAM's address: B for the requantization's first two steps -----------
         # Its low word is read in MAC and RQ_WRITE (the cycles before RQ's first step; neither
         # reads the RAM), its high word in step 0; otherwise the cursor (A from step 1 on).
@@ -912,13 +1001,18 @@ class InferenceEngine(wiring.Component):
             m.d.comb += program_read.addr.eq(b_address + 1)
 
         # -- the sizes' operands, by the step: products of other steps and states are not read
-        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1, C*(H*W)
-        # at 3 (a product arrives three steps after its operands are chosen).
+        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1,
+        # H'*ceil(W'/C) at 2 (C > 1), C*(H*W) at 3 (a product arrives three steps after its
+        # operands are chosen).
         with m.Switch(fetch):
             with m.Case(0):
                 m.d.comb += [size_a_src.eq(height), size_b_src.eq(width)]
             with m.Case(1):
                 m.d.comb += [size_a_src.eq(out_height), size_b_src.eq(out_width)]
+            if C > 1:
+                with m.Case(2):
+                    m.d.comb += [size_a_src.eq(out_height),
+                                 size_b_src.eq((out_width + C - 1) >> group_bits)]
             with m.Case(3):
                 m.d.comb += [size_a_src.eq(in_channels),
                              size_b_src.eq(Mux(fsm.ongoing("HEADER"), word, sizes[:16]))]
@@ -949,7 +1043,7 @@ class InferenceEngine(wiring.Component):
                          (value_last != (channel_last & on_last_out_channel)) | out_of_bound),
                 weight.eq(value), weight_first.eq(channel_first), weight_last.eq(channel_last),
                 oy_left.eq(last_oy), ox_left.eq(last_ox), position.eq(0),
-                on_last_ox.eq(~last_ox.any()), on_last_oy.eq(~last_oy.any()),
+                on_last_ox.eq(last_group(last_ox)), on_last_oy.eq(~last_oy.any()),
                 row.eq(ky - pad), column.eq(kx - pad), column_start.eq(kx - pad),
                 row_address.eq(weight_start), cursor.eq(weight_start),
                 weight_start.eq(weight_start + Mux(

@@ -15,7 +15,7 @@ docs/BOARD.md gives the flash layout, the UART lines and the LEDs.
 import string
 
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sw.board import (
@@ -41,7 +41,7 @@ from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
 __all__ = ["ReportLine", "SkidBuffer", "BoardSystem", "ImageStore", "InferenceSystem",
-           "measured_decoder", "measured_engine"]
+           "LayerProfile", "Profile", "measured_decoder", "measured_engine"]
 
 NAME_CHARS = 16
 NAMES_BASE = 256
@@ -566,6 +566,14 @@ class ImageStore(wiring.Component):
         return m
 
 
+#: One layer type's counts in :class:`InferenceSystem`'s profile: the cycles the engine spends
+#: on such layers, those it waits for a weight or bias (the decoder is late), and those the
+#: decoder's next weights wait for the engine (the engine is busy).
+LayerProfile = data.StructLayout({"cycles": 32, "engine_waiting": 32, "decoder_held": 32})
+#: Convolutions and linear layers (pools take no weights).
+Profile = data.StructLayout({"conv": LayerProfile, "linear": LayerProfile})
+
+
 class InferenceSystem(wiring.Component):
     """Classifies the test images in flash while the decoder expands the weights for each one.
 
@@ -583,6 +591,9 @@ class InferenceSystem(wiring.Component):
     params : CodecParams
     lanes : int
         Decoder lanes.
+    columns : int
+        The engine's output columns a cycle (:class:`hw.engine.InferenceEngine`): each takes a
+        multiplier and a copy of the activation memory.
     clk_freq : float
         Core clock (Hz): the UART divisor and the flash's waits.
     baud : int
@@ -598,6 +609,9 @@ class InferenceSystem(wiring.Component):
         its last weight).
     spram : bool or None
         The image store and the engine's activations as ``SB_SPRAM256KA`` (``None``: on iCE40).
+    profile : bool
+        Count, per layer type, the cycles the engine spends and those it waits for a weight
+        and the decoder waits for it (``profile``; for simulations, 192 flip-flops).
 
     Attributes
     ----------
@@ -609,21 +623,19 @@ class InferenceSystem(wiring.Component):
         The run stopped on an error (its status is on the final line).
     finished : Out(1)
         The final line has been sent.
+    profile : Out(Profile)
+        With ``profile`` only: the counts since reset, over every image.
     """
 
-    flash: Out(FlashPins)
-    uart_tx: Out(1, init=1)
-    led_green: Out(1)
-    led_red: Out(1)
-    finished: Out(1)
-
     def __init__(self, params: CodecParams = CodecParams(), lanes: int = 1, *,
-                 clk_freq: float, baud: int = 115200, container_offset: int = FLASH_OFFSET,
-                 images_offset: int = IMAGES_OFFSET, quad: bool = True,
-                 truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES, spram: bool = None):
+                 columns: int = 1, clk_freq: float, baud: int = 115200,
+                 container_offset: int = FLASH_OFFSET, images_offset: int = IMAGES_OFFSET,
+                 quad: bool = True, truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES,
+                 spram: bool = None, profile: bool = False):
         params.check_lanes(lanes)
         self.params = params
         self.lanes = lanes
+        self.columns = columns
         self.clk_freq = clk_freq
         self.baud = baud
         self.container_offset = container_offset
@@ -632,9 +644,15 @@ class InferenceSystem(wiring.Component):
         self.truncation_idle_cycles = truncation_idle_cycles
         self.spram = spram
         self.divisor = round(clk_freq / baud)
-        super().__init__()
+        members = {"flash": Out(FlashPins), "uart_tx": Out(1, init=1), "led_green": Out(1),
+                   "led_red": Out(1), "finished": Out(1)}
+        if profile:
+            members["profile"] = Out(Profile)
+        super().__init__(members)
 
     def elaborate(self, platform):
+        from sw.program import Opcode
+
         from .engine import InferenceEngine
 
         m = Module()
@@ -647,8 +665,8 @@ class InferenceSystem(wiring.Component):
         m.submodules.skid = skid = ResetInserter(restart)(SkidBuffer(16))
         m.submodules.decoder = decoder = ResetInserter(restart)(
             WeightDecoder(self.params, self.lanes))
-        m.submodules.engine = engine = InferenceEngine(self.lanes, spram=self.spram,
-                                                       **ENGINE_MEMORIES)
+        m.submodules.engine = engine = InferenceEngine(
+            self.lanes, columns=self.columns, spram=self.spram, **ENGINE_MEMORIES)
         m.submodules.store = store = ImageStore(IMAGE_STORE_WORDS, spram=self.spram)
         m.submodules.report = report = ReportLine(self.divisor, (IMAGE_LINE, FINAL_LINE))
         wiring.connect(m, wiring.flipped(self.flash), reader.flash)
@@ -666,6 +684,15 @@ class InferenceSystem(wiring.Component):
         wiring.connect(m, decoder.program, engine.program)
         wiring.connect(m, decoder.weights, engine.weights)
         wiring.connect(m, store.pixels, engine.pixels)
+        if "profile" in self.signature.members:
+            for kind, opcode in (("conv", Opcode.CONV), ("linear", Opcode.LINEAR)):
+                counts = getattr(self.profile, kind)
+                with m.If(engine.status.busy & (engine.activity.opcode == opcode)):
+                    m.d.sync += counts.cycles.eq(counts.cycles + 1)
+                    with m.If(engine.activity.waiting):
+                        m.d.sync += counts.engine_waiting.eq(counts.engine_waiting + 1)
+                    with m.If(decoder.weights.valid & ~engine.weights.ready):
+                        m.d.sync += counts.decoder_held.eq(counts.decoder_held + 1)
 
         code = Signal(4)                # the final line's status
         image = Signal(16)              # the image running, and the images answered

@@ -239,18 +239,19 @@ def simulate_board(container: bytes, params, *, lanes: int = 4, quad: bool = Tru
 
 
 def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
-                       quad: bool = True, build_dir, simulator: str = "auto",
-                       clock_mhz: float = 48.0) -> list:
+                       columns: int = 1, quad: bool = True, build_dir, simulator: str = "auto",
+                       clock_mhz: float = 48.0, profile: bool = False) -> list:
     """Run the inference system on several flash contents in one simulation.
 
     ``cases`` are ``(name, image set bytes or None, container bytes or None, limit_cycles)``:
     each is written to the flash model (a region left out stays erased), the system is reset
     and runs until its final line or the limit. Returns ``[(text received, (green, red),
-    cycles simulated)]`` in order.
+    cycles simulated)]`` in order; with ``profile``, each with a fourth member, the system's
+    profile (:data:`hw.system.Profile`) as ``{"conv": {"cycles": ...}, "linear": ...}``.
     """
     from amaranth.back import verilog
 
-    from hw.system import InferenceSystem
+    from hw.system import InferenceSystem, Profile
     from sw.board import FLASH_OFFSET, flash_image
 
     from .testbench import choose_simulator
@@ -258,8 +259,10 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
     simulator = choose_simulator(simulator)
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
-    system = InferenceSystem(params, lanes, clk_freq=clock_mhz * 1e6, baud=SIM_BAUD, quad=quad,
-                             truncation_idle_cycles=8192)
+    system = InferenceSystem(params, lanes, columns=columns, clk_freq=clock_mhz * 1e6,
+                             baud=SIM_BAUD, quad=quad, truncation_idle_cycles=8192,
+                             profile=profile)
+    ports = dict(BOARD_PORTS, profile=("o", Profile.size)) if profile else BOARD_PORTS
     plan = []
     for index, (name, images, data, limit_cycles) in enumerate(cases):
         image = flash_image(data or b"", images=images)
@@ -270,16 +273,43 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
         plan.append({"name": name, "flash": str(path), "limit_cycles": int(limit_cycles),
                      "output": str(build_dir / f"output{index}.txt")})
     build_and_run(verilog=verilog.convert(system, name="board", emit_src=False),
-                  dut_module="board", ports=BOARD_PORTS, test_module="sim.board_tests",
+                  dut_module="board", ports=ports, test_module="sim.board_tests",
                   build_dir=build_dir, mem_depth=2 << 20, testcase="inference_runs",
                   simulator=simulator, clock_ps=2 * round(5e5 / clock_mhz),
                   config={"baud": SIM_BAUD, "clock_ps": 2 * round(5e5 / clock_mhz),
-                          "cases": plan})
+                          "cases": plan, "profile": profile})
     results = []
     for case in plan:
-        text, leds, cycles = Path(case["output"]).read_text().split("\x00")
-        results.append((text, tuple(int(x) for x in leds.split()), int(cycles)))
+        text, leds, cycles, counts = Path(case["output"]).read_text().split("\x00")
+        result = (text, tuple(int(x) for x in leds.split()), int(cycles))
+        if profile:
+            result += (_unpack(Profile, int(counts)),)
+        results.append(result)
     return results
+
+
+def _unpack(layout, value: int) -> dict:
+    """A ``data.StructLayout``'s fields of the integer ``value``, nested as the layout is."""
+    from amaranth.lib import data
+    fields = {}
+    for name, field in layout:
+        bits = (value >> field.offset) & ((1 << field.width) - 1)
+        fields[name] = _unpack(field.shape, bits) \
+            if isinstance(field.shape, data.StructLayout) else bits
+    return fields
+
+
+def profile_table(profile: dict) -> str:
+    """The profile of :func:`simulate_inference` as a table of shares of each layer type's
+    cycles."""
+    lines = ["layers   engine cycles   engine waits for the decoder   decoder waits for "
+             "the engine"]
+    for kind, counts in profile.items():
+        total = counts["cycles"]
+        share = (lambda n: f"{100 * n / total:.2f} %") if total else (lambda n: "-")
+        lines.append(f"{kind:<8} {total:>13,}   {share(counts['engine_waiting']):>28}   "
+                     f"{share(counts['decoder_held']):>28}")
+    return "\n".join(lines)
 
 
 def parse_inference_or_none(text: str):
@@ -326,6 +356,12 @@ def main(argv=None) -> int:
                         help="the first K held-out digits (default %(default)s; 450 is all)")
     parser.add_argument("--lanes", type=int, default=None,
                         help="decoder lanes (default 1; 4 for --crc-system)")
+    parser.add_argument("--columns", type=int, default=1,
+                        help="output columns the engine computes a cycle (1, 2, 4, 8 or 16; "
+                             "default 1, the iCEBreaker's; the ULX3S builds 4)")
+    parser.add_argument("--profile", action="store_true",
+                        help="count, per layer type, the cycles the engine waits for the "
+                             "decoder and the decoder for the engine")
     parser.add_argument("--crc-system", action="store_true",
                         help="simulate the CRC system (decode once, one line) under Icarus")
     parser.add_argument("--single-spi", action="store_true")
@@ -339,6 +375,8 @@ def main(argv=None) -> int:
         params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
         lanes = args.lanes or (4 if args.crc_system else 1)
         params.check_lanes(lanes)
+        if args.columns not in (1, 2, 4, 8, 16):
+            raise ValueError(f"columns must be 1, 2, 4, 8 or 16, not {args.columns}")
         path = Path(args.container)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
@@ -352,11 +390,11 @@ def main(argv=None) -> int:
             else:
                 pixels, labels = default_images(container, args.images)
                 expected = expected_inference(container, pixels, labels, params)
-                [(text, (green, red), cycles)] = simulate_inference(
+                [(text, (green, red), cycles, *profile)] = simulate_inference(
                     container, [("run", image_set(pixels, labels), container,
                                  inference_limit(container, args.images))],
-                    params, lanes=lanes, quad=not args.single_spi, build_dir=build_dir,
-                    simulator=args.simulator)
+                    params, lanes=lanes, columns=args.columns, quad=not args.single_spi,
+                    build_dir=build_dir, simulator=args.simulator, profile=args.profile)
     except (ValueError, OSError, AssertionError, RuntimeError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
@@ -374,10 +412,12 @@ def main(argv=None) -> int:
         if board is not None and board.lines:
             from hw.engine import engine_cycles
             from sw.container import read_container
-            model = engine_cycles(read_container(container).program, lanes)
+            model = engine_cycles(read_container(container).program, args.columns)
             worst = max(line.cycles for line in board.lines)
             print(f"engine cycles an image: {worst} on the board, {model} by hw.engine's cycle "
                   f"model ({100 * (worst - model) / model:+.2f} %: the decoder's pace)")
+        if profile:
+            print(profile_table(profile[0]))
     print(f"LEDs: green {'on' if green else 'off'}, red {'on' if red else 'off'}")
     for problem in problems:
         print(problem)

@@ -132,5 +132,7 @@ async def inference_runs(dut):
         text = bytes(sink.read_nowait(sink.count())) if sink.count() else b""
         leds = f"{int(dut.led_green.value)} {int(dut.led_red.value)}"
         dut._log.info(f"{case['name']}: {cycles} cycles, LEDs {leds}")
+        profile = str(int(dut.profile.value)) if config.get("profile") else ""
         Path(case["output"]).write_text(
-            text.decode("ascii", errors="replace") + "\x00" + leds + "\x00" + str(cycles))
+            text.decode("ascii", errors="replace") + "\x00" + leds + "\x00" + str(cycles)
+            + "\x00" + profile)

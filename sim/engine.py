@@ -372,6 +372,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=1, metavar="K",
                         help="the first K held-out digits (default %(default)s)")
     parser.add_argument("--lanes", type=int, default=2, help="lanes of the weight stream")
+    parser.add_argument("--columns", type=int, default=1,
+                        help="output columns the engine computes a cycle (1, 2, 4, 8 or 16)")
     parser.add_argument("--stall", type=float, default=0.0,
                         help="probability that each source and the sink stall in a cycle")
     parser.add_argument("--simulator", choices=("auto", "verilator", "icarus"), default="auto",
@@ -390,11 +392,15 @@ def main(argv=None) -> int:
             raise ValueError(f"--images must be in 1..450, not {args.images}")
         if not 0 <= args.stall < 1:
             raise ValueError(f"--stall must be in [0, 1), not {args.stall}")
+        if args.columns not in (1, 2, 4, 8, 16):
+            raise ValueError(f"--columns must be 1, 2, 4, 8 or 16, not {args.columns}")
         from sw.data import digits
         _, _, x_test, _ = digits()
+        options = {"columns": args.columns}
+        if args.spram:
+            options["spram"] = True
         run, stimulus = run_engine_sim(path.read_bytes(), x_test.numpy()[:args.images],
-                                       lanes=args.lanes, stall=args.stall,
-                                       options={"spram": True} if args.spram else None,
+                                       lanes=args.lanes, stall=args.stall, options=options,
                                        simulator=args.simulator)
     except (ValueError, OSError, RuntimeError) as error:
         message = error.strerror + f": {error.filename}" \

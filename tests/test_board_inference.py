@@ -93,7 +93,7 @@ def test_board_lines_equal_software(tmp_path):
             from sw.container import read_container
             per_image = [line.cycles for line in board.lines]
             assert sum(per_image) < board.cycles <= cycles
-            model = engine_cycles(read_container(data).program, 1)
+            model = engine_cycles(read_container(data).program)
             assert all(model <= c <= 1.15 * model for c in per_image), (name, per_image, model)
 
 

@@ -69,7 +69,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
     # The engine's share and its cycles, and the lines the board must print.
     model = (out / "model.sbit").read_bytes()
     program = read_container(model).program
-    assert report["cycles_per_image"] == engine_cycles(program, DEFAULT_INFERENCE_LANES)
+    assert report["cycles_per_image"] == engine_cycles(program)
     engine = report["engine"]
     assert 0 < engine["luts"] < resources["luts"]["used"] and engine["spram"] == 1
     pixels, labels = default_images(model)
@@ -114,6 +114,7 @@ def test_crc_system_icebreaker_build(tmp_path, capsys):
     (["--board", "icebreaker", "--container", "/nonexistent/model.sbit"], "no such file"),
     (["--board", "icebreaker", "--lanes", "3"], "must divide"),
     (["--board", "icebreaker", "--seeds", "0"], "seeds must be"),
+    (["--board", "icebreaker", "--columns", "3"], "columns must be"),
 ])
 def test_bad_arguments_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) != 0
@@ -321,7 +322,7 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     assert image[FLASH_OFFSET + 4:] == model
     assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
     program = read_container(model).program
-    assert report["cycles_per_image"] == engine_cycles(program, 1)
+    assert report["cycles_per_image"] == engine_cycles(program)
     engine = report["engine"]
     assert engine["module"].endswith("engine")
     assert 0 < engine["luts"] < report["resources"]["luts"]["used"]

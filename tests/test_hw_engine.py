@@ -134,6 +134,27 @@ def test_small_network_equals_the_reference(lanes, stall):
     assert len(cycles) == 2 and cycles[0] > 0
 
 
+# Several output columns a cycle: the small network's 6- and 3-column outputs leave every group
+# size (a full row of groups, a last group shorter than the others, a row narrower than one).
+@pytest.mark.slow
+@pytest.mark.parametrize("columns, stall", [(2, 0.3), (4, 0.5), (8, 0.0)])
+def test_columns_equal_the_reference(columns, stall):
+    lowered, tensors, images = small_network()
+    data = write_container(tensors, program=lowered.program)
+    _, _, _, expected_predictions, expected_writes = stimulus(data, images[:2])
+    predictions, writes, _, _ = run_engine(data, images[:2], lanes=2, stall=stall,
+                                           seed=columns, engine_options={"columns": columns})
+    for got, expected in zip(writes, expected_writes):
+        assert got == expected
+    assert predictions == expected_predictions
+
+
+@pytest.mark.parametrize("columns", [0, 3, 32])
+def test_columns_are_a_power_of_two_up_to_16(columns):
+    with pytest.raises(ValueError, match="columns"):
+        InferenceEngine(1, columns=columns)
+
+
 def test_engine_takes_what_the_decoder_gives():
     """The decoder's program and weights outputs connect to the engine as they are."""
     from amaranth import Module
@@ -236,12 +257,15 @@ def _small_limits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("limit", ["memory_words", "max_channels", "max_positions", "image"])
-def test_a_program_beyond_the_engines_memories_is_refused(limit):
+@pytest.mark.parametrize("limit, columns", [
+    ("memory_words", 1), ("max_channels", 1), ("max_positions", 1), ("image", 1),
+    # the limit counts positions whatever the columns (groups of 4 would still fit)
+    ("max_positions", 4)])
+def test_a_program_beyond_the_engines_memories_is_refused(limit, columns):
     """One word of memory, one channel or one position short: BAD_PROGRAM, not a wrap."""
     from sw.board import _fits_engine
     data, images, program, limits = _small_limits()
-    options = dict(limits)
+    options = dict(limits, columns=columns)
     if limit == "image":      # the image itself does not fit (checked in the header)
         options["memory_words"] = program.input_address + program.input_size - 1
     else:
@@ -262,12 +286,13 @@ def test_a_program_beyond_the_engines_memories_is_refused(limit):
 
 
 @pytest.mark.slow
-def test_a_program_at_the_engines_limits_runs():
+@pytest.mark.parametrize("columns", [1, 4])
+def test_a_program_at_the_engines_limits_runs(columns):
     """The limits are inclusive: a program that fills every memory exactly runs bit-exact."""
     data, images, _, limits = _small_limits()
     _, _, _, expected_predictions, expected_writes = stimulus(data, images[:1])
     predictions, writes, _, _ = run_engine(data, images[:1], lanes=1, stall=0.0,
-                                           engine_options=limits)
+                                           engine_options=dict(limits, columns=columns))
     assert writes[0] == expected_writes[0] and predictions == expected_predictions
 
 
@@ -280,11 +305,14 @@ def test_a_second_program_is_refused(after):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes", [1, 2, 3])
-def test_the_cycle_model_is_exact(lanes):
-    """engine_cycles predicts the engine's own count when nothing is late."""
+@pytest.mark.parametrize("lanes, columns", [(1, 1), (2, 1), (3, 1), (1, 4)])
+def test_the_cycle_model_is_exact(lanes, columns):
+    """engine_cycles predicts the engine's own count when nothing is late: a weight or bias
+    taken every cycle the engine needs one, whatever the decoder's lanes."""
     from hw.engine import engine_cycles
     lowered, tensors, images = small_network()
     data = write_container(tensors, program=lowered.program)
-    _, _, cycles, _ = run_engine(data, images[:2], lanes=lanes, stall=0.0)
-    assert cycles == [engine_cycles(lowered.program, lanes)] * 2
+    _, _, cycles, _ = run_engine(data, images[:2], lanes=lanes, stall=0.0,
+                                 engine_options={"columns": columns})
+    assert cycles == [engine_cycles(lowered.program, columns)] * 2
+
