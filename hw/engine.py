@@ -89,7 +89,13 @@ def engine_cycles(program, columns: int = 1) -> int:
         if op.has_bias:                        # BIAS: a value a cycle
             cycles += op.out_channels
         positions = op.out_height * op.out_width
-        groups = op.out_height * -(-op.out_width // columns)   # MAC cycles of a weight
+        # MAC cycles of a weight: groups of `columns` columns of a row, or of whole rows when
+        # the output is narrower than a group and its width a power of two
+        width = op.out_width
+        if width < columns and columns % width == 0:
+            groups = -(-op.out_height // (columns // width))
+        else:
+            groups = op.out_height * -(-width // columns)
         shifts = (op.shift - 1) // 16 + (op.shift - 1) % 16
         # WEIGHT takes a channel's first weight in its first cycle; MAC a position a cycle,
         # and the next weight on a weight's last position; then RQ (8 steps, the shifts, + 1)
@@ -387,13 +393,30 @@ class InferenceEngine(wiring.Component):
         # Columns 1 .. C-1 read their inputs from copies of the activation memory, each written
         # as the memory is: in MAC, column i's input is i (2i at stride 2) words past column
         # 0's, the cursor.
+        #
+        # Where column i of a group lies, set in DECODE for the operation: its output row and
+        # column after the group's first (`lane_row`, `lane_column`), the same in input rows
+        # and columns (times the stride), and its input's address after column 0's. A group
+        # is C columns of one row, or, when the output is narrower than C and its width a
+        # power of two, C / W' whole rows (the digits ResNet's 4 x 4 and 2 x 2 layers would
+        # otherwise leave columns idle).
+        lane_row = [Signal(range(C), name=f"lane_row_{i}") for i in range(C)]
+        lane_column = [Signal(range(C), name=f"lane_column_{i}") for i in range(C)]
+        lane_input_row = [Signal(range(2 * C), name=f"lane_input_row_{i}") for i in range(C)]
+        lane_input_column = [Signal(range(2 * C), name=f"lane_input_column_{i}")
+                             for i in range(C)]
+        lane_offset = [Signal(AW, name=f"lane_offset_{i}") for i in range(C)]
+        group_rows = Signal(range(C + 1), init=1)    # output rows a group spans
+        group_row_step = Signal(range(2 * C + 1))    # ... in input rows
+        group_row_stride = Signal(AW)                # ... in input words
+        row_group = Signal()             # the operation's groups span whole rows
         column_data = [activation_read_data]
         for i in range(1, C):
             copy = SinglePortRam(self.memory_words, spram=self.spram)
             m.submodules[f"activation_copy_{i}"] = copy
             copy_data = Signal(signed(16), name=f"column_data_{i}")
             m.d.comb += [
-                copy.addr.eq(address + Mux(activation_write_en, 0, Mux(stride2, 2 * i, i))),
+                copy.addr.eq(address + Mux(activation_write_en, 0, lane_offset[i])),
                 copy.write_data.eq(activation_write_data),
                 copy.write_enable.eq(activation_write_en),
                 copy_data.eq(copy.read_data)]
@@ -746,9 +769,40 @@ class InferenceEngine(wiring.Component):
                         ]
                     with m.Case(5):
                         check(positions_over)                 # H'*W'
-                        if C > 1:   # MAC and RQ count groups: H' rows of ceil(W'/C)
-                            with m.If(~is_pool):
-                                m.d.sync += last_position.eq(sizes - 1)
+                if C > 1:
+                    # the lanes' geometry: whole rows when W' is a power of two below C
+                    narrow_bits = Signal(range(group_bits + 1))  # log2(W') then
+                    with m.If(fetch == 0):
+                        m.d.sync += row_group.eq(0)
+                        for bits in range(group_bits):
+                            with m.If(out_width == 1 << bits):
+                                m.d.sync += [row_group.eq(1), narrow_bits.eq(bits)]
+                    with m.If(fetch == 1):
+                        m.d.sync += group_rows.eq(1)
+                        m.d.sync += [lane_row[i].eq(0) for i in range(1, C)]
+                        m.d.sync += [lane_column[i].eq(i) for i in range(1, C)]
+                        with m.If(row_group):
+                            with m.Switch(narrow_bits):
+                                for bits in range(group_bits):
+                                    with m.Case(bits):
+                                        m.d.sync += group_rows.eq(C >> bits)
+                                        m.d.sync += [lane_row[i].eq(i >> bits)
+                                                     for i in range(1, C)]
+                                        m.d.sync += [lane_column[i].eq(i & ((1 << bits) - 1))
+                                                     for i in range(1, C)]
+                    with m.If(fetch == 2):
+                        # the stride's factor; a lane's rows of input words as shifted widths
+                        m.d.sync += [group_row_step.eq(group_rows << stride2),
+                                     group_row_stride.eq(sum(
+                                         Mux(group_rows[b], width << b, 0)
+                                         for b in range(len(group_rows))) << stride2)]
+                        for i in range(1, C):
+                            rows_words = sum(Mux(lane_row[i][b], width << b, 0)
+                                             for b in range(len(lane_row[i])))
+                            m.d.sync += [
+                                lane_input_row[i].eq(lane_row[i] << stride2),
+                                lane_input_column[i].eq(lane_column[i] << stride2),
+                                lane_offset[i].eq((rows_words + lane_column[i]) << stride2)]
                 with m.If(fetch == 6):
                     m.d.sync += last_channel.eq(Mux(is_linear, sizes, in_channels) - 1)
                     with m.If(is_pool):
@@ -790,27 +844,39 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += [s1_valid.eq(1), s1_position.eq(position), s1_first.eq(weight_first),
                              s1_weights[0].eq(Mux(inside, weight, 0))]
                 for i in range(1, C):
-                    # never left of the input (column >= -1); a column past the row's last
-                    # output multiplies by 0, and its accumulator is never read
-                    column_i = column + Mux(stride2, 2 * i, i)
-                    inside_i = row_inside & (column_i != width) & (ox_left >= i)
+                    # a column past the output's last row or column multiplies by 0, and its
+                    # accumulator is never read
+                    row_i = row + lane_input_row[i]
+                    column_i = column + lane_input_column[i]
+                    inside_i = (~row_i[-1] & (row_i != height) & ~column_i[-1] &
+                                (column_i != width) & (lane_column[i] <= ox_left) &
+                                (lane_row[i] <= oy_left))
                     m.d.sync += s1_weights[i].eq(Mux(inside_i, weight, 0))
                 step = Mux(stride2, 2, 1)
                 m.d.sync += position.eq(position + 1)
                 with m.If(on_last_ox):
-                    next_row = row_address + Mux(stride2, width << 1, width)
+                    if C == 1:
+                        next_row = row_address + Mux(stride2, width << 1, width)
+                        m.d.sync += [oy_left.eq(oy_left - 1), on_last_oy.eq(oy_left == 1),
+                                     row.eq(row + step)]
+                    else:
+                        # the next group's rows; it is the last when fewer than two groups'
+                        # rows are left
+                        next_row = row_address + group_row_stride
+                        m.d.sync += [oy_left.eq(oy_left - group_rows),
+                                     on_last_oy.eq(oy_left < (group_rows << 1)),
+                                     row.eq(row + group_row_step)]
                     m.d.sync += [ox_left.eq(last_ox), column.eq(column_start),
-                                 oy_left.eq(oy_left - 1),
                                  on_last_ox.eq(last_group(last_ox)),
-                                 on_last_oy.eq(oy_left == 1),
-                                 row.eq(row + step), row_address.eq(next_row),
-                                 cursor.eq(next_row)]
+                                 row_address.eq(next_row), cursor.eq(next_row)]
                     with m.If(on_last_oy):
                         # this weight is done: the next one, or the channel's requantization
                         with m.If(weight_last):
                             m.d.sync += [position.eq(0), rq_step.eq(1)]
-                            if C > 1:   # RQ's on_last_ox: the column is the row's last
-                                m.d.sync += [rq_lane.eq(0), on_last_ox.eq(~last_ox.any())]
+                            if C > 1:   # RQ walks the columns and rows one by one
+                                m.d.sync += [rq_lane.eq(0),
+                                             ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any()),
+                                             oy_left.eq(last_oy), on_last_oy.eq(~last_oy.any())]
                             m.next = "RQ"
                         with m.Elif(value_valid):
                             m.d.comb += load_weight.eq(1)
@@ -842,8 +908,8 @@ class InferenceEngine(wiring.Component):
                 m.d.comb += address.eq(skip_cursor)
                 m.d.sync += [rq_step.eq(rq_step << 1),
                              rq_last.eq(position == last_position)]
-                if C > 1:   # position names the row's group; the last column ends it
-                    m.d.sync += rq_last.eq((position == last_position) & on_last_ox)
+                if C > 1:   # position names a group: the last column of the last row ends
+                    m.d.sync += rq_last.eq(on_last_ox & on_last_oy)
                 # B's low word is on the program RAM's output at step 0, its high word at
                 # step 1, A from step 2 (the address, below the FSM)
                 with m.If(rq_step[0]):
@@ -890,12 +956,13 @@ class InferenceEngine(wiring.Component):
                 else:
                     # the next column: the group's next lane, or the next group at the group's
                     # or the row's end
-                    with m.If(on_last_ox | (rq_lane == C - 1)):
+                    with m.If((on_last_ox & ~row_group) | (rq_lane == C - 1)):
                         m.d.sync += [position.eq(position + 1), rq_lane.eq(0)]
                     with m.Else():
                         m.d.sync += rq_lane.eq(rq_lane + 1)
                     with m.If(on_last_ox):
-                        m.d.sync += [ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any())]
+                        m.d.sync += [ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any()),
+                                     oy_left.eq(oy_left - 1), on_last_oy.eq(oy_left == 1)]
                     with m.Else():
                         m.d.sync += [ox_left.eq(ox_left - 1), on_last_ox.eq(ox_left == 1)]
                 with m.If(rq_last):
@@ -1001,18 +1068,13 @@ class InferenceEngine(wiring.Component):
             m.d.comb += program_read.addr.eq(b_address + 1)
 
         # -- the sizes' operands, by the step: products of other steps and states are not read
-        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1,
-        # H'*ceil(W'/C) at 2 (C > 1), C*(H*W) at 3 (a product arrives three steps after its
-        # operands are chosen).
+        # HEADER: C*H at 3 (H is the word), (C*H)*W at 6. DECODE: H*W at 0, H'*W' at 1, C*(H*W)
+        # at 3 (a product arrives three steps after its operands are chosen).
         with m.Switch(fetch):
             with m.Case(0):
                 m.d.comb += [size_a_src.eq(height), size_b_src.eq(width)]
             with m.Case(1):
                 m.d.comb += [size_a_src.eq(out_height), size_b_src.eq(out_width)]
-            if C > 1:
-                with m.Case(2):
-                    m.d.comb += [size_a_src.eq(out_height),
-                                 size_b_src.eq((out_width + C - 1) >> group_bits)]
             with m.Case(3):
                 m.d.comb += [size_a_src.eq(in_channels),
                              size_b_src.eq(Mux(fsm.ongoing("HEADER"), word, sizes[:16]))]
@@ -1043,7 +1105,8 @@ class InferenceEngine(wiring.Component):
                          (value_last != (channel_last & on_last_out_channel)) | out_of_bound),
                 weight.eq(value), weight_first.eq(channel_first), weight_last.eq(channel_last),
                 oy_left.eq(last_oy), ox_left.eq(last_ox), position.eq(0),
-                on_last_ox.eq(last_group(last_ox)), on_last_oy.eq(~last_oy.any()),
+                on_last_ox.eq(last_group(last_ox)),
+                on_last_oy.eq(~last_oy.any() if C == 1 else last_oy < group_rows),
                 row.eq(ky - pad), column.eq(kx - pad), column_start.eq(kx - pad),
                 row_address.eq(weight_start), cursor.eq(weight_start),
                 weight_start.eq(weight_start + Mux(

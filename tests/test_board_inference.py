@@ -87,14 +87,15 @@ def test_board_lines_equal_software(tmp_path):
         if ok:
             # the final count is the whole run; each image's, the engine's own, which the
             # cycle model predicts for weights that are never late: the decoder only adds
-            # (measured: +0.26 % for the trained digits ResNet, +7.5 % for the MLP, whose
-            # linear layers wait on the one-lane decoder between sections)
+            # (measured: +0.25 % for the trained digits ResNet, whose convolutions set the
+            # pace, +16 % for the MLP, whose linear layers take a weight a cycle and so wait
+            # on the one-lane decoder)
             from hw.engine import engine_cycles
             from sw.container import read_container
             per_image = [line.cycles for line in board.lines]
             assert sum(per_image) < board.cycles <= cycles
             model = engine_cycles(read_container(data).program)
-            assert all(model <= c <= 1.15 * model for c in per_image), (name, per_image, model)
+            assert all(model <= c <= 1.25 * model for c in per_image), (name, per_image, model)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,8 +21,9 @@ from sw.lower import Layer, lower, order_tensors
 from sw.program import HEADER_WORDS, NO_SKIP, OP_WORDS, Op, Opcode, Program, ProgramError, ValueType
 
 
-def small_network(rng=None, skip=True):
-    """A convolution, a residual block with a projection, a pool and a linear layer on 6x6."""
+def small_network(rng=None, skip=True, size=6):
+    """A convolution, a residual block with a projection, a pool and a linear layer on
+    ``size`` x ``size`` (the block's convolutions at stride 2: half that, rounded up)."""
     rng = rng or np.random.default_rng(3)
     coded = lambda name, shape, levels: CodedTensor(  # noqa: E731
         name, rng.integers(0, levels, shape), levels, levels // 2,
@@ -38,7 +39,7 @@ def small_network(rng=None, skip=True):
               Layer("conv", "b.weight", "b.bias", 1, True, 1, 2 if skip else None),
               Layer("pool", input=3),
               Layer("linear", "fc.weight", "fc.bias", input=4)]
-    images = rng.random((16, 2, 6, 6))
+    images = rng.random((16, 2, size, size))
     lowered = lower(layers, {t.name: t for t in tensors}, images, 4)
     return lowered, order_tensors(tensors, lowered.tensor_order), images
 

@@ -20,11 +20,15 @@ def test_board_mlp_every_activation_and_prediction():
 
 
 @pytest.mark.slow
-def test_digits_resnet_every_layer():
+@pytest.mark.parametrize("columns", [1, 4])
+def test_digits_resnet_every_layer(columns):
     """The default ResNet's shape (11 operations, 3 M products), its weights quantized as QAT
-    exports them and its program calibrated on the training digits, one image end to end."""
+    exports them and its program calibrated on the training digits, one image end to end; at
+    4 columns (the ULX3S's engine) its 8-wide layers go in groups of a row, its 4- and 2-wide
+    ones in groups of whole rows."""
     import torch
 
+    from hw.engine import engine_cycles
     from sw import quant
     from sw.container import write_container
     from sw.data import digits
@@ -38,8 +42,10 @@ def test_digits_resnet_every_layer():
                     digits()[0].numpy()[:256])
     data = write_container(order_tensors(tensors, lowered.tensor_order),
                            program=lowered.program)
-    run, stimulus = run_engine_sim(data, digits_test_images(1), lanes=4)
+    run, stimulus = run_engine_sim(data, digits_test_images(1), lanes=4,
+                                   options={"columns": columns})
     assert run.problems(len(stimulus["expect"])) == []
+    assert run.cycles == [engine_cycles(lowered.program, columns)]
     # every operation wrote its whole output: pixels + each layer's values
     assert run.writes == 64 + sum(op.output_size for op in lowered.program.ops)
 
