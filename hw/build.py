@@ -370,7 +370,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
     if decoder_only or engine_only:
         container = None
     elif container is None:
-        from sw.board import default_container
+        from sw.quant.default_model import default_container
         log("training the default model (sklearn digits MLP)...")
         model_name, container = default_container(params)
     if container is not None and inference:
@@ -494,7 +494,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
         "files": {"bitstream": bitstream_name},
     }
     if container is not None and inference:
-        from sw.container import read_container
+        from sw.codec.container import read_container
         program = read_container(container).program
         report["model"] = {"name": model_name or "container", "bytes": len(container),
                            "flash_offset": FLASH_OFFSET,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sw.codec.golden import GoldenResult, golden_decode
 from sw.format import SectionKind, Status
-from sw.golden import GoldenResult, golden_decode
 from sw.params import CodecParams
 
 __all__ = ["Case", "CaseResult", "expected_entries", "expected_program", "harness_verilog",

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from sw import gptq
-from sw.quant import entropy_of_counts
+from sw.quant import gptq
+from sw.quant.qat import entropy_of_counts
 
 
 def correlated_layer(seed=0, rows=48, columns=96, samples=2000):

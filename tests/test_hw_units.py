@@ -1,7 +1,7 @@
 """Amaranth-simulator tests of each decoder component, and of the decoder on small containers.
 
 Every expected value comes from the software side: zlib, a Python queue, ``bisect`` over the
-cumulative table, and :func:`sw.golden.golden_decode`.
+cumulative table, and :func:`sw.codec.golden.golden_decode`.
 """
 
 import random
@@ -31,10 +31,10 @@ from sim.cases import (
     uniform,
 )
 from sim.pysim import run_pysim, words_of
-from sw.codec import FrequencyTable
-from sw.container import CodedTensor, RawTensor, write_container
+from sw.codec.container import CodedTensor, RawTensor, write_container
+from sw.codec.golden import golden_decode
+from sw.codec.rans import FrequencyTable
 from sw.format import RawDtype, SectionKind, Status
-from sw.golden import golden_decode
 from sw.params import CodecParams
 
 
@@ -582,7 +582,7 @@ def with_section(container: bytes, section: bytes, index: int, params=CodecParam
     header CRC follow."""
     import struct
 
-    from sw.container import parse
+    from sw.codec.container import parse
     start = 20 + 4 * params.state_count
     start += sum(info.size for info in parse(container, params).sections[:index])
     count = struct.unpack_from("<H", container, 14)[0]

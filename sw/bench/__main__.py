@@ -5,7 +5,7 @@ BENCHMARKS = {
     "codec": ("sw.bench.codec",
               "bits/weight against entropy, Msym/s against zstd, xz, constriction"),
     "quant": ("sw.bench.quant", "rate-accuracy curve of the digits ResNet, PTQ and QAT"),
-    "hw": ("sw.bench.hw", "LUTs, DSPs, EBR and Fmax of the decoder for 1, 2, 4 and 8 lanes"),
+    "hw": ("hw.bench", "LUTs, DSPs, EBR and Fmax of the decoder for 1, 2, 4 and 8 lanes"),
 }
 
 

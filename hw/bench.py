@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                         help="placements per build that misses timing (default %(default)s)")
     args = parser.parse_args(argv)
 
-    from sw.board import default_container
+    from sw.quant.default_model import default_container
     name, container = default_container()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or scratch

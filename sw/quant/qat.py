@@ -21,7 +21,7 @@ The regulariser estimates the coded size of each layer: each weight ``x = w / s`
 softly to its two neighbouring levels (weights ``1 - t`` and ``t``, the linear-interpolation
 kernel, ``t = x - floor(x)``), the assignments are summed into a histogram over the levels and
 ``n * H(histogram)`` is the layer's estimated bits. It is differentiable with respect to the
-weights and the step. The training loop (:mod:`sw.train`) holds the sum over the
+weights and the step. The training loop (:mod:`sw.quant.train`) holds the sum over the
 model to a target with an adaptive Lagrange multiplier (see :class:`RateConstraint`) that is
 driven by the *exact* entropy of the hard symbols, which the rANS coder attains within 0.1 %.
 """
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .container import CodedTensor, RawTensor
-from .lower import BIAS_LEVELS
+from sw.codec.container import CodedTensor, RawTensor
+from sw.network.lower import BIAS_LEVELS
 
 __all__ = [
     "MIN_HALF", "MAX_HALF", "round_ste", "scale_grad", "ZeroPointQuantizer", "QConv2d",

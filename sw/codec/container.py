@@ -2,7 +2,7 @@
 
 docs/FORMAT.md is the byte-by-byte specification; this module writes it and reads it. Reading is
 one pass in stream order, checking every field as it arrives, so the first error found is the
-one a streaming decoder (the hardware) finds too: :mod:`sw.golden` runs the same parser.
+one a streaming decoder (the hardware) finds too: :mod:`sw.codec.golden` runs the same parser.
 """
 
 import struct
@@ -12,9 +12,10 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from . import codec, fastcodec
-from .codec import FrequencyTable, PayloadExhausted
-from .format import (
+from sw.codec import fastrans, rans
+from sw.codec.program import Program, ProgramError
+from sw.codec.rans import FrequencyTable, PayloadExhausted
+from sw.format import (
     BASE_VERSION,
     FIRST_VERSION,
     MAGIC,
@@ -30,8 +31,7 @@ from .format import (
     SectionKind,
     Status,
 )
-from .params import CodecParams
-from .program import Program, ProgramError
+from sw.params import CodecParams
 
 __all__ = [
     "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container",
@@ -337,8 +337,9 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     """The container holding ``tensors`` in this order (docs/FORMAT.md).
 
     With a ``program`` it comes first, as the PROGRAM section, and the coded tensors must
-    follow it as it consumes them (docs/INFERENCE.md; :func:`sw.lower.order_tensors` puts them
-    so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every reader.
+    follow it as it consumes them (docs/INFERENCE.md; :func:`sw.network.lower.order_tensors`
+    puts them so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every
+    reader.
 
     The file's version is :data:`~sw.format.BASE_VERSION` unless a :class:`MappedTensor` needs
     version 3: a file without one stays readable by version-2 readers.
@@ -359,9 +360,9 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     tables = [t.coding_table(params) for t in coded]
     sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
     if fast:
-        states, payloads = fastcodec.encode(sections, params)
+        states, payloads = fastrans.encode(sections, params)
     else:
-        states, payloads = codec.encode_reference(sections, params)
+        states, payloads = rans.encode_reference(sections, params)
     payloads = iter(payloads)
     tables = iter(tables)
 
@@ -446,13 +447,13 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     ``value_tables`` false reads as a decoder built without them (the RTL): a MAPPED section is
     refused with ``UNSUPPORTED`` at its ``kind`` word (docs/FORMAT.md, "Checks").
 
-    Coded sections are decoded :data:`sw.codec.CHUNK_SYMBOLS` symbols at a time;
+    Coded sections are decoded :data:`sw.codec.rans.CHUNK_SYMBOLS` symbols at a time;
     ``on_symbols(section, first, symbols)`` gets each chunk as it is decoded, before the
     section's CRC has been checked (as the hardware emits them). With ``keep_symbols`` false
     the chunks are not kept: ``section.symbols`` stays ``None``, ``tensors`` stays empty, and
     the memory used does not grow with the symbol count a section declares. With it, each
     section's symbols are gathered whole: a caller that reads untrusted files sizes them first
-    (:func:`sw.load.scan_headers`, :func:`sw.load.check_size`).
+    (:func:`sw.io.load.scan_headers`, :func:`sw.io.load.check_size`).
     """
     stream = _Stream(data)
     if bytes(stream.take(len(MAGIC))) != MAGIC:
@@ -711,7 +712,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
                 on_symbols(section, first, symbols)
 
         try:
-            used = codec.decode_section_chunked(coder_states, symbol_count, table, payload,
+            used = rans.decode_section_chunked(coder_states, symbol_count, table, payload,
                                                 params, chunk, fast=fast)
         except PayloadExhausted:
             stream.position = payload_start + 2 * available
