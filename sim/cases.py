@@ -11,7 +11,7 @@ import numpy as np
 
 from sw.codec.container import CodedTensor, MappedTensor, RawTensor, write_container
 from sw.codec.rans import FrequencyTable
-from sw.format import RawDtype, SectionKind
+from sw.format import RawDtype, SectionKind, header_crc_offset
 from sw.params import CodecParams
 
 __all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container", "corrupt",
@@ -183,7 +183,7 @@ def header_fields(data: bytes) -> list:
     """
     fields = []
     state_count = struct.unpack_from("<H", data, 12)[0]
-    header_end = 16 + 4 * state_count
+    header_end = header_crc_offset(state_count)
     for name, offset, fmt in [("magic", 0, "I"), ("version", 4, "H"), ("state_bits", 6, "H"),
                               ("word_bits", 8, "H"), ("precision_bits", 10, "H"),
                               ("state_count", 12, "H"), ("section_count", 14, "H"),

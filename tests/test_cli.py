@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sw.cli import main
+from sw.format import file_header_bytes
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def one_level_bomb(sections: int, symbols: int) -> bytes:
     params = CodecParams(state_count=4)
     data = bytearray(write_container([CodedTensor(f"z{i}", np.zeros(1, np.int64), 1, 0)
                                       for i in range(sections)], params))
-    position = 16 + 4 * params.state_count + 4
+    position = file_header_bytes(params.state_count)
     for _ in range(sections):
         start = position
         name_bytes = struct.unpack_from("<H", data, start + 2)[0]
@@ -261,7 +262,7 @@ def test_bad_value_table_is_one_line(tmp_path):
     from sw.codec.container import MappedTensor, write_container
     data = bytearray(write_container([MappedTensor.from_array(
         "t", np.array([-200, 200, 200, -200], np.int16))]))
-    start = 20 + 4 * 32
+    start = file_header_bytes(32)
     # kind, name_bytes, "t\0", ndim, dims[0], levels, dtype
     values_at = start + 2 + 2 + 2 + 2 + 4 + 2 + 2
     assert struct.unpack_from("<2h", data, values_at) == (-200, 200)

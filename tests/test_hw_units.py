@@ -34,7 +34,7 @@ from sim.pysim import run_pysim, words_of
 from sw.codec.container import CodedTensor, RawTensor, write_container
 from sw.codec.golden import golden_decode
 from sw.codec.rans import FrequencyTable
-from sw.format import RawDtype, SectionKind, Status
+from sw.format import RawDtype, SectionKind, Status, file_header_bytes, header_crc_offset
 from sw.params import CodecParams
 
 
@@ -524,7 +524,7 @@ def with_header_crc(data: bytes, state_count: int = 32) -> bytes:
     import struct
     import zlib
     data = bytearray(data)
-    end = 16 + 4 * state_count
+    end = header_crc_offset(state_count)
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     return bytes(data)
 
@@ -583,7 +583,7 @@ def with_section(container: bytes, section: bytes, index: int, params=CodecParam
     import struct
 
     from sw.codec.container import parse
-    start = 20 + 4 * params.state_count
+    start = file_header_bytes(params.state_count)
     start += sum(info.size for info in parse(container, params).sections[:index])
     count = struct.unpack_from("<H", container, 14)[0]
     data = patched(container[:start] + section + container[start:], 14, "H", count + 1)

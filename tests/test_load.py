@@ -20,7 +20,7 @@ def test_scan_matches_reader(seed):
     assert scan.complete and scan.problem == "" and scan.params == PARAMS
     assert [s.offset for s in scan.sections] == [s.offset for s in container.sections]
     for header, tensor in zip(scan.sections, tensors):
-        assert header.shape == tensor.shape
+        assert header.dims == tensor.shape
         assert header.values == int(np.prod(tensor.shape, dtype=np.int64))
         assert header.kind == (SectionKind.CODED if isinstance(tensor, CodedTensor)
                                else SectionKind.RAW)

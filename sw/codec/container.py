@@ -360,16 +360,16 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     tables = [t.coding_table(params) for t in coded]
     sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
     if fast:
-        states, payloads = fastrans.encode(sections, params)
+        initial_states, payloads = fastrans.encode(sections, params)
     else:
-        states, payloads = rans.encode_reference(sections, params)
+        initial_states, payloads = rans.encode_reference(sections, params)
     payloads = iter(payloads)
     tables = iter(tables)
 
     out = bytearray(MAGIC + struct.pack("<6H", version, params.state_bits, params.word_bits,
                                         params.precision_bits, params.state_count,
                                         len(tensors) + (program is not None)))
-    out += struct.pack(f"<{params.state_count}I", *(int(x) for x in states))
+    out += struct.pack(f"<{params.state_count}I", *(int(x) for x in initial_states))
     out += struct.pack("<I", zlib.crc32(out))
     if program is not None:
         words = program.to_words()
@@ -472,15 +472,15 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
         stream.fail(Status.PARAM_MISMATCH, f"container has {found}, decoder has {params}")
     params = found
     section_count = stream.unpack("H")
-    states = np.array(stream.unpack(f"{state_count}I"), dtype=np.uint64).reshape(-1)
-    if (states < params.lower_bound).any():
+    initial_states = np.array(stream.unpack(f"{state_count}I"), dtype=np.uint64).reshape(-1)
+    if (initial_states < params.lower_bound).any():
         stream.fail(Status.BAD_STATE, f"an initial state is below L = {params.lower_bound}")
     header_end = stream.position
     if stream.unpack("I") != zlib.crc32(stream.data[:header_end]):
         stream.fail(Status.CRC_MISMATCH, "file header CRC mismatch")
     file_header_bytes = stream.position
 
-    coder_states = states.copy() if fast else [int(x) for x in states]
+    coder_states = initial_states.copy() if fast else [int(x) for x in initial_states]
     tensors, sections = [], []
     check = program_section = None  # the program's check of the coded sections, and its place
     deferred = []  # the first failure of a software check, raised after the stream's verdict
@@ -512,7 +512,7 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
                 check.coded_section(f"section {index}", section.symbol_count, None,
                                     peak=section.peak)
                 if software_checks:
-                    software(_expected_shape, stream, check, index, section.shape)
+                    software(_expected_shape, stream, check, index, section.dims)
         except ProgramError as error:
             stream.fail(Status.BAD_PROGRAM, str(error))
         if software_checks and section.kind != SectionKind.PROGRAM:
@@ -596,8 +596,8 @@ def _program_shape(stream: "_Stream", section: "StreamSection") -> None:
     """The software checks of a PROGRAM section: UTF-8 name, shape of its words."""
     where = f"section {section.index}"
     _checked_name(stream, section.raw_name, where)
-    if section.shape != (len(section.data) // 2,) or len(section.data) % 2:
-        stream.fail(Status.BAD_SECTION, f"{where}: shape {section.shape} does not hold "
+    if section.dims != (len(section.data) // 2,) or len(section.data) % 2:
+        stream.fail(Status.BAD_SECTION, f"{where}: shape {section.dims} does not hold "
                     f"{len(section.data) // 2} program words")
 
 
@@ -614,11 +614,11 @@ class StreamSection:
 
     index: int
     kind: SectionKind
-    raw_name: bytes
-    shape: tuple
+    raw_name: bytes             #: ``name``, ``name_bytes`` long, not yet checked as UTF-8
+    dims: tuple
     levels: int = 0             #: CODED, MAPPED
     zero_point: int = 0         #: CODED
-    scale: np.ndarray = None    #: CODED
+    scales: np.ndarray = None   #: CODED
     symbols: np.ndarray = None  #: flat, in stream order (CODED, MAPPED, when kept)
     symbol_count: int = 0       #: CODED, MAPPED
     peak: int = 0               #: CODED: the largest ``|symbol - zero_point|`` decoded
@@ -641,19 +641,19 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
     if kind == SectionKind.MAPPED and not value_tables:
         stream.fail(Status.UNSUPPORTED, f"{where}: a MAPPED section (value table), which this "
                     f"decoder does not implement")
-    name_length = stream.unpack("H")
-    if name_length > MAX_NAME_BYTES:
-        stream.fail(Status.BAD_SECTION, f"{where}: name of {name_length} bytes")
-    raw_name = bytes(stream.take(name_length + (name_length & 1)))[:name_length]
+    name_bytes = stream.unpack("H")
+    if name_bytes > MAX_NAME_BYTES:
+        stream.fail(Status.BAD_SECTION, f"{where}: name of {name_bytes} bytes")
+    raw_name = bytes(stream.take(name_bytes + (name_bytes & 1)))[:name_bytes]
     ndim = stream.unpack("H")
     if ndim > MAX_NDIM:
         stream.fail(Status.BAD_SECTION, f"{where}: {ndim} dimensions")
-    shape = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
-    section = StreamSection(index, kind, raw_name, shape)
+    dims = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
+    section = StreamSection(index, kind, raw_name, dims)
     table_bytes = 0
 
     if kind in (SectionKind.CODED, SectionKind.MAPPED):
-        zero_point, scale = 0, None
+        zero_point, scales = 0, None
         if kind == SectionKind.CODED:
             levels, zero_point, scale_count = stream.unpack("HhH")
             if not 1 <= levels <= MAX_LEVELS:
@@ -662,7 +662,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
                 stream.fail(Status.BAD_SECTION, f"{where}: zero point {zero_point} overflows int16")
             if scale_count == 0:
                 stream.fail(Status.BAD_SECTION, f"{where}: no scale")
-            scale = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
+            scales = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
         else:
             levels, dtype = stream.unpack("HH")
             if not 1 <= levels <= MAX_LEVELS:
@@ -696,7 +696,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         available = min(payload_words, (len(stream.data) - payload_start) // 2)
         payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available],
                                 dtype="<u2")
-        section.levels, section.zero_point, section.scale = levels, zero_point, scale
+        section.levels, section.zero_point, section.scales = levels, zero_point, scales
         section.symbol_count = symbol_count
         kept = np.empty(symbol_count, np.uint8) if keep_symbols else None
         # The largest |integer| is that of the smallest or the largest symbol decoded.
@@ -755,7 +755,7 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
     when not ``build``: the checks need only the section's counts, not its symbols."""
     where = f"section {section.index}"
     name = _checked_name(stream, section.raw_name, where)
-    shape = section.shape
+    shape = section.dims
     # Python ints: a product of eight u32 dims overflows int64.
     element_count = 1
     for dim in shape:
@@ -767,11 +767,11 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
         if section.kind == SectionKind.MAPPED:
             return MappedTensor(name, section.symbols.reshape(shape), section.values) \
                 if build else None
-        if len(section.scale) not in {1, *shape[:1]}:
+        if len(section.scales) not in {1, *shape[:1]}:
             stream.fail(Status.BAD_SECTION,
-                        f"{where}: {len(section.scale)} scales for shape {shape}")
+                        f"{where}: {len(section.scales)} scales for shape {shape}")
         return CodedTensor(name, section.symbols.reshape(shape), section.levels,
-                           section.zero_point, section.scale) if build else None
+                           section.zero_point, section.scales) if build else None
     itemsize = section.dtype.numpy.itemsize
     if len(section.data) != element_count * itemsize:
         stream.fail(Status.BAD_SECTION, f"{where}: {len(section.data)} bytes do not hold shape "

@@ -46,7 +46,7 @@ class SectionHeader:
     index: int
     kind: SectionKind
     offset: int                 #: byte offset of its ``kind`` field
-    shape: tuple = ()
+    dims: tuple = ()
     symbol_count: int = 0       #: CODED, MAPPED: symbols the decoder will produce
     levels: int = 0             #: CODED, MAPPED
     payload_words: int = 0      #: CODED, MAPPED: 16-bit payload words
@@ -159,8 +159,8 @@ def scan_headers(data: bytes) -> HeaderScan:
             ndim = take("H")
             if ndim > MAX_NDIM:
                 raise _Short(f"section {index}: {ndim} dimensions")
-            shape = tuple(np.atleast_1d(take(f"{ndim}I")).tolist()) if ndim else ()
-            section = SectionHeader(index, SectionKind(kind), offset, shape)
+            dims = tuple(np.atleast_1d(take(f"{ndim}I")).tolist()) if ndim else ()
+            section = SectionHeader(index, SectionKind(kind), offset, dims)
             if section.kind == SectionKind.CODED:
                 levels, zero_point, scale_count = take("HhH")
                 if not 1 <= levels <= MAX_LEVELS or levels - 1 - zero_point > 32767 \

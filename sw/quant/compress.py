@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sw.codec.container import CodedTensor, RawTensor, read_container, write_container
+from sw.format import file_header_bytes
 from sw.params import CodecParams, add_params_arguments, params_from
 
 __all__ = ["add_arguments", "run", "Candidates", "layer_candidates", "allocate",
@@ -630,7 +631,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
 
 def _section_bytes(tensor, params):
     """The bytes of one section (a one-section container without its file header)."""
-    return write_container([tensor], params)[20 + 4 * params.state_count:]
+    return write_container([tensor], params)[file_header_bytes(params.state_count):]
 
 
 def print_table(result: PTQResult, file=sys.stdout) -> None:
