@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sw.codec.container import read_container
+from sw.codec.rans import entropy_bits
 from sw.quant import compress
-from sw.quant.qat import entropy_of_counts
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_candidates_match_direct_computation():
         q = np.clip(np.rint(w / step), -half, half)
         clipped += bool(np.abs(np.rint(w / step)).max() > half)
         distortion = (element_weight * (q * step - w) ** 2).sum()
-        rate = (entropy_of_counts(np.bincount((q + half).astype(int).ravel())) * w.size
+        rate = (entropy_bits(np.bincount((q + half).astype(int).ravel()))
                 + 16 * (2 * half + 1) + 32 * (steps.size - 1))
         # steps_of rounds the step to float32, as the container stores it
         assert c.distortion[index] == pytest.approx(distortion, rel=1e-4, abs=1e-9)

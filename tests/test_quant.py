@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sw.codec.container import CodedTensor, read_container, write_container
+from sw.codec.rans import entropy_bits
 from sw.quant import qat
 from sw.quant.models import build_model, fold_batchnorm
 
@@ -128,7 +129,7 @@ def test_soft_rate_is_exact_on_the_grid():
         q.step.fill_(0.25)
     w = integers.float() * 0.25
     counts = np.bincount(integers.numpy() + 3, minlength=7)
-    expected = qat.entropy_of_counts(counts) * 4000 + 16 * 7
+    expected = entropy_bits(counts) + 16 * 7
     assert q.soft_bits(w).item() == pytest.approx(expected, rel=1e-5)
     assert q.hard_bits(w) == pytest.approx(expected, rel=1e-12)
 
@@ -188,3 +189,15 @@ def test_export_decode_load_is_exact(per_channel):
                        if t.name.endswith(".weight"))
     tables = 16 * sum(m.quantizer.levels() for _, m in qat.quantized_modules(qmodel))
     assert qat.hard_bits(qmodel) - tables == pytest.approx(payload_bits, rel=0.05, abs=300)
+
+
+@pytest.mark.parametrize("bias", [np.zeros(8, np.float32),
+                                  np.random.default_rng(1).normal(0, 0.3, 64).astype(np.float32),
+                                  np.array([1e-8, -3e-9, 0.0], np.float32)])
+def test_training_bias_is_the_containers_bias_quantizer(bias):
+    """QAT's forward pass rounds a bias exactly as CodedTensor.symmetric writes it."""
+    layer = qat.QLinear.from_float(torch.nn.Linear(4, len(bias)))
+    with torch.no_grad():
+        layer.bias.copy_(torch.from_numpy(bias))
+    coded = CodedTensor.symmetric("bias", bias, qat.BIAS_LEVELS)
+    assert torch.equal(layer.quantized_bias(), torch.from_numpy(coded.dequantize()))

@@ -133,8 +133,10 @@ class CodedTensor(_SymbolCoded):
     def symmetric(cls, name: str, values, levels: int) -> "CodedTensor":
         """Float ``values`` rounded on ``levels`` (odd) levels around zero, one scale at the peak.
 
-        The biases' quantizer: ``q = clamp(round(v / s), -k, k)`` with ``k = levels // 2`` and
-        ``s = max|v| / k`` (1 for an all-zero tensor).
+        The biases' quantizer, the one of the project (QAT's export, PTQ, the default model):
+        ``q = clamp(round(v / s), -k, k)`` with ``k = levels // 2`` and ``s = max|v| / k`` (1 for
+        an all-zero tensor). QAT's forward pass applies the same rule in torch
+        (:meth:`sw.quant.qat.QLinear.quantized_bias`).
         """
         values = np.asarray(values, np.float32)
         half = levels // 2

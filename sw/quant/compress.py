@@ -118,6 +118,9 @@ class Candidates:
 
 
 def _entropy_terms(counts):
+    """``c * log2(c)`` per count: the entropy of a histogram of total ``n`` is
+    ``n log2 n - sum(c log2 c)`` (:func:`sw.codec.rans.entropy_bits`), which this form lets the
+    grid below take for every level count at once from cumulative sums."""
     counts = np.asarray(counts, dtype=np.float64)
     return np.where(counts > 0, counts * np.log2(np.maximum(counts, 1)), 0.0)
 
