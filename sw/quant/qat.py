@@ -220,7 +220,7 @@ class _Quantized:
     def quantized_bias(self):
         """The bias as export writes it (:meth:`sw.codec.container.CodedTensor.symmetric` on
         ``BIAS_LEVELS`` levels), differentiable: the same rule in torch, rounding through
-        :func:`round_ste`. tests/test_quant.py holds the two equal."""
+        :func:`round_ste`. tests/test_qat.py holds the two equal."""
         if self.bias is None:
             return None
         half = BIAS_LEVELS // 2
