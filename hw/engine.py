@@ -1,6 +1,6 @@
 """The inference engine: runs a container's integer program on the weights as they are decoded.
 
-docs/INFERENCE.md is the specification and :mod:`sw.engine` its reference; this is the same
+docs/INFERENCE.md is the specification and :mod:`sw.network.engine` its reference; this is the same
 arithmetic in gates. The engine takes the program's words, then one image's pixels, then the
 decoder's weight stream, and emits the predicted class. It keeps no decompressed weights: a
 convolution takes each weight once, as it arrives, and applies it to every output position of
@@ -20,8 +20,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from sw.codec.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 from sw.format import Status
-from sw.program import HEADER_WORDS, OP_WORDS, Opcode, ValueType
 
 from .decoder import ProgramWord, WeightBatch
 from .dsp import Counter32
@@ -39,7 +39,7 @@ ActivationWrite = data.StructLayout({"address": unsigned(16), "value": signed(16
 EngineStatus = data.StructLayout({"busy": 1, "error": 1, "code": 4})
 
 #: What the engine is doing, for observers (profiles): the running operation's
-#: :class:`sw.program.Opcode` (0 before the first), and ``waiting``: it needs a weight or a
+#: :class:`sw.codec.program.Opcode` (0 before the first), and ``waiting``: it needs a weight or a
 #: bias the decoder has not delivered.
 EngineActivity = data.StructLayout({"opcode": 2, "waiting": 1})
 
@@ -70,7 +70,8 @@ def _above(x, bound: int):
 
 def engine_cycles(program, columns: int = 1) -> int:
     """The ``cycles`` an :class:`InferenceEngine` of ``columns`` reports for one image of
-    ``program`` (a :class:`sw.program.Program`) when the pixels and the weights are never late:
+    ``program`` (a :class:`sw.codec.program.Program`) when the pixels and the weights are never
+    late:
     the cycles from the program's last word to the answer, as the state machine below spends
     them.
 
@@ -78,7 +79,7 @@ def engine_cycles(program, columns: int = 1) -> int:
     takes the next transfer in the cycle it takes a transfer's last value), so when the decoder
     keeps up, the count depends on the program alone.
     """
-    from sw.program import Opcode as _Opcode
+    from sw.codec.program import Opcode as _Opcode
 
     cycles = 11 + program.input_size           # HEADER (fetch 0..10), a pixel a cycle
     for op in program.ops:

@@ -651,7 +651,7 @@ class InferenceSystem(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform):
-        from sw.program import Opcode
+        from sw.codec.program import Opcode
 
         from .engine import InferenceEngine
 

@@ -324,7 +324,7 @@ def parse_inference_or_none(text: str):
 def inference_limit(container: bytes, images: int) -> int:
     """Cycles the inference system may take for ``images`` images, generously: twice one
     product a cycle plus the requantizations, and the flash's share."""
-    from sw.container import read_container
+    from sw.codec.container import read_container
     program = read_container(container).program
     per_image = program.multiply_accumulates + 10 * sum(op.output_size for op in program.ops)
     return 2 * (per_image + 8 * len(container) + 20_000) * images + 400_000
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
         board = parse_inference_or_none(text)
         if board is not None and board.lines:
             from hw.engine import engine_cycles
-            from sw.container import read_container
+            from sw.codec.container import read_container
             model = engine_cycles(read_container(container).program, args.columns)
             worst = max(line.cycles for line in board.lines)
             print(f"engine cycles an image: {worst} on the board, {model} by hw.engine's cycle "

@@ -1,6 +1,6 @@
 """Containers for the decoder tests: real-ish quantized weights and the corner cases.
 
-Everything is generated from a seed with :mod:`sw.container`; nothing is stored.
+Everything is generated from a seed with :mod:`sw.codec.container`; nothing is stored.
 """
 
 import struct
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sw.codec import FrequencyTable
-from sw.container import CodedTensor, MappedTensor, RawTensor, write_container
-from sw.format import RawDtype, SectionKind
+from sw.codec.container import CodedTensor, MappedTensor, RawTensor, write_container
+from sw.codec.rans import FrequencyTable
+from sw.format import RawDtype, SectionKind, header_crc_offset
 from sw.params import CodecParams
 
 __all__ = ["quantized", "skewed", "uniform", "corner_tensors", "random_container", "corrupt",
@@ -109,9 +109,9 @@ def random_container(seed: int, params: CodecParams, sections: int = 4, max_size
 
 def program_container(seed: int, params: CodecParams) -> bytes:
     """A container with a program (docs/INFERENCE.md): three linear layers of random weights
-    with per-channel multipliers, lowered by :mod:`sw.lower` (116 program words), and a RAW
+    with per-channel multipliers, lowered by :mod:`sw.network.lower` (116 program words), and a RAW
     section between the program and the coded sections it consumes."""
-    from sw.lower import lower, mlp_layers, order_tensors
+    from sw.network.lower import lower, mlp_layers, order_tensors
     rng = np.random.default_rng(seed)
 
     def coded(name, shape, levels, per_channel):
@@ -131,8 +131,8 @@ def program_container(seed: int, params: CodecParams) -> bytes:
 
 def programmed_container(params: CodecParams = CodecParams(), seed: int = 7) -> bytes:
     """A container with a program (docs/INFERENCE.md): a convolution, a pool and a linear
-    layer on 4x4 images, lowered by :func:`sw.lower.lower`."""
-    from sw.lower import Layer, lower, order_tensors
+    layer on 4x4 images, lowered by :func:`sw.network.lower.lower`."""
+    from sw.network.lower import Layer, lower, order_tensors
     rng = np.random.default_rng(seed)
     tensors = [CodedTensor("conv.weight", rng.integers(0, 3, (4, 1, 3, 3)), 3, 1,
                            np.float32(0.2)),
@@ -183,7 +183,7 @@ def header_fields(data: bytes) -> list:
     """
     fields = []
     state_count = struct.unpack_from("<H", data, 12)[0]
-    header_end = 16 + 4 * state_count
+    header_end = header_crc_offset(state_count)
     for name, offset, fmt in [("magic", 0, "I"), ("version", 4, "H"), ("state_bits", 6, "H"),
                               ("word_bits", 8, "H"), ("precision_bits", 10, "H"),
                               ("state_count", 12, "H"), ("section_count", 14, "H"),

@@ -5,7 +5,7 @@
 The decoder is generated for the container's own parameters (``precision_bits``,
 ``state_count`` from its header; ``--precision-bits``/``--state-count`` override them, to see a
 decoder refuse a container). Prints the status, the values, the cycles and values/cycle;
-exits 0 only when the RTL agrees with :func:`sw.golden.golden_decode` on every output and on
+exits 0 only when the RTL agrees with :func:`sw.codec.golden.golden_decode` on every output and on
 the status, 1 when it does not, 2 on bad arguments.
 """
 
@@ -38,7 +38,7 @@ def cycle_bound(data: bytes, params, lanes: int, stall: float = 0.0) -> int:
     gave up before the RTL reached the error. It is the testbench's default
     (:func:`sim.testbench._default_max_cycles`: four cycles per file word, three per step of
     ``lanes`` symbols, twice a table walk per section), with every symbol that the section
-    headers declare (:func:`sw.load.scan_headers`, up to where the scan stops), each step
+    headers declare (:func:`sw.io.load.scan_headers`, up to where the scan stops), each step
     stretched by the ring's bubbles when a lane serves fewer states than the pipeline has
     stages, and the whole stretched by the stalls.
 
@@ -58,7 +58,7 @@ def cycle_bound(data: bytes, params, lanes: int, stall: float = 0.0) -> int:
     """
     from hw.decoder import PIPELINE_DEPTH
     from hw.tables import bucket_shift
-    from sw.load import scan_headers
+    from sw.io.load import scan_headers
     scan = scan_headers(data)
     words = (len(data) + 1) // 2
     per_lane = params.state_count // lanes

@@ -5,7 +5,7 @@ from the golden model: the program's words and the coded sections as weight tran
 ``lanes`` values, again for every image as the decoder re-decodes the container, and the
 images' ``U8`` pixels. A Verilog harness holds all of it (``$readmemh``), drives it with random
 stalls, and checks every activation the engine writes and every prediction against the
-reference engine (:mod:`sw.engine`); cocotb only resets and waits. Exit status 0 only when
+reference engine (:mod:`sw.network.engine`); cocotb only resets and waits. Exit status 0 only when
 everything matched. The harness is compiled once per engine configuration and cached.
 
 The Amaranth simulator runs the engine at about a thousand cycles a second, too slow for the
@@ -71,9 +71,9 @@ def engine_stimulus(data: bytes, images, lanes: int) -> dict:
     """Everything the harness holds, as lists of integers, and the reference's answers."""
     from hw.decoder import WeightBatch
     from hw.engine import ActivationWrite
-    from sw.container import read_container
-    from sw.engine import BoundNetwork, infer, quantize_images
-    from sw.golden import golden_decode
+    from sw.codec.container import read_container
+    from sw.codec.golden import golden_decode
+    from sw.network.engine import BoundNetwork, infer, quantize_images
 
     golden = golden_decode(data)
     if golden.status != Status.OK:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sw.codec.golden import GoldenResult, golden_decode
 from sw.format import SectionKind, Status
-from sw.golden import GoldenResult, golden_decode
 from sw.params import CodecParams
 
 __all__ = ["Case", "CaseResult", "expected_entries", "expected_program", "harness_verilog",
@@ -316,13 +316,13 @@ def _ice40_netlist(dut, scratch: Path) -> list:
     models of the iCE40 cells; returns the sources to compile."""
     from amaranth.back import rtlil
 
-    from hw.build import _tool_environment
+    from hw.build import tool_environment
     from hw.decoder import port_signals
     from hw.tables import YOSYS_TABLE_RAMS
     (scratch / "weight_decoder.il").write_text(rtlil.convert(dut, name="weight_decoder",
                                                              ports=port_signals(dut),
                                                              emit_src=False))
-    env = _tool_environment()
+    env = tool_environment()
     # YoWASP tools see files under their working directory only: relative names.
     script = (f"read_rtlil weight_decoder.il; {YOSYS_TABLE_RAMS}; "
               "synth_ice40 -dsp -top weight_decoder; write_verilog -noattr weight_decoder.v")

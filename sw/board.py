@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import Status
-from .golden import golden_decode
-from .params import CodecParams
+from sw.codec.golden import golden_decode
+from sw.format import Status
+from sw.params import CodecParams
 
 __all__ = [
     "FLASH_SIZE", "FLASH_OFFSET", "IMAGE_HEADER_BYTES", "MAX_CONTAINER_BYTES", "IMAGES_OFFSET",
@@ -32,7 +32,7 @@ __all__ = [
     "BoardReport", "model_region", "flash_image", "expected_report", "format_line", "parse_line",
     "check_line", "ImageLine", "InferenceReport", "image_set", "parse_image_set",
     "record_words", "default_images", "expected_inference", "inference_lines",
-    "check_inference", "images_region", "default_container", "add_arguments", "run",
+    "check_inference", "images_region", "add_arguments", "run",
 ]
 
 #: The iCEBreaker's W25Q128JV: 16 MiB.
@@ -280,9 +280,9 @@ def parse_image_set(data: bytes) -> tuple:
 def default_images(container: bytes, count: int = None) -> tuple:
     """``(pixels, labels)``: the held-out digits (the first ``count``), quantized to ``U8`` by
     the container's program, as the board holds them."""
-    from .container import read_container
-    from .data import digits_arrays
-    from .engine import quantize_images
+    from sw.codec.container import read_container
+    from sw.data import digits_arrays
+    from sw.network.engine import quantize_images
     _, _, x_test, y_test = digits_arrays()
     if count is not None:
         if not 1 <= count <= len(x_test):
@@ -325,8 +325,8 @@ def expected_inference(container: bytes, pixels, labels,
     program's input are ``BAD_IMAGES``. On an error no image is answered: the board checks
     the container before it reports an image.
     """
-    from .container import read_container
-    from .engine import BoundNetwork, infer
+    from sw.codec.container import read_container
+    from sw.network.engine import BoundNetwork, infer
 
     status = golden_decode(bytes(container), params, keep_integers=False).status
     if status == Status.OK:
@@ -403,47 +403,6 @@ def check_inference(text: str, expected: InferenceReport) -> list:
     return problems
 
 
-def default_container(params: CodecParams = CodecParams(), hidden=(128, 64), levels=3,
-                      seed=0) -> tuple:
-    """A small real model: an MLP trained on sklearn's bundled digits, ternary weights.
-
-    Returns ``(name, container bytes)``. Training takes a few seconds; nothing is downloaded.
-    Weight matrices are zero-point quantized to ``levels`` levels and biases to 31, all coded;
-    the container carries the MLP's integer program (docs/INFERENCE.md), its activation scales
-    calibrated on the training digits.
-    """
-    import warnings
-
-    from sklearn.datasets import load_digits
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
-
-    from .bench.codec import train_digits_mlp, zero_point_quantize
-    from .container import CodedTensor, write_container
-    from .lower import BIAS_LEVELS, lower, mlp_layers, order_tensors
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp, accuracy = train_digits_mlp(hidden=hidden, seed=seed)
-    tensors, names = [], []
-    for index, (weights, bias) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
-        # sklearn stores (in, out); the container holds (out, in) like torch.
-        symbols, zero_point, step = zero_point_quantize(np.ascontiguousarray(weights.T), levels)
-        tensors.append(CodedTensor(f"fc{index}.weight", symbols, levels, zero_point, step))
-        tensors.append(CodedTensor.symmetric(f"fc{index}.bias", bias, BIAS_LEVELS))
-        names.append((f"fc{index}.weight", f"fc{index}.bias"))
-    # Calibrate on the MLP's own training images (train_digits_mlp's split, which is also
-    # sw.data.digits'). Not through sw.data: importing torch beside sklearn's training makes
-    # its BLAS calls contend for threads (4x slower here).
-    data = load_digits()
-    x_train = train_test_split(data.images[:, None] / 16.0, data.target, test_size=0.25,
-                               random_state=seed, stratify=data.target)[0]
-    lowered = lower(mlp_layers(names), {t.name: t for t in tensors}, x_train)
-    shape = "-".join(str(n) for n in (64, *hidden, 10))
-    return f"digits-mlp-{shape}-{levels}level", write_container(
-        order_tensors(tensors, lowered.tensor_order), params, program=lowered.program)
-
-
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -478,7 +437,7 @@ def add_arguments(parser) -> None:
 
 
 def _read(path) -> bytes:
-    from .tensorio import checked_input
+    from sw.io.tensors import checked_input
     return checked_input(path).read_bytes()
 
 

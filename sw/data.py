@@ -103,7 +103,7 @@ def mnist1d(seed: int = 42):
     """MNIST-1D (Greydanus 2020) generated offline: ``(x_train, y_train, x_test, y_test)``.
 
     Sequences of 40 values as float32 ``(N, 1, 1, 40)`` (one channel, height 1: the 1-D CNN
-    of :mod:`sw.models` is made of 2-D convolutions with ``1 x k`` kernels, which the
+    of :mod:`sw.quant.models` is made of 2-D convolutions with ``1 x k`` kernels, which the
     quantizer and the container already handle), labels int64. The published generator
     settings (templates, noise, shear, translation; seed 42), with 4,000 training and 6,000
     test sequences. Takes about 6 s; cached in the process.

@@ -6,7 +6,8 @@ import numpy as np
 
 __all__ = [
     "MAGIC", "VERSION", "READABLE_VERSIONS", "BASE_VERSION", "FIRST_VERSION", "MAX_LEVELS",
-    "MAX_NDIM", "MAX_NAME_BYTES", "MAX_SECTIONS", "MAX_SECTION_SYMBOLS",
+    "MAX_NDIM", "MAX_NAME_BYTES", "MAX_SECTIONS", "MAX_SECTION_SYMBOLS", "INITIAL_STATES_OFFSET",
+    "header_crc_offset", "file_header_bytes",
     "SectionKind", "RawDtype", "VALUE_DTYPES", "Status",
 ]
 
@@ -24,6 +25,19 @@ MAX_NAME_BYTES = 1024
 MAX_SECTIONS = 0xFFFF
 #: Bounds what a reader allocates for one section before its CRC is checked (256 MiB).
 MAX_SECTION_SYMBOLS = 1 << 28
+#: Byte offset of ``initial_states`` in the file header: after ``magic``, ``version``, the four
+#: parameters and ``section_count`` (docs/FORMAT.md, "File header").
+INITIAL_STATES_OFFSET = 16
+
+
+def header_crc_offset(state_count: int) -> int:
+    """Byte offset of ``header_crc``: the end of the ``state_count`` initial states."""
+    return INITIAL_STATES_OFFSET + 4 * state_count
+
+
+def file_header_bytes(state_count: int) -> int:
+    """Bytes of the file header, ``header_crc`` included: where the first section starts."""
+    return header_crc_offset(state_count) + 4
 
 
 class SectionKind(enum.IntEnum):

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-__all__ = ["CodecParams"]
+__all__ = ["CodecParams", "add_params_arguments", "params_from"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,20 @@ class CodecParams:
         if self.state_count % lanes:
             raise ValueError(
                 f"lanes ({lanes}) must divide state_count ({self.state_count})")
+
+
+# -- command-line options of every command that takes P and K ----------------------------------
+
+def add_params_arguments(parser) -> None:
+    """``--precision-bits P`` and ``--states K`` on an argparse ``parser``."""
+    defaults = CodecParams()
+    parser.add_argument("--precision-bits", type=int, default=defaults.precision_bits,
+                        metavar="P", help="frequencies sum to 2**P (default %(default)s)")
+    parser.add_argument("--states", type=int, default=defaults.state_count, metavar="K",
+                        help="interleaved rANS states; a decoder's lane count must divide it "
+                             "(default %(default)s)")
+
+
+def params_from(args) -> CodecParams:
+    """The :class:`CodecParams` of options added by :func:`add_params_arguments`."""
+    return CodecParams(precision_bits=args.precision_bits, state_count=args.states)

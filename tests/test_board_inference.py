@@ -14,7 +14,6 @@ import pytest
 from sw.board import (
     InferenceReport,
     check_inference,
-    default_container,
     default_images,
     expected_inference,
     image_set,
@@ -22,6 +21,7 @@ from sw.board import (
 )
 from sw.format import Status
 from sw.params import CodecParams
+from sw.quant.default_model import default_container
 
 
 def digits_resnet() -> bytes:
@@ -30,15 +30,15 @@ def digits_resnet() -> bytes:
     program calibrated on the training digits."""
     import torch
 
-    from sw import quant
-    from sw.container import write_container
+    from sw.codec.container import write_container
     from sw.data import digits_arrays
-    from sw.lower import lower, order_tensors, resnet_layers
-    from sw.models import build_model, fold_batchnorm
+    from sw.network.lower import lower, order_tensors, resnet_layers
+    from sw.quant import qat
+    from sw.quant.models import build_model, fold_batchnorm
 
     torch.manual_seed(0)
-    qmodel = quant.quantize_model(fold_batchnorm(build_model("digits")), bits=2.0)
-    tensors = quant.export_tensors(qmodel)
+    qmodel = qat.quantize_model(fold_batchnorm(build_model("digits")), bits=2.0)
+    tensors = qat.export_tensors(qmodel)
     lowered = lower(resnet_layers(qmodel), {t.name: t for t in tensors},
                     digits_arrays()[0][:256])
     return write_container(order_tensors(tensors, lowered.tensor_order),
@@ -91,7 +91,7 @@ def test_board_lines_equal_software(tmp_path):
             # pace, +16 % for the MLP, whose linear layers take a weight a cycle and so wait
             # on the one-lane decoder)
             from hw.engine import engine_cycles
-            from sw.container import read_container
+            from sw.codec.container import read_container
             per_image = [line.cycles for line in board.lines]
             assert sum(per_image) < board.cycles <= cycles
             model = engine_cycles(read_container(data).program)
@@ -106,7 +106,7 @@ def test_board_lines_equal_software(tmp_path):
 ])
 def test_sim_board_errors_are_one_line(tmp_path, capsys, args, message):
     from sim.board import main
-    from sw.container import CodedTensor, write_container
+    from sw.codec.container import CodedTensor, write_container
 
     files = {"MLP": default_container(hidden=(16,))[1],
              "NO_PROGRAM": write_container([CodedTensor.from_integers(

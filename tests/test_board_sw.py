@@ -16,9 +16,9 @@ from sw.board import (
     model_region,
     parse_line,
 )
-from sw.container import CodedTensor, RawTensor, write_container
+from sw.codec.container import CodedTensor, RawTensor, write_container
+from sw.codec.golden import golden_decode
 from sw.format import Status
-from sw.golden import golden_decode
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ from sw.board import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def mlp():
-    from sw.board import default_container
+    from sw.quant.default_model import default_container
     return default_container(hidden=(32,))[1]
 
 
@@ -163,8 +163,8 @@ def test_flash_image_holds_images_before_the_model(container):
 
 
 def test_expected_inference_is_the_reference_engine(mlp):
-    from sw.container import read_container
-    from sw.engine import BoundNetwork, infer
+    from sw.codec.container import read_container
+    from sw.network.engine import BoundNetwork, infer
 
     pixels, labels = default_images(mlp, 40)
     report = expected_inference(mlp, pixels, labels)

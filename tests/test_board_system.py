@@ -10,9 +10,9 @@ from amaranth.back import verilog
 
 from hw.system import BoardSystem
 from sim.board import BOARD_PORTS, SIM_BAUD, board_config, build_and_run
-from sw.board import default_container
-from sw.container import read_container
+from sw.codec.container import read_container
 from sw.params import CodecParams
+from sw.quant.default_model import default_container
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from sw.board import (
     image_set,
     inference_lines,
 )
-from sw.container import read_container
+from sw.codec.container import read_container
 
 
 @pytest.mark.slow
@@ -304,7 +304,7 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
         image_set,
         inference_lines,
     )
-    from sw.container import read_container
+    from sw.codec.container import read_container
 
     out = tmp_path / "out"
     status = main(["--board", ECP5_BOARD, "--images", "8", "--out", str(out)])

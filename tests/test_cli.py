@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sw.cli import main
+from sw.format import file_header_bytes
 
 
 @pytest.fixture
@@ -96,12 +97,12 @@ def one_level_bomb(sections: int, symbols: int) -> bytes:
     import struct
     import zlib
 
-    from sw.container import CodedTensor, write_container
+    from sw.codec.container import CodedTensor, write_container
     from sw.params import CodecParams
     params = CodecParams(state_count=4)
     data = bytearray(write_container([CodedTensor(f"z{i}", np.zeros(1, np.int64), 1, 0)
                                       for i in range(sections)], params))
-    position = 16 + 4 * params.state_count + 4
+    position = file_header_bytes(params.state_count)
     for _ in range(sections):
         start = position
         name_bytes = struct.unpack_from("<H", data, start + 2)[0]
@@ -156,8 +157,8 @@ def test_decode_to_safetensors(tmp_path, model):
 def test_load_state_dict(tmp_path, model):
     import torch
 
-    from sw.container import CodedTensor, RawTensor, write_container
-    from sw.load import load_state_dict
+    from sw.codec.container import CodedTensor, RawTensor, write_container
+    from sw.io.load import load_state_dict
     scale = np.array([0.5, 0.25], np.float32)
     symbols = np.array([[0, 1, 2], [2, 2, 0]])
     path = tmp_path / "m.sbit"
@@ -225,9 +226,9 @@ def sparse_integers():
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_value_table_round_trip(tmp_path, sparse_integers, suffix, capsys):
     """encode uses a value table where it pays; decode gives back exact values and dtypes."""
-    from sw.container import read_container
+    from sw.codec.container import read_container
     from sw.format import SectionKind
-    from sw.tensorio import load_tensors, save_tensors
+    from sw.io.tensors import load_tensors, save_tensors
     source, coded, out = tmp_path / f"m{suffix}", tmp_path / "m.sbit", tmp_path / f"o{suffix}"
     save_tensors(source, sparse_integers)
     assert main(["encode", str(source), "-o", str(coded)]) == 0
@@ -258,10 +259,10 @@ def test_bad_value_table_is_one_line(tmp_path):
     import struct
     import zlib
 
-    from sw.container import MappedTensor, write_container
+    from sw.codec.container import MappedTensor, write_container
     data = bytearray(write_container([MappedTensor.from_array(
         "t", np.array([-200, 200, 200, -200], np.int16))]))
-    start = 20 + 4 * 32
+    start = file_header_bytes(32)
     # kind, name_bytes, "t\0", ndim, dims[0], levels, dtype
     values_at = start + 2 + 2 + 2 + 2 + 4 + 2 + 2
     assert struct.unpack_from("<2h", data, values_at) == (-200, 200)

@@ -7,8 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw import fastcodec
-from sw.codec import DecodeError, FrequencyTable, decode_reference, encode_reference, entropy_bits
+from sw.codec import fastrans
+from sw.codec.rans import (
+    DecodeError,
+    FrequencyTable,
+    decode_reference,
+    encode_reference,
+    entropy_bits,
+)
 from sw.format import Status
 from sw.params import CodecParams
 
@@ -19,14 +25,14 @@ def round_trip(sections, params):
                                              params.precision_bits))
               for s, levels in sections]
     states, payloads = encode_reference(tables, params)
-    fast_states, fast_payloads = fastcodec.encode(tables, params)
+    fast_states, fast_payloads = fastrans.encode(tables, params)
     assert [int(x) for x in fast_states] == states
     assert [list(map(int, p)) for p in fast_payloads] == payloads
     decoded = decode_reference(states, [(len(s), t, p) for (s, t), p in zip(tables, payloads)],
                                params)
     coder_states = np.array(states, dtype=np.uint64)
     for (symbols, table), payload, reference in zip(tables, fast_payloads, decoded):
-        fast, used = fastcodec.decode_section(coder_states, len(symbols), table, payload, params)
+        fast, used = fastrans.decode_section(coder_states, len(symbols), table, payload, params)
         assert used == len(payload)
         np.testing.assert_array_equal(reference, symbols)
         np.testing.assert_array_equal(fast, symbols)
@@ -145,7 +151,7 @@ def test_rate_within_a_thousandth_of_entropy():
     params = CodecParams()
     symbols = rng.choice(7, size=400_000, p=[0.01, 0.04, 0.1, 0.7, 0.1, 0.04, 0.01])
     table = FrequencyTable.from_counts(np.bincount(symbols, minlength=7), params.precision_bits)
-    states, payloads = fastcodec.encode([(symbols, table)], params)
+    states, payloads = fastrans.encode([(symbols, table)], params)
     entropy = entropy_bits(np.bincount(symbols))
     payload_bits = 16 * len(payloads[0])
     assert payload_bits <= 1.001 * entropy

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sw import compress
-from sw.container import read_container
-from sw.quant import entropy_of_counts
+from sw.codec.container import read_container
+from sw.codec.rans import entropy_bits
+from sw.quant import compress
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_candidates_match_direct_computation():
         q = np.clip(np.rint(w / step), -half, half)
         clipped += bool(np.abs(np.rint(w / step)).max() > half)
         distortion = (element_weight * (q * step - w) ** 2).sum()
-        rate = (entropy_of_counts(np.bincount((q + half).astype(int).ravel())) * w.size
+        rate = (entropy_bits(np.bincount((q + half).astype(int).ravel()))
                 + 16 * (2 * half + 1) + 32 * (steps.size - 1))
         # steps_of rounds the step to float32, as the container stores it
         assert c.distortion[index] == pytest.approx(distortion, rel=1e-4, abs=1e-9)
@@ -146,7 +146,7 @@ def test_cli_errors_are_one_line(mlp_state, tmp_path, args, message):
 @pytest.mark.slow
 def test_cli_fold_and_evaluate(tmp_path):
     """A model with BatchNorm is folded first, then compressed; both accuracies reported."""
-    from sw.models import build_model
+    from sw.quant.models import build_model
     path, out, report = tmp_path / "bn.pt", tmp_path / "m.sbit", tmp_path / "r.json"
     torch.save(build_model("digits-tiny").state_dict(), path)
     done = run_cli(path, "--fold", "--eval-model", "digits-tiny", "--target-bpw", 6, "-o", out,
@@ -160,7 +160,7 @@ def test_cli_fold_and_evaluate(tmp_path):
     assert abs(figures["bits_per_weight"] - 6) <= 0.12 and figures["bits_per_weight"] <= 6
     # the integer program travels with the weights and is counted in the budget
     from sw.data import digits
-    from sw.engine import BoundNetwork, infer
+    from sw.network.engine import BoundNetwork, infer
     assert container.program is not None and len(container.program.ops) == 8
     assert figures["program_bytes"] == container.program_section.size
     _, _, x_test, y_test = digits()
@@ -173,7 +173,7 @@ def test_cli_fold_and_evaluate(tmp_path):
 def test_cli_unfolded_model_gets_no_program(tmp_path):
     """A state dict still holding BatchNorm cannot lower: the file is written without a
     program and the reason is one line."""
-    from sw.models import build_model
+    from sw.quant.models import build_model
     path, out = tmp_path / "bn.pt", tmp_path / "m.sbit"
     torch.save(build_model("digits-tiny").state_dict(), path)
     done = run_cli(path, "--eval-model", "digits-tiny", "--target-bpw", 8, "-o", out)
@@ -225,7 +225,7 @@ def test_per_channel_steps_chosen_where_rows_differ():
 @pytest.mark.slow
 def test_cli_calibrated_builtin(tmp_path):
     """--calibration builtin: GPTQ and bias correction on the model's own training inputs."""
-    from sw.models import build_model
+    from sw.quant.models import build_model
     path, report = tmp_path / "bn.pt", tmp_path / "r.json"
     torch.save(build_model("digits-tiny").state_dict(), path)
     done = run_cli(path, "--fold", "--eval-model", "digits-tiny", "--calibration", "builtin",
@@ -255,8 +255,8 @@ def test_data_free_at_rtn_file_size_has_no_more_error_than_rtn():
     PTQ writes no larger a file and has no more relative output error, layer by layer summed;
     and on a random network of those layers the outputs move less."""
     from sw.bench.quant import rtn_tensors
-    from sw.container import write_container
-    from sw.train import file_rates
+    from sw.codec.container import write_container
+    from sw.quant.train import file_rates
     rng = np.random.default_rng(6)
     state, shapes = {}, [(16, 24), (48, 16), (64, 48), (10, 64)]
     for index, (rows, columns) in enumerate(shapes):

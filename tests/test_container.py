@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw.container import (
+from sw.codec.container import (
     CodedTensor,
     ContainerError,
     MappedTensor,
@@ -18,8 +18,8 @@ from sw.container import (
     read_container,
     write_container,
 )
+from sw.codec.golden import golden_decode
 from sw.format import MAGIC, SectionKind, Status
-from sw.golden import golden_decode
 from sw.params import CodecParams
 
 
@@ -556,7 +556,7 @@ def test_mapped_is_not_the_programs():
     """A program consumes CODED sections only: a MAPPED section after it is skipped, as a RAW
     one is."""
     from sim.cases import programmed_container
-    from sw.program import Program
+    from sw.codec.program import Program
     data = programmed_container(CodecParams())
     container = read_container(data)
     program = container.program

@@ -7,10 +7,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sw.container import CodedTensor, read_container, write_container
-from sw.engine import BoundNetwork, infer, infer_float, infer_reference, quantize_images, requantize
-from sw.lower import Layer, lower, order_tensors
-from sw.program import Op, Opcode, ValueType
+from sw.codec.container import CodedTensor, read_container, write_container
+from sw.codec.program import Op, Opcode, ValueType
+from sw.network.engine import (
+    BoundNetwork,
+    infer,
+    infer_float,
+    infer_reference,
+    quantize_images,
+    requantize,
+)
+from sw.network.lower import Layer, lower, order_tensors
 from tests.test_program import small_network
 
 
@@ -122,7 +129,7 @@ def random_networks(draw):
 
 
 def _shapes_of(layers, input_shape, tensors):
-    from sw.lower import _shapes
+    from sw.network.lower import _shapes
     return _shapes(layers, input_shape, tensors)
 
 
@@ -182,7 +189,7 @@ def test_each_layer_type_within_one_step_of_float():
             weights = network.weights[index] * network.weight_scales[index].reshape(
                 (-1,) + (1,) * (network.weights[index].ndim - 1))
             if op.opcode == Opcode.CONV:
-                from sw.engine import _windows
+                from sw.network.engine import _windows
                 expected = (_windows(x, op.kernel, op.stride)
                             @ weights.reshape(op.out_channels, -1).T).transpose(0, 3, 1, 2)
             else:
@@ -214,14 +221,14 @@ def test_each_layer_type_within_one_step_of_float():
 def test_float_path_is_the_torch_model():
     """infer_float of a lowered ResNet computes what torch computes with the decoded weights."""
     torch = pytest.importorskip("torch")
-    from sw import quant
-    from sw.lower import resnet_layers
-    from sw.models import build_model, fold_batchnorm
+    from sw.network.lower import resnet_layers
+    from sw.quant import qat
+    from sw.quant.models import build_model, fold_batchnorm
 
     model = fold_batchnorm(build_model("digits-tiny")).eval()
-    qmodel = quant.quantize_model(fold_batchnorm(build_model("digits-tiny")), bits=3.0)
-    tensors = quant.export_tensors(qmodel)
-    model.load_state_dict(quant.state_dict_from_container(read_container(
+    qmodel = qat.quantize_model(fold_batchnorm(build_model("digits-tiny")), bits=3.0)
+    tensors = qat.export_tensors(qmodel)
+    model.load_state_dict(qat.state_dict_from_container(read_container(
         write_container(tensors))))
     images = np.random.default_rng(0).random((6, 1, 8, 8)).astype(np.float32)
     lowered = lower(resnet_layers(model), {t.name: t for t in tensors}, images, 4)

@@ -115,8 +115,8 @@ def test_cli_check_build(tmp_path):
 def test_example_top_decodes_a_container(exported, tmp_path):
     """The example top's unpacked ports carry what the golden model says, section by section
     (a plain Icarus run: the README's field offsets are the ones that work)."""
-    from sw.container import CodedTensor, RawTensor, write_container
-    from sw.golden import golden_decode
+    from sw.codec.container import CodedTensor, RawTensor, write_container
+    from sw.codec.golden import golden_decode
     rng = np.random.default_rng(3)
     data = write_container([CodedTensor("a", rng.integers(0, 7, 37), 7, 3),
                             RawTensor("b", np.ones(3, np.float32)),

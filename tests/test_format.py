@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sw.codec import FrequencyTable, decode_section_reference, encode_reference
-from sw.container import CodedTensor, write_container
+from sw.codec.container import CodedTensor, write_container
+from sw.codec.rans import FrequencyTable, decode_section_reference, encode_reference
 from sw.format import Status
 from sw.params import CodecParams
 
@@ -67,7 +67,7 @@ def test_header_layout_and_overhead():
 
 def test_mapped_example_bytes():
     """FORMAT.md's MAPPED example is what the writer writes, up to the payload."""
-    from sw.container import MappedTensor
+    from sw.codec.container import MappedTensor
     block = FORMAT[FORMAT.index("Example: an int16 tensor"):]
     block = block[block.index("```") + 3:]
     block = block[:block.index("```")]

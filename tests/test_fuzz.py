@@ -1,7 +1,7 @@
 """Fuzzing the reader and the golden model (issue 16): mutated real containers.
 
 Mutations of a few real containers (random sections, every corner case, a file with a
-PROGRAM section lowered by :func:`sw.lower.lower`, a version-3 file with MAPPED sections):
+PROGRAM section lowered by :func:`sw.network.lower.lower`, a version-3 file with MAPPED sections):
 single bit flips, random words,
 truncations, and extreme values in every header field (:func:`sim.cases.header_fields`),
 each with and without its CRC made right again. On every case:
@@ -13,7 +13,7 @@ each with and without its CRC made right again. On every case:
 - the streaming readers (``golden_decode(keep_integers=False)``, ``parse(keep_symbols=False)``,
   as ``verify`` reads) stay under :data:`MEMORY_BOUND` of Python-traced allocation
   (``tracemalloc`` peak), whatever the file declares;
-- the reader that keeps tensors allocates no more than :func:`sw.load.scan_headers` said;
+- the reader that keeps tensors allocates no more than :func:`sw.io.load.scan_headers` said;
 - each case ends within :data:`TIME_BOUND` seconds.
 
 The fast tier runs a few hundred hypothesis cases; ``-m slow`` runs every field x every
@@ -38,10 +38,10 @@ from sim.cases import (
     random_container,
     set_field,
 )
-from sw.container import ContainerError, parse, write_container
+from sw.codec.container import ContainerError, parse, write_container
+from sw.codec.golden import golden_decode
 from sw.format import Status
-from sw.golden import golden_decode
-from sw.load import scan_headers
+from sw.io.load import scan_headers
 from sw.params import CodecParams
 
 PARAMS = CodecParams(state_count=4)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from sw import gptq
-from sw.quant import entropy_of_counts
+from sw.codec.rans import entropy_bits
+from sw.quant import gptq
 
 
 def correlated_layer(seed=0, rows=48, columns=96, samples=2000):
@@ -44,7 +44,7 @@ def test_bit_price_trades_error_for_entropy():
     entropies, errors = [], []
     for price in [None, 1e-4, 1e-3]:
         q = gptq.gptq_quantize(w, hessian, steps, 7, bit_price=price)
-        entropies.append(entropy_of_counts(np.bincount((q + 7).ravel())))
+        entropies.append(entropy_bits(np.bincount((q + 7).ravel())))
         errors.append(output_error(w, q * steps[:, None], hessian))
     assert entropies[0] > entropies[1] > entropies[2]
     assert errors[0] < errors[1] < errors[2]

@@ -1,4 +1,5 @@
-"""The inference engine's RTL against the reference engine (sw.engine), in the Amaranth simulator.
+"""The inference engine's RTL against the reference engine (sw.network.engine), in the Amaranth
+simulator.
 
 Every activation the engine writes (the pixels, then each operation's outputs in address order)
 and every prediction must equal the reference's, with random stalls on all inputs and on the
@@ -11,10 +12,10 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.engine import InferenceEngine
-from sw.container import read_container, write_container
-from sw.engine import BoundNetwork, infer, quantize_images
+from sw.codec.container import read_container, write_container
+from sw.codec.golden import golden_decode
 from sw.format import SectionKind, Status
-from sw.golden import golden_decode
+from sw.network.engine import BoundNetwork, infer, quantize_images
 from tests.test_program import small_network
 
 

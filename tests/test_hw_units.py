@@ -1,7 +1,7 @@
 """Amaranth-simulator tests of each decoder component, and of the decoder on small containers.
 
 Every expected value comes from the software side: zlib, a Python queue, ``bisect`` over the
-cumulative table, and :func:`sw.golden.golden_decode`.
+cumulative table, and :func:`sw.codec.golden.golden_decode`.
 """
 
 import random
@@ -31,10 +31,10 @@ from sim.cases import (
     uniform,
 )
 from sim.pysim import run_pysim, words_of
-from sw.codec import FrequencyTable
-from sw.container import CodedTensor, RawTensor, write_container
-from sw.format import RawDtype, SectionKind, Status
-from sw.golden import golden_decode
+from sw.codec.container import CodedTensor, RawTensor, write_container
+from sw.codec.golden import golden_decode
+from sw.codec.rans import FrequencyTable
+from sw.format import RawDtype, SectionKind, Status, file_header_bytes, header_crc_offset
 from sw.params import CodecParams
 
 
@@ -524,7 +524,7 @@ def with_header_crc(data: bytes, state_count: int = 32) -> bytes:
     import struct
     import zlib
     data = bytearray(data)
-    end = 16 + 4 * state_count
+    end = header_crc_offset(state_count)
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     return bytes(data)
 
@@ -582,8 +582,8 @@ def with_section(container: bytes, section: bytes, index: int, params=CodecParam
     header CRC follow."""
     import struct
 
-    from sw.container import parse
-    start = 20 + 4 * params.state_count
+    from sw.codec.container import parse
+    start = file_header_bytes(params.state_count)
     start += sum(info.size for info in parse(container, params).sections[:index])
     count = struct.unpack_from("<H", container, 14)[0]
     data = patched(container[:start] + section + container[start:], 14, "H", count + 1)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from sw.cli import main
-from sw.container import CodedTensor, read_container, write_container
-from sw.engine import BoundNetwork, infer
-from sw.lower import Layer, lower, order_tensors
+from sw.codec.container import CodedTensor, read_container, write_container
+from sw.network.engine import BoundNetwork, infer
+from sw.network.lower import Layer, lower, order_tensors
 
 
 @pytest.fixture

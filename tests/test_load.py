@@ -1,12 +1,12 @@
-"""sw.load: section headers scanned without decoding agree with the reader."""
+"""sw.io.load: section headers scanned without decoding agree with the reader."""
 
 import numpy as np
 import pytest
 
 from sim.cases import corrupt, random_container
-from sw.container import CodedTensor, RawTensor, parse, read_container, write_container
+from sw.codec.container import CodedTensor, RawTensor, parse, read_container, write_container
 from sw.format import SectionKind
-from sw.load import scan_headers
+from sw.io.load import scan_headers
 from sw.params import CodecParams
 
 PARAMS = CodecParams(state_count=8)
@@ -20,7 +20,7 @@ def test_scan_matches_reader(seed):
     assert scan.complete and scan.problem == "" and scan.params == PARAMS
     assert [s.offset for s in scan.sections] == [s.offset for s in container.sections]
     for header, tensor in zip(scan.sections, tensors):
-        assert header.shape == tensor.shape
+        assert header.dims == tensor.shape
         assert header.values == int(np.prod(tensor.shape, dtype=np.int64))
         assert header.kind == (SectionKind.CODED if isinstance(tensor, CodedTensor)
                                else SectionKind.RAW)
@@ -90,7 +90,7 @@ def test_scan_of_mapped_sections():
 
 def test_load_arrays_keeps_mapped_dtypes(tmp_path):
     from sim.cases import mapped_container
-    from sw.load import load_arrays
+    from sw.io.load import load_arrays
     path = tmp_path / "m.sbit"
     path.write_bytes(mapped_container(PARAMS))
     arrays = load_arrays(path)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sw import quant
-from sw.container import read_container, write_container
-from sw.models import MODELS, build_model, fold_batchnorm, weight_count
+from sw.codec.container import read_container, write_container
+from sw.quant import qat
+from sw.quant.models import MODELS, build_model, fold_batchnorm, weight_count
 
 
 def randomise_batchnorm(model, seed=0):
@@ -54,17 +54,17 @@ def test_imagenet_resnets_quantize_and_round_trip(name):
     model = build_model(name)
     randomise_batchnorm(model)
     model.eval()
-    qmodel = quant.quantize_model(fold_batchnorm(model), bits=2.0)
-    quant.freeze_levels(qmodel)
+    qmodel = qat.quantize_model(fold_batchnorm(model), bits=2.0)
+    qat.freeze_levels(qmodel)
     qmodel.eval()
     x = torch.randn(1, 3, 64, 64)
-    data = write_container(quant.export_tensors(qmodel))
+    data = write_container(qat.export_tensors(qmodel))
     container = read_container(data)
     plain = fold_batchnorm(build_model(name))
-    plain.load_state_dict(quant.state_dict_from_container(container))
+    plain.load_state_dict(qat.state_dict_from_container(container))
     plain.eval()
     with torch.no_grad():
         assert torch.equal(plain(x), qmodel(x))
     assert container.weight_count - sum(m.bias.numel() for _, m in
-                                        quant.quantized_modules(qmodel)) == weight_count(qmodel)
+                                        qat.quantized_modules(qmodel)) == weight_count(qmodel)
     assert all(t.levels in (3, 5) for t in container.tensors if t.name.endswith("weight"))

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from sw.container import (
+from sw.codec.container import (
     PROGRAM_NAME,
     CodedTensor,
     ContainerError,
@@ -15,10 +15,19 @@ from sw.container import (
     read_container,
     write_container,
 )
+from sw.codec.golden import golden_decode
+from sw.codec.program import (
+    HEADER_WORDS,
+    NO_SKIP,
+    OP_WORDS,
+    Op,
+    Opcode,
+    Program,
+    ProgramError,
+    ValueType,
+)
 from sw.format import Status
-from sw.golden import golden_decode
-from sw.lower import Layer, lower, order_tensors
-from sw.program import HEADER_WORDS, NO_SKIP, OP_WORDS, Op, Opcode, Program, ProgramError, ValueType
+from sw.network.lower import Layer, lower, order_tensors
 
 
 def small_network(rng=None, skip=True, size=6):

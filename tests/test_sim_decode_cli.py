@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sim import decode, testbench
-from sw.container import CodedTensor, RawTensor, write_container
+from sw.codec.container import CodedTensor, RawTensor, write_container
 from sw.format import Status
 from sw.params import CodecParams
 
@@ -45,7 +45,7 @@ def test_damaged_container_statuses_agree(container, tmp_path, capsys):
 
 
 def test_disagreement_exits_1(container, monkeypatch, capsys):
-    from sw.golden import golden_decode
+    from sw.codec.golden import golden_decode
 
     def wrong(data, params, **options):
         result = golden_decode(data, params, **options)

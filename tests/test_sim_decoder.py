@@ -23,9 +23,9 @@ from sim.cases import (
     uniform,
 )
 from sim.testbench import Case, run_cases
-from sw.container import RawTensor, write_container
+from sw.codec.container import RawTensor, write_container
+from sw.codec.golden import golden_decode
 from sw.format import Status
-from sw.golden import golden_decode
 from sw.params import CodecParams
 
 # simulations of the decoder's Verilog: the slow tier

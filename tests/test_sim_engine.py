@@ -1,4 +1,5 @@
-"""The engine's Verilog (Verilator, else Icarus) on the two digits models, against sw.engine."""
+"""The engine's Verilog (Verilator, else Icarus) on the two digits models, against
+sw.network.engine."""
 
 import pytest
 
@@ -12,7 +13,7 @@ def digits_test_images(count):
 
 @pytest.mark.slow
 def test_board_mlp_every_activation_and_prediction():
-    from sw.board import default_container
+    from sw.quant.default_model import default_container
     _, data = default_container()
     run, stimulus = run_engine_sim(data, digits_test_images(4), lanes=2, stall=0.25)
     assert run.problems(len(stimulus["expect"])) == []
@@ -29,15 +30,15 @@ def test_digits_resnet_every_layer(columns):
     import torch
 
     from hw.engine import engine_cycles
-    from sw import quant
-    from sw.container import write_container
+    from sw.codec.container import write_container
     from sw.data import digits
-    from sw.lower import lower, order_tensors, resnet_layers
-    from sw.models import build_model, fold_batchnorm
+    from sw.network.lower import lower, order_tensors, resnet_layers
+    from sw.quant import qat
+    from sw.quant.models import build_model, fold_batchnorm
 
     torch.manual_seed(0)
-    qmodel = quant.quantize_model(fold_batchnorm(build_model("digits")), bits=2.0)
-    tensors = quant.export_tensors(qmodel)
+    qmodel = qat.quantize_model(fold_batchnorm(build_model("digits")), bits=2.0)
+    tensors = qat.export_tensors(qmodel)
     lowered = lower(resnet_layers(qmodel), {t.name: t for t in tensors},
                     digits()[0].numpy()[:256])
     data = write_container(order_tensors(tensors, lowered.tensor_order),

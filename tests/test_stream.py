@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 
 from sim.cases import corner_tensors, random_container
 from sw.board import expected_report
-from sw.codec import (
+from sw.codec.container import CodedTensor, ContainerError, parse, write_container
+from sw.codec.golden import golden_decode
+from sw.codec.rans import (
     FrequencyTable,
     PayloadExhausted,
     decode_section_chunked,
     decode_section_reference,
     encode_reference,
 )
-from sw.container import CodedTensor, ContainerError, parse, write_container
 from sw.format import MAX_SECTION_SYMBOLS, Status
-from sw.golden import golden_decode
 from sw.params import CodecParams
 
 
@@ -194,7 +194,7 @@ def test_expected_report_streamed_equals_whole():
 
 def hostile_mapped(params=CodecParams()) -> bytes:
     """A MAPPED section of one uint64 value declaring 2**28 symbols (no payload), CRC right."""
-    from sw.container import MappedTensor
+    from sw.codec.container import MappedTensor
     data = bytearray(write_container([MappedTensor.from_array(
         "w", np.full(16, (1 << 64) - 1, np.uint64))], params))
     start = 20 + 4 * params.state_count

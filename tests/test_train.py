@@ -8,11 +8,19 @@ import sys
 import pytest
 import torch
 
-from sw import quant
-from sw.container import read_container
+from sw.codec.container import read_container
 from sw.data import digits
-from sw.models import build_model
-from sw.train import Dist, TensorData, evaluate, file_rates, load_decoded, train_float, train_qat
+from sw.quant import qat
+from sw.quant.models import build_model
+from sw.quant.train import (
+    Dist,
+    TensorData,
+    evaluate,
+    file_rates,
+    load_decoded,
+    train_float,
+    train_qat,
+)
 
 # 6 bits/weight: the tiny model's 4,968 weights carry a 374-byte program (0.6 bits/weight)
 TINY = ["--model", "digits-tiny", "--epochs", "2", "--qat-epochs", "6", "--target-bpw", "6"]
@@ -47,7 +55,7 @@ def check_run(done, out, report, processes):
     assert figures["accuracy"] == figures["qat_accuracy"]   # export changes nothing
     assert figures["bits_per_weight"] <= 6 * 1.02
     # the file carries its integer program, and the report's integer accuracy is the engine's
-    from sw.engine import BoundNetwork, infer
+    from sw.network.engine import BoundNetwork, infer
     assert container.program is not None and figures["program_bytes"] == \
         container.program_section.size
     predictions = infer(BoundNetwork.from_container(container), x_test.numpy()).predictions
@@ -103,22 +111,22 @@ def test_qat_meets_a_rate_it_has_to_reach():
 
 
 def check_qat_meets_rate():
-    from sw.container import write_container
-    from sw.models import fold_batchnorm, weight_count
+    from sw.codec.container import write_container
+    from sw.quant.models import fold_batchnorm, weight_count
     torch.manual_seed(0)
     x, y, _, _ = digits()
     data = TensorData(x, y, augment=True)
     model = train_float(build_model("digits-tiny"), data, 1, 3e-3, 64, 0, Dist(False),
                         progress=False)
-    qmodel = quant.quantize_model(fold_batchnorm(model), bits=3.0)
-    start = 8 * len(write_container(quant.export_tensors(qmodel))) / weight_count(qmodel)
+    qmodel = qat.quantize_model(fold_batchnorm(model), bits=3.0)
+    start = 8 * len(write_container(qat.export_tensors(qmodel))) / weight_count(qmodel)
     assert start > 4.0 * 1.05
     log = []
     # a high learning rate: the tiny model must get there in five short epochs
     train_qat(qmodel, data, 4.0, 5, 1e-2, 64, 1, Dist(False), progress=False, log=log)
     assert max(entry["multiplier"] for entry in log) > 0
     assert log[-1]["rate"] <= log[-1]["budget"] * 1.02
-    container = read_container(write_container(quant.export_tensors(qmodel)))
+    container = read_container(write_container(qat.export_tensors(qmodel)))
     assert file_rates(container)["bits_per_weight"] <= 4.0 * 1.02
 
 

@@ -1,3 +1,10 @@
+"""``python -m sw.bench NAME``: run one benchmark by name.
+
+The benchmarks are leaves: nothing imports them. ``hw`` names :mod:`hw.bench`, which builds
+hardware and so lives in ``hw``; it is looked up by name only when asked for, so no module of
+``sw`` imports ``hw`` (sw/__init__.py, tests/test_dependencies.py).
+"""
+
 import importlib
 import sys
 
@@ -5,7 +12,7 @@ BENCHMARKS = {
     "codec": ("sw.bench.codec",
               "bits/weight against entropy, Msym/s against zstd, xz, constriction"),
     "quant": ("sw.bench.quant", "rate-accuracy curve of the digits ResNet, PTQ and QAT"),
-    "hw": ("sw.bench.hw", "LUTs, DSPs, EBR and Fmax of the decoder for 1, 2, 4 and 8 lanes"),
+    "hw": ("hw.bench", "LUTs, DSPs, EBR and Fmax of the decoder for 1, 2, 4 and 8 lanes"),
 }
 
 

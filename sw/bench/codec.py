@@ -13,40 +13,11 @@ import time
 
 import numpy as np
 
-from .. import fastcodec
-from ..codec import FrequencyTable, entropy_bits
-from ..container import CodedTensor, RawTensor, read_container, write_container
-from ..params import CodecParams
-
-
-def train_digits_mlp(hidden=(512, 256), seed=0):
-    """An MLP on sklearn's digits: ~166k weights, ~97 % test accuracy, a few seconds to train."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
-
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data / 16.0, digits.target, test_size=0.25, random_state=seed,
-        stratify=digits.target)
-    mlp = MLPClassifier(hidden_layer_sizes=hidden, max_iter=300, random_state=seed, alpha=1e-4)
-    mlp.fit(x_train, y_train)
-    return mlp, mlp.score(x_test, y_test)
-
-
-def zero_point_quantize(weights: np.ndarray, levels: int):
-    """Symbols of ``levels`` (odd) levels around an exact zero, step chosen for the least MSE."""
-    half = levels // 2
-    peak = np.abs(weights).max()
-    best = None
-    for clip in np.linspace(0.2, 1.0, 33):
-        step = clip * peak / half
-        q = np.clip(np.round(weights / step), -half, half)
-        error = float(((q * step - weights) ** 2).mean())
-        if best is None or error < best[0]:
-            best = (error, step, q)
-    _, step, q = best
-    return (q + half).astype(np.uint8), half, np.float32(step)
+from sw.codec import fastrans
+from sw.codec.container import CodedTensor, RawTensor, read_container, write_container
+from sw.codec.rans import FrequencyTable, entropy_bits
+from sw.params import CodecParams
+from sw.quant.default_model import train_digits_mlp, zero_point_quantize
 
 
 def best_time(function, repeats):
@@ -66,12 +37,12 @@ def measure(symbols_by_layer, levels, params, repeats):
     sections = [(s.ravel(), t) for s, t in zip(symbols_by_layer, tables)]
     entropy = sum(entropy_bits(np.bincount(s.ravel())) for s in symbols_by_layer)
 
-    fastcodec.encode(sections, params)  # compile
-    encode_time, (states, payloads) = best_time(lambda: fastcodec.encode(sections, params), repeats)
+    fastrans.encode(sections, params)  # compile
+    encode_time, (states, payloads) = best_time(lambda: fastrans.encode(sections, params), repeats)
 
     def decode_all():
         coder_states = states.copy()
-        return [fastcodec.decode_section(coder_states, len(s), t, p, params)
+        return [fastrans.decode_section(coder_states, len(s), t, p, params)
                 for (s, t), p in zip(sections, payloads)]
     decode_time, decoded = best_time(decode_all, repeats)
     assert all((d == s).all() for (d, _), (s, _) in zip(decoded, sections))
@@ -143,7 +114,7 @@ def startup_seconds(repeats: int = 5) -> tuple:
     Both run as fresh interpreters, alternately, ``repeats`` times each; the median of each is
     returned, so a cold disk cache on the first run does not count. The file is a 2-section
     container (a 6-weight coded tensor and a 3-value raw one), which ``verify`` decodes with
-    the reference coder (:data:`sw.commands.REFERENCE_CODER_SYMBOLS`) and so without numba.
+    the reference coder (:data:`sw.cli.files.REFERENCE_CODER_SYMBOLS`) and so without numba.
 
     Returns
     -------

@@ -1,9 +1,10 @@
 """``python -m sw.bench quant``: rate-accuracy curve of the digits ResNet, PTQ beside QAT.
 
 One float baseline is trained (or loaded); then for every target rate the folded float model is
-compressed post-training (:mod:`sw.compress`) and, separately, trained quantization-aware to the
-same target (:mod:`sw.train`). Every accuracy is that of the weights decoded from the written
-container, and every rate is that of the container file (whole model, headers included).
+compressed post-training (:mod:`sw.quant.compress`) and, separately, trained
+quantization-aware to the same target (:mod:`sw.quant.train`). Every accuracy is that of the
+weights decoded from the written container, and every rate is that of the container file
+(whole model, headers included).
 Writes ``results.json``, ``table.md`` and ``curve.png`` to ``--out``.
 """
 
@@ -16,11 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import compress, quant
-from ..container import CodedTensor, RawTensor, write_container
-from ..data import digits
-from ..models import build_model, fold_batchnorm, weight_count
-from ..train import Dist, TensorData, evaluate, file_rates, load_decoded, train_float, train_qat
+from sw.codec.container import CodedTensor, RawTensor, write_container
+from sw.data import digits
+from sw.quant import compress, qat
+from sw.quant.models import build_model, fold_batchnorm, weight_count
+from sw.quant.train import (
+    Dist,
+    TensorData,
+    evaluate,
+    file_rates,
+    load_decoded,
+    train_float,
+    train_qat,
+)
 
 TARGETS = (0.5, 0.8, 1.2, 2.0, 4.0)
 
@@ -62,7 +71,7 @@ def main(argv) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dist = Dist(False)
-    torch.set_num_threads(1)  # small layers: one thread beats two that contend (see sw.train)
+    torch.set_num_threads(1)  # small layers: one thread beats two that contend (see sw.quant.train)
     x_train, y_train, x_test, y_test = digits()
     train_set, test_set = TensorData(x_train, y_train, augment=True), TensorData(x_test, y_test)
 
@@ -81,7 +90,7 @@ def main(argv) -> int:
     print(f"float digits ResNet: {float_accuracy:.2f} % top-1, {weights} weights, "
           f"{float_seconds:.0f} s")
 
-    from ..gptq import collect_statistics
+    from sw.quant.gptq import collect_statistics
     statistics = collect_statistics(folded, x_train[:512])
     results = {"float_accuracy": float_accuracy, "weights": weights, "float_seconds":
                float_seconds, "ptq": [], "qat": []}
@@ -110,14 +119,14 @@ def main(argv) -> int:
             continue
         started = time.perf_counter()
         torch.manual_seed(args.seed)
-        qmodel = quant.quantize_model(fold_batchnorm(model))
+        qmodel = qat.quantize_model(fold_batchnorm(model))
         train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1, dist)
         data = (out / f"qat_{target:g}.sbit")
-        data.write_bytes(write_container(quant.export_tensors(qmodel)))
+        data.write_bytes(write_container(qat.export_tensors(qmodel)))
         decoded, container = load_decoded("digits", data.read_bytes())
         row = {"target_bpw": target, "accuracy": evaluate(decoded, test_set),
                **file_rates(container), "seconds": time.perf_counter() - started,
-               "levels": [m.quantizer.levels() for _, m in quant.quantized_modules(qmodel)]}
+               "levels": [m.quantizer.levels() for _, m in qat.quantized_modules(qmodel)]}
         results["qat"].append(row)
         print(f"QAT {target:>4}: {row['bits_per_weight']:.3f} bits/weight, "
               f"{row['accuracy']:.2f} %, {row['seconds']:.0f} s")
@@ -221,8 +230,8 @@ def fixed_length_bits(tensors: list, bits: int) -> int:
 
 
 def main_mnist1d(args) -> int:
-    from ..data import mnist1d
-    from ..gptq import collect_statistics
+    from sw.data import mnist1d
+    from sw.quant.gptq import collect_statistics
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dist = Dist(False)
@@ -293,14 +302,14 @@ def main_mnist1d(args) -> int:
                 torch.manual_seed(args.seed)
                 learned = levels is None
                 method = "QAT learned precision" if learned else f"QAT uniform {levels} levels"
-                qmodel = quant.quantize_model(fold_batchnorm(model),
+                qmodel = qat.quantize_model(fold_batchnorm(model),
                                               bits=4.0 if learned else math.log2(levels))
                 if not learned:
-                    quant.freeze_levels(qmodel)     # one level count everywhere, never learned
+                    qat.freeze_levels(qmodel)     # one level count everywhere, never learned
                 log = []
                 train_qat(qmodel, train_set, target, args.qat_epochs, 1e-3, 64, args.seed + 1,
                           dist, progress=False, log=log)
-                data = write_container(quant.export_tensors(qmodel))
+                data = write_container(qat.export_tensors(qmodel))
                 (out / f"{'learned' if learned else f'uniform{levels}'}_{target:g}.sbit"
                  ).write_bytes(data)
                 layers = [{"name": name, "weights": m.weight.numel(),
@@ -308,7 +317,7 @@ def main_mnist1d(args) -> int:
                            "step": float(m.quantizer.positive_step().detach().mean()),
                            "entropy_bits_per_weight": m.quantizer.hard_bits(m.weight)
                            / m.weight.numel()}
-                          for name, m in quant.quantized_modules(qmodel)]
+                          for name, m in qat.quantized_modules(qmodel)]
                 record(method, target, data, time.perf_counter() - started,
                        levels=[layer["levels"] for layer in layers], layers=layers)
 
@@ -339,7 +348,7 @@ def layer_sensitivity(folded, test_set, levels: int = 3) -> list:
     for name, module in folded.named_modules():
         if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
             continue
-        quantizer = quant.ZeroPointQuantizer(tuple(module.weight.shape), bits=math.log2(levels))
+        quantizer = qat.ZeroPointQuantizer(tuple(module.weight.shape), bits=math.log2(levels))
         quantizer.init_step(module.weight)
         quantizer.eval()
         original = module.weight.detach().clone()

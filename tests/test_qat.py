@@ -8,14 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw import quant
-from sw.container import CodedTensor, read_container, write_container
-from sw.models import build_model, fold_batchnorm
+from sw.codec.container import CodedTensor, read_container, write_container
+from sw.codec.rans import entropy_bits
+from sw.quant import qat
+from sw.quant.models import build_model, fold_batchnorm
 
 
 def test_gradients_reach_weight_and_step():
     torch.manual_seed(0)
-    q = quant.ZeroPointQuantizer((16, 8, 3, 3), bits=2.7)
+    q = qat.ZeroPointQuantizer((16, 8, 3, 3), bits=2.7)
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
     q.init_step(w)
     target = torch.randn(16, 8, 3, 3)
@@ -31,7 +32,7 @@ def test_gradients_reach_weight_and_step():
 
 def test_lsq_step_gradient():
     """d(output)/d(step) is round(x) - x inside the range and +-k outside, times 1/sqrt(n k)."""
-    q = quant.ZeroPointQuantizer((4,), bits=math.log2(7))   # k = 3 exactly: frozen below
+    q = qat.ZeroPointQuantizer((4,), bits=math.log2(7))   # k = 3 exactly: frozen below
     q.frozen_half.fill_(3)
     with torch.no_grad():
         q.step.fill_(0.5)
@@ -52,7 +53,7 @@ def test_levels_odd_zero_exact(bits, per_channel, seed, scale, train):
     w = torch.randn(6, 5, generator=generator) * scale
     w[0, 0] = 0.0
     with torch.no_grad():
-        q = quant.ZeroPointQuantizer(tuple(w.shape), per_channel, bits)
+        q = qat.ZeroPointQuantizer(tuple(w.shape), per_channel, bits)
         q.init_step(w)
         q.train(train)
         output = q(w)                            # a training forward sets the level count
@@ -72,7 +73,7 @@ def test_level_count_follows_the_step():
     """Untrained: the initial bit-width's count. Training: the fewest levels covering the
     weights at the learned step, whatever the initial count; frozen: fixed."""
     w = torch.linspace(-4, 4, 101)
-    q = quant.ZeroPointQuantizer((101,), bits=math.log2(2 * 8 + 1))
+    q = qat.ZeroPointQuantizer((101,), bits=math.log2(2 * 8 + 1))
     assert q.levels() == 17
     with torch.no_grad():
         q.step.fill_(1.0)
@@ -101,14 +102,14 @@ def test_precision_follows_sensitivity():
     model = torch.nn.ModuleDict({"sensitive": torch.nn.Linear(32, 32, bias=False),
                                  "insensitive": torch.nn.Linear(32, 32, bias=False)})
     teacher = {name: layer.weight.detach().clone() for name, layer in model.items()}
-    quant.quantize_model(model, bits=4.0)                # both start on 17 levels
+    qat.quantize_model(model, bits=4.0)                # both start on 17 levels
     x = torch.randn(256, 32)
     target = 10 * x @ teacher["sensitive"].T + 0.1 * x @ teacher["insensitive"].T
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(30):
         output = 10 * model["sensitive"](x) + 0.1 * model["insensitive"](x)
         loss = (torch.nn.functional.mse_loss(output, target)
-                + 0.05 * quant.soft_bits(model) / 2048)
+                + 0.05 * qat.soft_bits(model) / 2048)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -122,19 +123,19 @@ def test_soft_rate_is_exact_on_the_grid():
     generator = torch.Generator().manual_seed(1)
     integers = torch.randint(-3, 4, (4000,), generator=generator)
     integers[torch.rand(4000, generator=generator) < 0.6] = 0
-    q = quant.ZeroPointQuantizer((4000,))
+    q = qat.ZeroPointQuantizer((4000,))
     q.frozen_half.fill_(3)
     with torch.no_grad():
         q.step.fill_(0.25)
     w = integers.float() * 0.25
     counts = np.bincount(integers.numpy() + 3, minlength=7)
-    expected = quant.entropy_of_counts(counts) * 4000 + 16 * 7
+    expected = entropy_bits(counts) + 16 * 7
     assert q.soft_bits(w).item() == pytest.approx(expected, rel=1e-5)
     assert q.hard_bits(w) == pytest.approx(expected, rel=1e-12)
 
 
 def test_rate_constraint_multiplier():
-    c = quant.RateConstraint(1.0, rate_lr=0.1)
+    c = qat.RateConstraint(1.0, rate_lr=0.1)
     c.update(2.0)
     assert c.multiplier == pytest.approx(0.1)
     c.update(3.0)
@@ -143,7 +144,7 @@ def test_rate_constraint_multiplier():
         c.update(0.5)
     assert c.multiplier == 0.0
     with pytest.raises(ValueError):
-        quant.RateConstraint(0.0)
+        qat.RateConstraint(0.0)
 
 
 def tiny_quantized(seed=0, per_channel=False):
@@ -153,7 +154,7 @@ def tiny_quantized(seed=0, per_channel=False):
     for _ in range(3):                                   # some BatchNorm statistics to fold
         model(torch.rand(32, 1, 8, 8))
     model.eval()
-    return quant.quantize_model(fold_batchnorm(model), per_channel, bits=2.5)
+    return qat.quantize_model(fold_batchnorm(model), per_channel, bits=2.5)
 
 
 @pytest.mark.slow
@@ -163,16 +164,16 @@ def test_export_decode_load_is_exact(per_channel):
     optimizer = torch.optim.Adam(qmodel.parameters(), 1e-2)
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
     for _ in range(5):                                   # move weights, steps and level counts
-        loss = torch.nn.functional.cross_entropy(qmodel(x), y) + 1e-4 * quant.soft_bits(qmodel)
+        loss = torch.nn.functional.cross_entropy(qmodel(x), y) + 1e-4 * qat.soft_bits(qmodel)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    quant.freeze_levels(qmodel)
-    container = read_container(write_container(quant.export_tensors(qmodel)))
+    qat.freeze_levels(qmodel)
+    container = read_container(write_container(qat.export_tensors(qmodel)))
     plain = fold_batchnorm(build_model("digits-tiny"))
-    plain.load_state_dict(quant.state_dict_from_container(container))
+    plain.load_state_dict(qat.state_dict_from_container(container))
     plain_modules = dict(plain.named_modules())
-    for name, module in quant.quantized_modules(qmodel):
+    for name, module in qat.quantized_modules(qmodel):
         assert torch.equal(plain_modules[name].weight, module.quantized_weight())
         assert torch.equal(plain_modules[name].bias, module.quantized_bias())
         coded = container[f"{name}.weight"]
@@ -186,5 +187,17 @@ def test_export_decode_load_is_exact(per_channel):
     # soft and hard rate estimates are in the same range as the real coded payload
     payload_bits = sum(8 * s.payload_bytes for s, t in zip(container.sections, container.tensors)
                        if t.name.endswith(".weight"))
-    tables = 16 * sum(m.quantizer.levels() for _, m in quant.quantized_modules(qmodel))
-    assert quant.hard_bits(qmodel) - tables == pytest.approx(payload_bits, rel=0.05, abs=300)
+    tables = 16 * sum(m.quantizer.levels() for _, m in qat.quantized_modules(qmodel))
+    assert qat.hard_bits(qmodel) - tables == pytest.approx(payload_bits, rel=0.05, abs=300)
+
+
+@pytest.mark.parametrize("bias", [np.zeros(8, np.float32),
+                                  np.random.default_rng(1).normal(0, 0.3, 64).astype(np.float32),
+                                  np.array([1e-8, -3e-9, 0.0], np.float32)])
+def test_training_bias_is_the_containers_bias_quantizer(bias):
+    """QAT's forward pass rounds a bias exactly as CodedTensor.symmetric writes it."""
+    layer = qat.QLinear.from_float(torch.nn.Linear(4, len(bias)))
+    with torch.no_grad():
+        layer.bias.copy_(torch.from_numpy(bias))
+    coded = CodedTensor.symmetric("bias", bias, qat.BIAS_LEVELS)
+    assert torch.equal(layer.quantized_bias(), torch.from_numpy(coded.dequantize()))

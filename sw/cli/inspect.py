@@ -1,8 +1,8 @@
 
-from ..codec import entropy_bits
-from ..container import CodedTensor, MappedTensor
-from ..format import SectionKind
-from . import read_file, read_with_progress
+from sw.cli.files import read_file, read_with_progress
+from sw.codec.container import CodedTensor, MappedTensor
+from sw.codec.rans import entropy_bits
+from sw.format import SectionKind
 
 
 def add_arguments(parser):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .program import Opcode, Program, ValueType
+from sw.codec.program import Opcode, Program, ValueType
 
 __all__ = ["BoundNetwork", "InferenceResult", "quantize_images", "infer", "infer_reference",
            "infer_float", "requantize"]
@@ -44,12 +44,12 @@ class BoundNetwork:
 
     @classmethod
     def from_container(cls, container) -> "BoundNetwork":
-        """Bind the program of a read :class:`sw.container.Container` to its coded sections.
+        """Bind the program of a read :class:`sw.codec.container.Container` to its coded sections.
 
         The reader has already checked that the coded sections follow the program's order,
         counts and bounds; a container without a program is refused with ``ValueError``.
         """
-        from .container import CodedTensor
+        from sw.codec.container import CodedTensor
 
         program = container.program
         if program is None:

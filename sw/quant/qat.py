@@ -21,7 +21,7 @@ The regulariser estimates the coded size of each layer: each weight ``x = w / s`
 softly to its two neighbouring levels (weights ``1 - t`` and ``t``, the linear-interpolation
 kernel, ``t = x - floor(x)``), the assignments are summed into a histogram over the levels and
 ``n * H(histogram)`` is the layer's estimated bits. It is differentiable with respect to the
-weights and the step. The training loop (:mod:`sw.train`) holds the sum over the
+weights and the step. The training loop (:mod:`sw.quant.train`) holds the sum over the
 model to a target with an adaptive Lagrange multiplier (see :class:`RateConstraint`) that is
 driven by the *exact* entropy of the hard symbols, which the rANS coder attains within 0.1 %.
 """
@@ -32,14 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .container import CodedTensor, RawTensor
-from .lower import BIAS_LEVELS
+from sw.codec.container import CodedTensor, RawTensor
+from sw.codec.rans import entropy_bits
+from sw.network.lower import BIAS_LEVELS
 
 __all__ = [
     "MIN_HALF", "MAX_HALF", "round_ste", "scale_grad", "ZeroPointQuantizer", "QConv2d",
     "QLinear", "quantize_model", "quantized_modules", "soft_bits", "hard_bits",
     "export_tensors", "state_dict_from_container", "freeze_levels", "BIAS_LEVELS",
-    "RateConstraint", "entropy_of_counts", "symmetric_bias_quantize",
+    "RateConstraint",
 ]
 
 TABLE_BITS_PER_LEVEL = 16  #: a coded section stores one u16 frequency per level
@@ -80,14 +81,6 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` unchanged, its gradient multiplied by ``factor`` (LSQ's step-gradient scale)."""
     return _ScaleGrad.apply(x, factor)
-
-
-def entropy_of_counts(counts) -> float:
-    """Empirical entropy, in bits per symbol, of a histogram (numpy or torch)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum()) if total else 0.0
 
 
 class ZeroPointQuantizer(nn.Module):
@@ -210,15 +203,8 @@ class ZeroPointQuantizer(nn.Module):
         q = self.integers(weight)
         half = self.half_levels()
         counts = torch.bincount((q + half).reshape(-1), minlength=2 * half + 1)
-        return (entropy_of_counts(counts.cpu().numpy()) * q.numel()
+        return (entropy_bits(counts.cpu().numpy())
                 + TABLE_BITS_PER_LEVEL * (2 * half + 1))
-
-
-def symmetric_bias_quantize(bias: torch.Tensor):
-    """``(integers, scale)`` of a bias on BIAS_LEVELS levels around zero, one scale per tensor."""
-    half = BIAS_LEVELS // 2
-    scale = (bias.detach().abs().max() / half).clamp_min(1e-12).to(torch.float32)
-    return torch.clamp(torch.round(bias / scale), -half, half), scale
 
 
 class _Quantized:
@@ -232,10 +218,14 @@ class _Quantized:
         return self.quantizer(self.weight)
 
     def quantized_bias(self):
+        """The bias as export writes it (:meth:`sw.codec.container.CodedTensor.symmetric` on
+        ``BIAS_LEVELS`` levels), differentiable: the same rule in torch, rounding through
+        :func:`round_ste`. tests/test_qat.py holds the two equal."""
         if self.bias is None:
             return None
         half = BIAS_LEVELS // 2
-        scale = (self.bias.detach().abs().max() / half).clamp_min(1e-12)
+        peak = self.bias.detach().abs().max()
+        scale = torch.where(peak > 0, peak / half, torch.ones_like(peak))
         return round_ste(torch.clamp(self.bias / scale, -half, half)) * scale
 
 
@@ -323,12 +313,8 @@ def export_tensors(model: nn.Module) -> list:
                      prefix + "quantizer.learned_half",
                      prefix + "quantizer.frozen_half"})
         if module.bias is not None:
-            integers, scale = symmetric_bias_quantize(module.bias)
-            half_b = BIAS_LEVELS // 2
-            tensors.append(CodedTensor(prefix + "bias",
-                                       (integers.to(torch.int64) + half_b).numpy().astype(np.uint8),
-                                       levels=BIAS_LEVELS, zero_point=half_b,
-                                       scale=scale.reshape(1).numpy()))
+            tensors.append(CodedTensor.symmetric(prefix + "bias",
+                                                 module.bias.detach().cpu().numpy(), BIAS_LEVELS))
             done.add(prefix + "bias")
     for name, value in model.state_dict().items():
         if name not in done:

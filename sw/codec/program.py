@@ -3,8 +3,8 @@
 docs/INFERENCE.md is the specification; this module holds its data structure, its encoding as
 16-bit words (the data of the container's ``PROGRAM`` section, docs/FORMAT.md) and every check
 the specification makes on it. No torch and no numpy arithmetic beyond encoding: the engine
-that runs a program is :mod:`sw.engine`, and the code that builds one from a trained network is
-:mod:`sw.lower`.
+that runs a program is :mod:`sw.network.engine`, and the code that builds one from a trained
+network is :mod:`sw.network.lower`.
 
 A program is a list of operations over one flat activation memory of 16-bit values. Each
 operation reads one tensor (and optionally a second, the ``skip`` operand of a residual add)

@@ -4,8 +4,8 @@ A network is described by :class:`Layer` s (what each layer computes and which c
 it uses); :func:`lower` calibrates every activation's power-of-two scale on sample images,
 places every tensor in the activation memory, derives each operation's fixed-point constants
 from the coded sections' float scales (docs/INFERENCE.md, "From float scales") and returns the
-:class:`sw.program.Program` with the order in which the container must hold the coded
-sections. No torch: :func:`resnet_layers` reads a :class:`sw.models.ResNet` by its attributes.
+:class:`sw.codec.program.Program` with the order in which the container must hold the coded
+sections. No torch: :func:`resnet_layers` reads a :class:`sw.quant.models.ResNet` by its attributes.
 """
 
 import math
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import _windows
-from .program import (
+from sw.codec.program import (
     BIAS_TERM_LIMIT,
     MAX_SHIFT,
     MAX_SKIP_SHIFT,
@@ -25,6 +24,7 @@ from .program import (
     ProgramError,
     ValueType,
 )
+from sw.network.engine import _windows
 
 __all__ = ["BIAS_LEVELS", "Layer", "Lowered", "lower", "program_word_count", "resnet_layers",
            "mlp_layers",
@@ -181,7 +181,7 @@ def lower(layers, tensors: dict, images, input_exponent: int = None) -> Lowered:
     every activation's scale ``2**-f``: the finest that holds the largest value seen on them.
     ``input_exponent`` is the images' own, by default likewise the finest that holds them.
     """
-    from .container import CodedTensor
+    from sw.codec.container import CodedTensor
 
     images = np.asarray(images, np.float64)
     if images.ndim != 4 or not len(images):
@@ -302,7 +302,7 @@ def lower(layers, tensors: dict, images, input_exponent: int = None) -> Lowered:
 
 def program_word_count(layers, tensors: dict) -> int:
     """Words of the program :func:`lower` makes of ``layers``, without calibrating it."""
-    from .program import HEADER_WORDS, OP_WORDS
+    from sw.codec.program import HEADER_WORDS, OP_WORDS
     words = HEADER_WORDS
     for layer in layers:
         words += OP_WORDS
@@ -322,7 +322,7 @@ def order_tensors(tensors: list, order: list) -> list:
 
 
 def resnet_layers(model) -> list:
-    """The layers of a :class:`sw.models.ResNet` (BatchNorm folded), named as its state dict.
+    """The layers of a :class:`sw.quant.models.ResNet` (BatchNorm folded), named as its state dict.
 
     A block runs its projection ``sc`` first (when it has one: it reads the block's input,
     which is then still live), then ``a``, ``b`` (and ``c`` in a bottleneck), the shortcut
@@ -330,7 +330,7 @@ def resnet_layers(model) -> list:
     engine consumes them.
     """
     if not all(hasattr(model, part) for part in ("stem", "layers", "fc")):
-        raise ValueError(f"{type(model).__name__} is not a ResNet of sw.models")
+        raise ValueError(f"{type(model).__name__} is not a ResNet of sw.quant.models")
     stem = list(model.stem)
     if len(stem) != 2 or not hasattr(stem[0], "weight"):
         raise ValueError("only the convolution + ReLU stem of the small ResNets lowers to a "

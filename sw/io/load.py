@@ -7,7 +7,7 @@ payload, so a file of a few hundred bytes can declare ``2**28`` symbols.
 
 :func:`load_state_dict` is what a torch user calls::
 
-    from sw.load import load_state_dict
+    from sw.io.load import load_state_dict
     model.load_state_dict(load_state_dict("model.sbit"))
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .format import (
+from sw.format import (
     FIRST_VERSION,
     MAGIC,
     MAX_LEVELS,
@@ -28,7 +28,7 @@ from .format import (
     RawDtype,
     SectionKind,
 )
-from .params import CodecParams
+from sw.params import CodecParams
 
 __all__ = ["DEFAULT_MAX_VALUES", "SectionHeader", "HeaderScan", "scan_headers", "check_size",
            "byte_size",
@@ -46,7 +46,7 @@ class SectionHeader:
     index: int
     kind: SectionKind
     offset: int                 #: byte offset of its ``kind`` field
-    shape: tuple = ()
+    dims: tuple = ()
     symbol_count: int = 0       #: CODED, MAPPED: symbols the decoder will produce
     levels: int = 0             #: CODED, MAPPED
     payload_words: int = 0      #: CODED, MAPPED: 16-bit payload words
@@ -68,7 +68,7 @@ class HeaderScan:
     """What :func:`scan_headers` found.
 
     ``complete`` is false when the scan stopped early, at the first field that is missing or
-    that a reader refuses (:mod:`sw.container` then stops at the same place or before it, e.g.
+    that a reader refuses (:mod:`sw.codec.container` then stops at the same place or before it, e.g.
     at a CRC this scan does not check); ``sections`` then holds what was read up to there, the
     section it stopped in included once its symbol count was read.
     """
@@ -99,8 +99,8 @@ def scan_headers(data: bytes) -> HeaderScan:
     """Read the sizing fields of every section of a container, without decoding it.
 
     Never raises on a damaged container: the result says how far it got. Makes the range
-    checks of :func:`sw.container.parse` that bound sizes (kind, name length, ``ndim``, levels,
-    scale count, ``symbol_count``, dtype) but no CRC, table or payload check.
+    checks of :func:`sw.codec.container.parse` that bound sizes (kind, name length, ``ndim``,
+    levels, scale count, ``symbol_count``, dtype) but no CRC, table or payload check.
 
     Parameters
     ----------
@@ -159,8 +159,8 @@ def scan_headers(data: bytes) -> HeaderScan:
             ndim = take("H")
             if ndim > MAX_NDIM:
                 raise _Short(f"section {index}: {ndim} dimensions")
-            shape = tuple(np.atleast_1d(take(f"{ndim}I")).tolist()) if ndim else ()
-            section = SectionHeader(index, SectionKind(kind), offset, shape)
+            dims = tuple(np.atleast_1d(take(f"{ndim}I")).tolist()) if ndim else ()
+            section = SectionHeader(index, SectionKind(kind), offset, dims)
             if section.kind == SectionKind.CODED:
                 levels, zero_point, scale_count = take("HhH")
                 if not 1 <= levels <= MAX_LEVELS or levels - 1 - zero_point > 32767 \
@@ -233,11 +233,11 @@ def byte_size(size: int) -> str:
 
 
 def decoded_arrays(container, dequantize: bool) -> dict:
-    """Named numpy arrays of a read :class:`sw.container.Container`.
+    """Named numpy arrays of a read :class:`sw.codec.container.Container`.
 
     Parameters
     ----------
-    container : sw.container.Container
+    container : sw.codec.container.Container
     dequantize : bool
         Coded tensors as float32 (``integer * scale``) instead of their int16 integers.
 
@@ -247,7 +247,7 @@ def decoded_arrays(container, dequantize: bool) -> dict:
         Raw tensors as stored (copies, so they are writable), MAPPED ones in their dtype
         (they have no scale: ``dequantize`` leaves them as they are).
     """
-    from .container import CodedTensor, MappedTensor
+    from sw.codec.container import CodedTensor, MappedTensor
     arrays = {}
     for tensor in container.tensors:
         if isinstance(tensor, CodedTensor):
@@ -280,10 +280,10 @@ def load_arrays(path, *, dequantize: bool = True,
     OSError
         The file is missing or a directory.
     ValueError
-        The container is damaged (:class:`sw.container.ContainerError`) or too large.
+        The container is damaged (:class:`sw.codec.container.ContainerError`) or too large.
     """
-    from .container import read_container
-    from .tensorio import checked_input
+    from sw.codec.container import read_container
+    from sw.io.tensors import checked_input
     path = checked_input(path)
     data = path.read_bytes()
     check_size(scan_headers(data), max_values, path)

@@ -10,25 +10,25 @@ import importlib
 import os
 import sys
 
-from .container import ContainerError
+from sw.codec.container import ContainerError
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
 #: command name -> (module implementing it, one-line summary)
 COMMANDS = {
-    "encode": ("sw.commands.encode", "code a model's integer tensors losslessly (.npz, "
+    "encode": ("sw.cli.encode", "code a model's integer tensors losslessly (.npz, "
                ".safetensors or torch state dict); other tensors are stored raw"),
-    "decode": ("sw.commands.decode", "decode a container to .npz: integers exactly, or floats "
+    "decode": ("sw.cli.decode", "decode a container to .npz: integers exactly, or floats "
                "with --dequantize"),
-    "inspect": ("sw.commands.inspect", "per section: shape, levels, entropy, coded bits/weight "
+    "inspect": ("sw.cli.inspect", "per section: shape, levels, entropy, coded bits/weight "
                 "and overhead; then totals"),
-    "verify": ("sw.commands.verify", "decode a container completely and make every check; "
+    "verify": ("sw.cli.verify", "decode a container completely and make every check; "
                "exit status 0 only if it is sound"),
-    "infer": ("sw.commands.infer", "run a container's integer program on images (default: the "
+    "infer": ("sw.cli.infer", "run a container's integer program on images (default: the "
               "450 held-out digits) and print its accuracy"),
-    "train": ("sw.train", "train a model with zero-point quantization to a bits/weight target "
-              "and export its container"),
-    "compress": ("sw.compress", "post-training quantization of any model to a bits/weight "
+    "train": ("sw.quant.train", "train a model with zero-point quantization to a bits/weight "
+              "target and export its container"),
+    "compress": ("sw.quant.compress", "post-training quantization of any model to a bits/weight "
                  "budget"),
     "board": ("sw.board", "iCEBreaker flash image, and the UART lines the board must print"),
 }

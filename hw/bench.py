@@ -10,6 +10,9 @@ does not fit is shown as such. ``--seeds N`` gives each build that misses 48 MHz
 placements (nextpnr seeds, ``python -m hw.build --seeds``) and keeps the fastest; the ``seed``
 column says which.
 It prints figures; it is not a test.
+
+It lives in ``hw`` because it drives the hardware build, and ``sw`` never imports ``hw``;
+``python -m sw.bench hw`` runs it by name, beside the software benchmarks.
 """
 
 import argparse
@@ -17,13 +20,13 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from hw.build import BuildError, build
+from sw.quant.default_model import default_container
+
 __all__ = ["main"]
 
 
 def _build_one(job) -> dict:
-    # Imported here so that `python -m sw.bench codec` never pays for Amaranth.
-    from hw.build import BuildError, build
-
     lanes, decoder_only, out_root, container, name, seeds = job
     out = Path(out_root) / f"{'decoder' if decoder_only else 'system'}{lanes}"
     try:
@@ -45,7 +48,6 @@ def main(argv=None) -> int:
                         help="placements per build that misses timing (default %(default)s)")
     args = parser.parse_args(argv)
 
-    from sw.board import default_container
     name, container = default_container()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or scratch
@@ -75,3 +77,7 @@ def main(argv=None) -> int:
               f"{'yes' if report['timing_met'] else 'no':>4} {report['placement_seed']:>7} "
               f"{report['weights_per_second'] / 1e6:>11.1f} {report['build_seconds']:>8.0f}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

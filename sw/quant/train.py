@@ -5,7 +5,7 @@ The steps (docs/QUANT.md has the recipe and the measured results):
 1. train the float model with BatchNorm (or load it with ``--baseline``) and measure its
    test accuracy;
 2. fold every BatchNorm into its convolution (weights and a bias), replace each convolution
-   and linear layer by its quantized version (:mod:`sw.quant`) and train on: the loss is the
+   and linear layer by its quantized version (:mod:`sw.quant.qat`) and train on: the loss is the
    task loss plus ``multiplier x`` the soft coded rate, the multiplier adapting until the coded
    rate of the whole file meets ``--target-bpw``; the last quarter of the epochs runs with the
    level counts fixed (until then they follow the learned steps);
@@ -28,12 +28,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import quant
-from .container import CodedTensor, program_section_size, read_container, write_container
-from .data import digits, random_images, shift_augment
-from .lower import lower, order_tensors, program_word_count, resnet_layers
-from .models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
-from .params import CodecParams
+from sw.codec.container import CodedTensor, program_section_size, read_container, write_container
+from sw.data import digits, random_images, shift_augment
+from sw.network.lower import lower, order_tensors, program_word_count, resnet_layers
+from sw.params import CodecParams, add_params_arguments, params_from
+from sw.quant import qat
+from sw.quant.models import MODELS, build_model, fold_batchnorm, input_shape, weight_count
 
 __all__ = ["add_arguments", "run", "train_float", "train_qat", "evaluate", "export",
            "file_rates", "Dist"]
@@ -80,7 +80,6 @@ def add_arguments(parser) -> None:
                         help="ImageNet root with train/ and val/ (needs torchvision; GPU recipe "
                              "in docs/QUANT.md)")
     parser.add_argument("--workers", type=int, default=8, help="data loader workers (ImageNet)")
-    from .commands import add_params_arguments
     add_params_arguments(parser)
 
 
@@ -187,7 +186,7 @@ def load_data(args):
         x_train, y_train, x_test, y_test = digits()
         return TensorData(x_train, y_train, augment=True), TensorData(x_test, y_test)
     if args.model == "mnist1d":
-        from .data import mnist1d
+        from sw.data import mnist1d
         x_train, y_train, x_test, y_test = mnist1d()
         return TensorData(x_train, y_train), TensorData(x_test, y_test)
     if args.data:
@@ -254,7 +253,7 @@ def train_float(model, data, epochs, lr, batch_size, seed, dist: Dist, progress=
 
 def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dist,
               rate_lr=0.1, overhead_bits=None, progress=True, log=None):
-    """Entropy-constrained QAT of a quantized model (:func:`sw.quant.quantize_model`).
+    """Entropy-constrained QAT of a quantized model (:func:`sw.quant.qat.quantize_model`).
 
     Parameters
     ----------
@@ -273,14 +272,14 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
     weights = weight_count(qmodel)
     overhead_bits = overhead_bits or measured_overhead_bits
     # Weights and steps: the steps set each layer's precision, and its level count follows them
-    # (sw.quant.ZeroPointQuantizer.cover).
+    # (sw.quant.qat.ZeroPointQuantizer.cover).
     optimizer = torch.optim.Adam(qmodel.parameters(), lr=lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps = steps_per_epoch(data, batch_size, dist)
     # The last quarter (at least one epoch when there are two) trains at the exported levels.
     freeze_epoch = min(epochs - 1, max(1, int(round(0.75 * epochs)))) if epochs > 1 else epochs
     constraint = None
-    start_rate = quant.hard_bits(qmodel) / weights
+    start_rate = qat.hard_bits(qmodel) / weights
     ramp_epochs = max(1, epochs // 2)
     wrapped = dist.wrap(qmodel)
     bar = tqdm(range(epochs), desc="QAT", unit="epoch", disable=not (progress and dist.main),
@@ -297,7 +296,7 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
                              f"overhead ({overhead_bits(qmodel) / weights:.3f} bits/weight)")
         budget *= 0.99  # a margin for the coder's last fraction of a percent
         if constraint is None:
-            constraint = quant.RateConstraint(budget, rate_lr)
+            constraint = qat.RateConstraint(budget, rate_lr)
         # The target falls geometrically from the starting rate to the budget over the first
         # half: a multiplier chasing a far target at once winds up and overshoots far below it
         # (weights once at zero stay there), a gliding target keeps it small and on track.
@@ -313,12 +312,12 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             task = nn.functional.cross_entropy(wrapped(x.to(dist.device)), y.to(dist.device))
-            estimate = quant.soft_bits(qmodel) / weights
+            estimate = qat.soft_bits(qmodel) / weights
             loss = task + constraint.penalty(estimate)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            rate = quant.hard_bits(qmodel) / weights
+            rate = qat.hard_bits(qmodel) / weights
             constraint.update(rate)
             done += 1
         entry = {"epoch": epoch, "task_loss": task.item(), "rate": rate,
@@ -335,9 +334,9 @@ def train_qat(qmodel, data, target_rate, epochs, lr, batch_size, seed, dist: Dis
 def freeze_covering(qmodel) -> None:
     """Fix the level counts that cover the weights as they are now: the last optimiser step
     came after the last forward set them, and may have carried a weight past the outer level."""
-    for _, module in quant.quantized_modules(qmodel):
+    for _, module in qat.quantized_modules(qmodel):
         module.quantizer.cover(module.weight)
-    quant.freeze_levels(qmodel)
+    qat.freeze_levels(qmodel)
 
 
 def parameters_agree(model: nn.Module, dist: Dist) -> bool:
@@ -354,20 +353,20 @@ def parameters_agree(model: nn.Module, dist: Dist) -> bool:
 def measured_overhead_bits(qmodel) -> float:
     """File bits minus the weights' exact entropy: header, tables, scales, biases, program,
     coder slack."""
-    tensors = quant.export_tensors(qmodel)
+    tensors = qat.export_tensors(qmodel)
     data = write_container(tensors)
     layers = program_layers(qmodel)
     program = 0 if layers is None else program_section_size(
         program_word_count(layers, {t.name: t for t in tensors}))
-    return 8 * (len(data) + program) - quant.hard_bits(qmodel)
+    return 8 * (len(data) + program) - qat.hard_bits(qmodel)
 
 
 # -- export and measurement ------------------------------------------------------------------------
 
 def program_layers(model):
-    """The layers :func:`sw.lower.lower` takes for ``model`` (a ResNet of sw.models, quantized
-    or plain), or ``None`` when it has a part integer inference lacks (the ImageNet stem's
-    max pool)."""
+    """The layers :func:`sw.network.lower.lower` takes for ``model`` (a ResNet of
+    sw.quant.models, quantized or plain), or ``None`` when it has a part integer inference
+    lacks (the ImageNet stem's max pool)."""
     try:
         return resnet_layers(model)
     except ValueError:
@@ -381,7 +380,7 @@ def export(qmodel, path, params: CodecParams = CodecParams(), images=None) -> by
     (docs/INFERENCE.md) when the network lowers to one, its coded sections in program order.
     """
     qmodel = qmodel.cpu()
-    tensors = quant.export_tensors(qmodel)
+    tensors = qat.export_tensors(qmodel)
     layers = program_layers(qmodel) if images is not None else None
     program = None
     if layers is not None:
@@ -395,8 +394,8 @@ def export(qmodel, path, params: CodecParams = CodecParams(), images=None) -> by
 
 
 def integer_accuracy(container, data) -> float:
-    """Top-1 percent of the container's integer program (sw.engine) on a labelled set."""
-    from .engine import BoundNetwork, infer
+    """Top-1 percent of the container's integer program (sw.network.engine) on a labelled set."""
+    from sw.network.engine import BoundNetwork, infer
     result = infer(BoundNetwork.from_container(container), data.x.numpy())
     return 100.0 * float((result.predictions == data.y.numpy()).mean())
 
@@ -434,13 +433,13 @@ def load_decoded(name: str, data: bytes):
     """``(model, container)``: the plain model holding the weights decoded from ``data``."""
     container = read_container(data)
     model = plain_model(name)
-    model.load_state_dict(quant.state_dict_from_container(container))
+    model.load_state_dict(qat.state_dict_from_container(container))
     return model, container
 
 
 def layer_table(qmodel) -> list:
     rows = []
-    for name, module in quant.quantized_modules(qmodel):
+    for name, module in qat.quantized_modules(qmodel):
         n = module.weight.numel()
         rows.append({"name": name, "weights": n, "levels": module.quantizer.levels(),
                      "step": float(module.quantizer.positive_step().detach().mean()),
@@ -457,7 +456,6 @@ def run(args) -> int:
         raise ValueError("--epochs must be >= 0 and --qat-epochs >= 1")
     if args.baseline and not Path(args.baseline).is_file():
         raise FileNotFoundError(2, "no such file", args.baseline)
-    from .commands import params_from
     params = params_from(args)
     threads = args.threads or (1 if args.model.startswith("digits") else None)
     if threads:
@@ -472,10 +470,10 @@ def run(args) -> int:
         train_set, test_set = load_data(args)
         model = build_model(args.model, args.seed)
         # Refuse an impossible target before spending the training time on it.
-        probe = quant.quantize_model(fold_batchnorm(model), args.per_channel, args.init_bits)
+        probe = qat.quantize_model(fold_batchnorm(model), args.per_channel, args.init_bits)
         fixed = (measured_overhead_bits(probe) - sum(
-            quant.TABLE_BITS_PER_LEVEL * m.quantizer.levels()
-            for _, m in quant.quantized_modules(probe))) / weight_count(probe)
+            qat.TABLE_BITS_PER_LEVEL * m.quantizer.levels()
+            for _, m in qat.quantized_modules(probe))) / weight_count(probe)
         if fixed >= args.target_bpw:
             raise ValueError(f"target {args.target_bpw} bits/weight is below the fixed overhead "
                              f"of {args.model}'s file ({fixed:.3f} bits/weight)")
@@ -495,7 +493,7 @@ def run(args) -> int:
             print(f"float baseline: {float_accuracy:.2f} % top-1 on {len(test_set)} test images "
                   f"({weight_count(model)} weights)")
 
-        qmodel = quant.quantize_model(fold_batchnorm(model.cpu()), args.per_channel,
+        qmodel = qat.quantize_model(fold_batchnorm(model.cpu()), args.per_channel,
                                       args.init_bits)
         log = []
         train_qat(qmodel, train_set, args.target_bpw, args.qat_epochs, args.qat_lr,

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .container import CodedTensor, RawTensor, read_container, write_container
-from .params import CodecParams
+from sw.codec.container import CodedTensor, RawTensor, read_container, write_container
+from sw.format import file_header_bytes
+from sw.params import CodecParams, add_params_arguments, params_from
 
 __all__ = ["add_arguments", "run", "Candidates", "layer_candidates", "allocate",
            "compress_tensors", "PTQResult"]
@@ -53,8 +54,8 @@ def add_arguments(parser) -> None:
                         help="per-tensor weights of the squared error {name: weight}; "
                              "'fisher' estimates them on the data of --eval-model")
     parser.add_argument("--eval-model", metavar="NAME",
-                        help="a model of sw.models (digits, digits-tiny) to load MODEL into and "
-                             "measure float and decoded top-1 accuracy on its test set")
+                        help="a model of sw.quant.models (digits, digits-tiny) to load MODEL into "
+                             "and measure float and decoded top-1 accuracy on its test set")
     parser.add_argument("--fold", action="store_true",
                         help="MODEL is a model of --eval-model with BatchNorm: fold every "
                              "BatchNorm into its convolution first (much better than coding "
@@ -79,7 +80,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-per-channel", action="store_true",
                         help="one step per tensor only (default: per output channel where it "
                              "pays)")
-    from .commands import add_params_arguments
     add_params_arguments(parser)
 
 
@@ -118,6 +118,9 @@ class Candidates:
 
 
 def _entropy_terms(counts):
+    """``c * log2(c)`` per count: the entropy of a histogram of total ``n`` is
+    ``n log2 n - sum(c log2 c)`` (:func:`sw.codec.rans.entropy_bits`), which this form lets the
+    grid below take for every level count at once from cumulative sums."""
     counts = np.asarray(counts, dtype=np.float64)
     return np.where(counts > 0, counts * np.log2(np.maximum(counts, 1)), 0.0)
 
@@ -422,7 +425,7 @@ def cap_relative_error(candidates: list, budget_bits: float, cap: float):
 class PTQResult:
     data: bytes
     rows: list           #: per layer: name, shape, levels, step(s), bits/weight, errors
-    rates: dict          #: from sw.train.file_rates
+    rates: dict          #: from sw.quant.train.file_rates
     budget_bits: float
     iterations: int
     zero_tensors: list   #: weight tensors erased: every weight zero, or relative error >= 0.99
@@ -451,7 +454,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
     weighting : {"channel", "tensor", "mse"}
         How a tensor's squared error is weighted (:func:`_row_weights`).
     statistics : dict, optional
-        Name -> :class:`sw.gptq.LayerStatistics` (calibration inputs): those tensors are
+        Name -> :class:`sw.quant.gptq.LayerStatistics` (calibration inputs): those tensors are
         weighted by their output error, rounded with GPTQ and their biases corrected.
     per_channel : bool
         Offer one step per output channel (chosen per tensor where it pays).
@@ -459,14 +462,14 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
         No tensor may be coded with a larger weighted error relative to its energy while the
         budget allows (:func:`cap_relative_error`); 1 allows zeroing a tensor.
     program_layers, program_images : optional
-        The network as :class:`sw.lower.Layer` s and calibration images (float NCHW): the
+        The network as :class:`sw.network.lower.Layer` s and calibration images (float NCHW): the
         file then carries its integer program (docs/INFERENCE.md), counted in the budget, with
         the coded sections in the order it consumes them. Its biases must be coded
         (``bias_levels``).
     """
     import time
 
-    from .train import file_rates
+    from sw.quant.train import file_rates
     check_target(target_bpw)
     if bias_levels and not (3 <= bias_levels <= 255 and bias_levels % 2):
         raise ValueError(f"--bias-levels must be odd, 3..255, not {bias_levels}")
@@ -502,8 +505,8 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
     if program_layers is not None:
         if not bias_levels:
             raise ValueError("an integer program needs coded biases (bias_levels)")
-        from .container import program_section_size
-        from .program import HEADER_WORDS, OP_WORDS
+        from sw.codec.container import program_section_size
+        from sw.codec.program import HEADER_WORDS, OP_WORDS
         # at most one multiplier per output channel: the passes below measure the real file
         words = HEADER_WORDS + sum(
             OP_WORDS + (tensors[layer.weight].shape[0] if layer.weight else 0)
@@ -537,7 +540,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
         array = tensors[name]
         stats = statistics.get(name)
         if stats is not None and not c.is_zero(index):
-            from .gptq import gptq_quantize
+            from sw.quant.gptq import gptq_quantize
             # each weight's rounding also pays for its code length at the allocation's price
             # of a bit (in the units of the row's weighted output error)
             weight_of_row = row_weights[name] * sensitivity_of[name]
@@ -577,7 +580,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
         written = [coded[n] if n in coded else corrected[n] for n in tensors]
         program = None
         if program_layers is not None:
-            from .lower import lower, order_tensors
+            from sw.network.lower import lower, order_tensors
             lowered = lower(program_layers, {t.name: t for t in written}, program_images)
             written, program = order_tensors(written, lowered.tensor_order), lowered.program
         data = write_container(written, params, program=program)
@@ -631,7 +634,7 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
 
 def _section_bytes(tensor, params):
     """The bytes of one section (a one-section container without its file header)."""
-    return write_container([tensor], params)[20 + 4 * params.state_count:]
+    return write_container([tensor], params)[file_header_bytes(params.state_count):]
 
 
 def print_table(result: PTQResult, file=sys.stdout) -> None:
@@ -666,7 +669,7 @@ def fisher_sensitivity(model_name: str, state: dict, batches: int = 8) -> dict:
     """Mean squared gradient of the training loss per weight tensor (a diagonal Fisher)."""
     import torch
 
-    from .data import digits
+    from sw.data import digits
     model = _load_model(model_name, state)
     x, y, _, _ = digits()
     model.eval()  # BatchNorm statistics as trained; gradients still flow
@@ -681,10 +684,10 @@ def fisher_sensitivity(model_name: str, state: dict, batches: int = 8) -> dict:
 
 
 def _load_model(model_name, state):
-    """The model of ``sw.models`` whose state dict matches ``state`` (with or without BN)."""
+    """The model of ``sw.quant.models`` whose state dict matches ``state`` (with or without BN)."""
     import torch
 
-    from .models import build_model, fold_batchnorm
+    from sw.quant.models import build_model, fold_batchnorm
     model = build_model(model_name)
     if set(model.state_dict()) != set(state):
         model = fold_batchnorm(model)
@@ -695,14 +698,14 @@ def _load_model(model_name, state):
     return model
 
 
-#: the models of sw.models whose data ship with the project: --eval-model and 'builtin'
+#: the models of sw.quant.models whose data ship with the project: --eval-model and 'builtin'
 EVAL_MODELS = ("digits", "digits-tiny", "mnist1d")
 def program_of(model_name, tensors) -> tuple:
     """``(layers, None)`` to lower ``tensors`` of ``model_name`` to an integer program, or
     ``(None, why not)``: the network has a part the program lacks, or ``tensors`` still hold
     BatchNorm (fold it with --fold)."""
-    from .lower import resnet_layers
-    from .models import build_model, fold_batchnorm
+    from sw.network.lower import resnet_layers
+    from sw.quant.models import build_model, fold_batchnorm
     try:
         layers = resnet_layers(fold_batchnorm(build_model(model_name)))
     except ValueError as error:
@@ -717,12 +720,12 @@ def program_of(model_name, tensors) -> tuple:
 
 def model_data(model_name):
     """``(x_train, y_train, x_test, y_test)`` of a model of :data:`EVAL_MODELS`."""
-    from .data import digits, mnist1d
+    from sw.data import digits, mnist1d
     return mnist1d() if model_name == "mnist1d" else digits()
 
 
 def accuracy_of(model_name, state) -> float:
-    from .train import TensorData, evaluate
+    from sw.quant.train import TensorData, evaluate
     _, _, x, y = model_data(model_name)
     return evaluate(_load_model(model_name, state), TensorData(x, y))
 
@@ -731,7 +734,7 @@ def calibration_statistics(args, tensors) -> dict:
     """Layer input statistics from ``--calibration`` (a file or 'builtin')."""
     import torch
 
-    from .gptq import collect_statistics, statistics_from_arrays
+    from sw.quant.gptq import collect_statistics, statistics_from_arrays
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be positive, not "
                          f"{args.calibration_samples}")
@@ -741,7 +744,7 @@ def calibration_statistics(args, tensors) -> dict:
                              "it takes)")
         inputs = model_data(args.eval_model)[0][:args.calibration_samples]
     else:
-        from .tensorio import load_tensors
+        from sw.io.tensors import load_tensors
         arrays = load_tensors(args.calibration)
         if "x" not in arrays:
             return statistics_from_arrays(arrays, tensors)
@@ -759,9 +762,8 @@ def calibration_statistics(args, tensors) -> dict:
 
 
 def run(args) -> int:
-    from .commands import params_from
-    from .quant import state_dict_from_container
-    from .tensorio import load_tensors
+    from sw.io.tensors import load_tensors
+    from sw.quant.qat import state_dict_from_container
     check_target(args.target_bpw)
     if args.eval_model and args.eval_model not in EVAL_MODELS:
         raise ValueError(f"--eval-model: only {', '.join(EVAL_MODELS)} have data here")
@@ -770,7 +772,7 @@ def run(args) -> int:
     if args.fold:
         if not args.eval_model:
             raise ValueError("--fold needs --eval-model (the architecture to fold)")
-        from .models import fold_batchnorm
+        from sw.quant.models import fold_batchnorm
         model = _load_model(args.eval_model, tensors)
         if not any(name.endswith("running_var") for name in tensors):
             raise ValueError("--fold: MODEL has no BatchNorm to fold")
@@ -797,7 +799,7 @@ def run(args) -> int:
         else:
             images = model_data(args.eval_model)[0].numpy()
             # the engine adds integer biases: code them as QAT does unless told otherwise
-            from .lower import BIAS_LEVELS
+            from sw.network.lower import BIAS_LEVELS
             bias_levels = bias_levels or BIAS_LEVELS
     result = compress_tensors(tensors, args.target_bpw, params_from(args), args.budget,
                               bias_levels, sensitivity, args.steps, args.weighting,
@@ -820,7 +822,7 @@ def run(args) -> int:
               f"{report['accuracy']:.2f} %")
         container = read_container(result.data)
         if container.program is not None:
-            from .engine import BoundNetwork, infer
+            from sw.network.engine import BoundNetwork, infer
             _, _, x_test, y_test = model_data(args.eval_model)
             predictions = infer(BoundNetwork.from_container(container), x_test.numpy())
             report["accuracy_int"] = 100.0 * float(

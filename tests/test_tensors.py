@@ -1,4 +1,4 @@
-"""sw.tensorio: every tensor name round-trips, and bad inputs fail with one clear line."""
+"""sw.io.tensors: every tensor name round-trips, and bad inputs fail with one clear line."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from sw.tensorio import load_tensors, save_npz, save_safetensors, save_tensors
+from sw.io.tensors import load_tensors, save_npz, save_safetensors, save_tensors
 
 #: Names that are legal in npz and safetensors and broke ``np.savez(path, **tensors)``: ``file``
 #: collides with its first parameter, ``allow_pickle`` is taken as its keyword, and ``a`` next

@@ -1,12 +1,11 @@
-"""The codec commands of ``python -m sw`` (see :mod:`sw.cli`)."""
+"""Reading a container file for the commands of ``python -m sw`` (see :mod:`sw.cli`)."""
 
-from ..container import Container, parse
-from ..load import HeaderScan, scan_headers
-from ..params import CodecParams
-from ..tensorio import checked_input
+from sw.codec.container import Container, parse
+from sw.io.load import HeaderScan, scan_headers
+from sw.io.tensors import checked_input
 
 #: Containers of at most this many coded symbols are decoded with the reference coder of
-#: :mod:`sw.codec` (about 2 Msym/s here, so at most ~70 ms) instead of the numba one, whose
+#: :mod:`sw.codec.rans` (about 2 Msym/s here, so at most ~70 ms) instead of the numba one, whose
 #: import and cache load alone cost 0.5-1 s: ``verify`` of a small file should not pay that.
 #: Both give the same symbols and the same verdict on every file (tests/test_codec.py).
 REFERENCE_CODER_SYMBOLS = 1 << 17
@@ -27,7 +26,7 @@ def read_with_progress(data: bytes, description: str, scan: HeaderScan = None, *
     description : str
         The progress bar's label.
     scan : HeaderScan, optional
-        :func:`sw.load.scan_headers` of ``data``, when the caller has it already.
+        :func:`sw.io.load.scan_headers` of ``data``, when the caller has it already.
     keep_tensors : bool, default True
         Build the tensors; without it every check is still made but ``tensors`` stays empty
         and memory does not grow with the symbol counts (``verify``).
@@ -38,7 +37,7 @@ def read_with_progress(data: bytes, description: str, scan: HeaderScan = None, *
 
     Raises
     ------
-    sw.container.ContainerError
+    sw.codec.container.ContainerError
         At the first problem.
     """
     # tqdm is imported here: it is light, but only commands that read a container need it.
@@ -51,16 +50,3 @@ def read_with_progress(data: bytes, description: str, scan: HeaderScan = None, *
     with tqdm(total=total, desc=description, unit="section", disable=None, leave=False) as bar:
         return parse(data, fast=fast, on_section=lambda section: bar.update(),
                      keep_symbols=keep_tensors)
-
-
-def add_params_arguments(parser) -> None:
-    defaults = CodecParams()
-    parser.add_argument("--precision-bits", type=int, default=defaults.precision_bits,
-                        metavar="P", help="frequencies sum to 2**P (default %(default)s)")
-    parser.add_argument("--states", type=int, default=defaults.state_count, metavar="K",
-                        help="interleaved rANS states; a decoder's lane count must divide it "
-                             "(default %(default)s)")
-
-
-def params_from(args) -> CodecParams:
-    return CodecParams(precision_bits=args.precision_bits, state_count=args.states)

@@ -1,7 +1,7 @@
 """Interleaved rANS: the frequency model and the reference coder (the specification in code).
 
 The functions here are the executable form of docs/FORMAT.md section "The code". They are short
-and slow on purpose; :mod:`sw.fastcodec` does the same work at speed and the tests hold the two
+and slow on purpose; :mod:`sw.codec.fastrans` does the same work at speed and the tests hold the two
 to the same output, bit for bit.
 
 A *section* here is one coded tensor: its symbols and its :class:`FrequencyTable`. The ``K``
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .params import CodecParams
+from sw.params import CodecParams
 
 __all__ = [
     "FrequencyTable", "DecodeError", "PayloadExhausted", "encode_reference",
@@ -209,7 +209,7 @@ def decode_section_chunked(states, symbol_count: int, table: FrequencyTable, pay
     """Decode one section ``chunk_symbols`` symbols at a time; returns the payload words read.
 
     The same coder as :func:`decode_section_reference` (``fast=False``, ``states`` a list of
-    int) or :func:`sw.fastcodec.decode_section` (``fast=True``, ``states`` a ``uint64`` array),
+    int) or :func:`sw.codec.fastrans.decode_section` (``fast=True``, ``states`` a ``uint64`` array),
     run over consecutive chunks with the states and the payload position carried from one to
     the next, so the symbols, the states and the words read are those of one call over the
     whole section. ``on_chunk(first, symbols)`` gets each chunk (``uint8``, ``symbols[i]`` is
@@ -222,8 +222,8 @@ def decode_section_chunked(states, symbol_count: int, table: FrequencyTable, pay
     ``2**28`` symbols of one value costs what writing them out costs, not a decode.
     """
     if fast:
-        from . import fastcodec
-        decode = fastcodec.decode_section
+        from sw.codec import fastrans
+        decode = fastrans.decode_section
     else:
         decode = decode_section_reference
     if chunk_symbols < 1:
@@ -249,7 +249,7 @@ def decode_reference(states: Sequence[int],
     Raises :class:`DecodeError` when a payload runs out, has words left over, or the final
     states are not ``L``: the checks the hardware makes too.
     """
-    from .format import Status
+    from sw.format import Status
 
     states = [int(x) for x in states]
     if len(states) != params.state_count:
@@ -272,10 +272,15 @@ def decode_reference(states: Sequence[int],
 
 
 def entropy_bits(counts) -> float:
-    """Empirical entropy of these counts, in bits, times their total."""
+    """Empirical entropy of a histogram, in bits per symbol, times its total: the fewest bits
+    any code of these symbols under one fixed model could take.
+
+    The one entropy of the project: ``inspect``, the benchmarks and the quantizers' rate
+    (:meth:`sw.quant.qat.ZeroPointQuantizer.hard_bits`) all call it.
+    """
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     if total == 0:
         return 0.0
     p = counts[counts > 0] / total
-    return float(-(counts[counts > 0] * np.log2(p)).sum())
+    return float(float(-(p * np.log2(p)).sum()) * total)

@@ -12,7 +12,7 @@ block instead of one rank-one update per column), ``H`` is damped by 1 % of its 
 so the Cholesky factorisation exists, and columns are taken in order of decreasing ``H_ii``
 ("act order": the columns whose error matters most are rounded while the most columns are left
 to compensate). The quantization grid (levels and step per row) is fixed beforehand by the
-rate-distortion allocation of :mod:`sw.compress`; GPTQ only chooses which level each weight
+rate-distortion allocation of :mod:`sw.quant.compress`; GPTQ only chooses which level each weight
 takes.
 
 The statistics also give the bias correction (``b += (W - W_hat) E[x]``, the output's mean put

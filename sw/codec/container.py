@@ -2,7 +2,7 @@
 
 docs/FORMAT.md is the byte-by-byte specification; this module writes it and reads it. Reading is
 one pass in stream order, checking every field as it arrives, so the first error found is the
-one a streaming decoder (the hardware) finds too: :mod:`sw.golden` runs the same parser.
+one a streaming decoder (the hardware) finds too: :mod:`sw.codec.golden` runs the same parser.
 """
 
 import struct
@@ -12,9 +12,10 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from . import codec, fastcodec
-from .codec import FrequencyTable, PayloadExhausted
-from .format import (
+from sw.codec import fastrans, rans
+from sw.codec.program import Program, ProgramError
+from sw.codec.rans import FrequencyTable, PayloadExhausted
+from sw.format import (
     BASE_VERSION,
     FIRST_VERSION,
     MAGIC,
@@ -30,8 +31,7 @@ from .format import (
     SectionKind,
     Status,
 )
-from .params import CodecParams
-from .program import Program, ProgramError
+from sw.params import CodecParams
 
 __all__ = [
     "CodedTensor", "MappedTensor", "RawTensor", "Tensor", "estimated_section_size", "Container",
@@ -133,8 +133,10 @@ class CodedTensor(_SymbolCoded):
     def symmetric(cls, name: str, values, levels: int) -> "CodedTensor":
         """Float ``values`` rounded on ``levels`` (odd) levels around zero, one scale at the peak.
 
-        The biases' quantizer: ``q = clamp(round(v / s), -k, k)`` with ``k = levels // 2`` and
-        ``s = max|v| / k`` (1 for an all-zero tensor).
+        The biases' quantizer, the one of the project (QAT's export, PTQ, the default model):
+        ``q = clamp(round(v / s), -k, k)`` with ``k = levels // 2`` and ``s = max|v| / k`` (1 for
+        an all-zero tensor). QAT's forward pass applies the same rule in torch
+        (:meth:`sw.quant.qat.QLinear.quantized_bias`).
         """
         values = np.asarray(values, np.float32)
         half = levels // 2
@@ -337,8 +339,9 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     """The container holding ``tensors`` in this order (docs/FORMAT.md).
 
     With a ``program`` it comes first, as the PROGRAM section, and the coded tensors must
-    follow it as it consumes them (docs/INFERENCE.md; :func:`sw.lower.order_tensors` puts them
-    so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every reader.
+    follow it as it consumes them (docs/INFERENCE.md; :func:`sw.network.lower.order_tensors`
+    puts them so): a mismatch raises ``ValueError`` here rather than ``BAD_PROGRAM`` in every
+    reader.
 
     The file's version is :data:`~sw.format.BASE_VERSION` unless a :class:`MappedTensor` needs
     version 3: a file without one stays readable by version-2 readers.
@@ -359,16 +362,16 @@ def write_container(tensors: Sequence[Tensor], params: CodecParams = CodecParams
     tables = [t.coding_table(params) for t in coded]
     sections = [(t.symbols.ravel(), table) for t, table in zip(coded, tables)]
     if fast:
-        states, payloads = fastcodec.encode(sections, params)
+        initial_states, payloads = fastrans.encode(sections, params)
     else:
-        states, payloads = codec.encode_reference(sections, params)
+        initial_states, payloads = rans.encode_reference(sections, params)
     payloads = iter(payloads)
     tables = iter(tables)
 
     out = bytearray(MAGIC + struct.pack("<6H", version, params.state_bits, params.word_bits,
                                         params.precision_bits, params.state_count,
                                         len(tensors) + (program is not None)))
-    out += struct.pack(f"<{params.state_count}I", *(int(x) for x in states))
+    out += struct.pack(f"<{params.state_count}I", *(int(x) for x in initial_states))
     out += struct.pack("<I", zlib.crc32(out))
     if program is not None:
         words = program.to_words()
@@ -446,13 +449,13 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
     ``value_tables`` false reads as a decoder built without them (the RTL): a MAPPED section is
     refused with ``UNSUPPORTED`` at its ``kind`` word (docs/FORMAT.md, "Checks").
 
-    Coded sections are decoded :data:`sw.codec.CHUNK_SYMBOLS` symbols at a time;
+    Coded sections are decoded :data:`sw.codec.rans.CHUNK_SYMBOLS` symbols at a time;
     ``on_symbols(section, first, symbols)`` gets each chunk as it is decoded, before the
     section's CRC has been checked (as the hardware emits them). With ``keep_symbols`` false
     the chunks are not kept: ``section.symbols`` stays ``None``, ``tensors`` stays empty, and
     the memory used does not grow with the symbol count a section declares. With it, each
     section's symbols are gathered whole: a caller that reads untrusted files sizes them first
-    (:func:`sw.load.scan_headers`, :func:`sw.load.check_size`).
+    (:func:`sw.io.load.scan_headers`, :func:`sw.io.load.check_size`).
     """
     stream = _Stream(data)
     if bytes(stream.take(len(MAGIC))) != MAGIC:
@@ -471,15 +474,15 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
         stream.fail(Status.PARAM_MISMATCH, f"container has {found}, decoder has {params}")
     params = found
     section_count = stream.unpack("H")
-    states = np.array(stream.unpack(f"{state_count}I"), dtype=np.uint64).reshape(-1)
-    if (states < params.lower_bound).any():
+    initial_states = np.array(stream.unpack(f"{state_count}I"), dtype=np.uint64).reshape(-1)
+    if (initial_states < params.lower_bound).any():
         stream.fail(Status.BAD_STATE, f"an initial state is below L = {params.lower_bound}")
     header_end = stream.position
     if stream.unpack("I") != zlib.crc32(stream.data[:header_end]):
         stream.fail(Status.CRC_MISMATCH, "file header CRC mismatch")
     file_header_bytes = stream.position
 
-    coder_states = states.copy() if fast else [int(x) for x in states]
+    coder_states = initial_states.copy() if fast else [int(x) for x in initial_states]
     tensors, sections = [], []
     check = program_section = None  # the program's check of the coded sections, and its place
     deferred = []  # the first failure of a software check, raised after the stream's verdict
@@ -511,7 +514,7 @@ def parse(data: bytes, params: CodecParams = None, *, fast: bool = True,
                 check.coded_section(f"section {index}", section.symbol_count, None,
                                     peak=section.peak)
                 if software_checks:
-                    software(_expected_shape, stream, check, index, section.shape)
+                    software(_expected_shape, stream, check, index, section.dims)
         except ProgramError as error:
             stream.fail(Status.BAD_PROGRAM, str(error))
         if software_checks and section.kind != SectionKind.PROGRAM:
@@ -595,8 +598,8 @@ def _program_shape(stream: "_Stream", section: "StreamSection") -> None:
     """The software checks of a PROGRAM section: UTF-8 name, shape of its words."""
     where = f"section {section.index}"
     _checked_name(stream, section.raw_name, where)
-    if section.shape != (len(section.data) // 2,) or len(section.data) % 2:
-        stream.fail(Status.BAD_SECTION, f"{where}: shape {section.shape} does not hold "
+    if section.dims != (len(section.data) // 2,) or len(section.data) % 2:
+        stream.fail(Status.BAD_SECTION, f"{where}: shape {section.dims} does not hold "
                     f"{len(section.data) // 2} program words")
 
 
@@ -613,11 +616,11 @@ class StreamSection:
 
     index: int
     kind: SectionKind
-    raw_name: bytes
-    shape: tuple
+    raw_name: bytes             #: ``name``, ``name_bytes`` long, not yet checked as UTF-8
+    dims: tuple
     levels: int = 0             #: CODED, MAPPED
     zero_point: int = 0         #: CODED
-    scale: np.ndarray = None    #: CODED
+    scales: np.ndarray = None   #: CODED
     symbols: np.ndarray = None  #: flat, in stream order (CODED, MAPPED, when kept)
     symbol_count: int = 0       #: CODED, MAPPED
     peak: int = 0               #: CODED: the largest ``|symbol - zero_point|`` decoded
@@ -640,19 +643,19 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
     if kind == SectionKind.MAPPED and not value_tables:
         stream.fail(Status.UNSUPPORTED, f"{where}: a MAPPED section (value table), which this "
                     f"decoder does not implement")
-    name_length = stream.unpack("H")
-    if name_length > MAX_NAME_BYTES:
-        stream.fail(Status.BAD_SECTION, f"{where}: name of {name_length} bytes")
-    raw_name = bytes(stream.take(name_length + (name_length & 1)))[:name_length]
+    name_bytes = stream.unpack("H")
+    if name_bytes > MAX_NAME_BYTES:
+        stream.fail(Status.BAD_SECTION, f"{where}: name of {name_bytes} bytes")
+    raw_name = bytes(stream.take(name_bytes + (name_bytes & 1)))[:name_bytes]
     ndim = stream.unpack("H")
     if ndim > MAX_NDIM:
         stream.fail(Status.BAD_SECTION, f"{where}: {ndim} dimensions")
-    shape = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
-    section = StreamSection(index, kind, raw_name, shape)
+    dims = tuple(int(d) for d in np.atleast_1d(stream.unpack(f"{ndim}I"))) if ndim else ()
+    section = StreamSection(index, kind, raw_name, dims)
     table_bytes = 0
 
     if kind in (SectionKind.CODED, SectionKind.MAPPED):
-        zero_point, scale = 0, None
+        zero_point, scales = 0, None
         if kind == SectionKind.CODED:
             levels, zero_point, scale_count = stream.unpack("HhH")
             if not 1 <= levels <= MAX_LEVELS:
@@ -661,7 +664,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
                 stream.fail(Status.BAD_SECTION, f"{where}: zero point {zero_point} overflows int16")
             if scale_count == 0:
                 stream.fail(Status.BAD_SECTION, f"{where}: no scale")
-            scale = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
+            scales = np.frombuffer(stream.take(4 * scale_count), dtype="<f4").astype(np.float32)
         else:
             levels, dtype = stream.unpack("HH")
             if not 1 <= levels <= MAX_LEVELS:
@@ -695,7 +698,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
         available = min(payload_words, (len(stream.data) - payload_start) // 2)
         payload = np.frombuffer(stream.data[payload_start:payload_start + 2 * available],
                                 dtype="<u2")
-        section.levels, section.zero_point, section.scale = levels, zero_point, scale
+        section.levels, section.zero_point, section.scales = levels, zero_point, scales
         section.symbol_count = symbol_count
         kept = np.empty(symbol_count, np.uint8) if keep_symbols else None
         # The largest |integer| is that of the smallest or the largest symbol decoded.
@@ -711,7 +714,7 @@ def _parse_section(stream: _Stream, index: int, params: CodecParams, coder_state
                 on_symbols(section, first, symbols)
 
         try:
-            used = codec.decode_section_chunked(coder_states, symbol_count, table, payload,
+            used = rans.decode_section_chunked(coder_states, symbol_count, table, payload,
                                                 params, chunk, fast=fast)
         except PayloadExhausted:
             stream.position = payload_start + 2 * available
@@ -754,7 +757,7 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
     when not ``build``: the checks need only the section's counts, not its symbols."""
     where = f"section {section.index}"
     name = _checked_name(stream, section.raw_name, where)
-    shape = section.shape
+    shape = section.dims
     # Python ints: a product of eight u32 dims overflows int64.
     element_count = 1
     for dim in shape:
@@ -766,11 +769,11 @@ def _tensor_of(stream: _Stream, section: StreamSection, build: bool = True) -> T
         if section.kind == SectionKind.MAPPED:
             return MappedTensor(name, section.symbols.reshape(shape), section.values) \
                 if build else None
-        if len(section.scale) not in {1, *shape[:1]}:
+        if len(section.scales) not in {1, *shape[:1]}:
             stream.fail(Status.BAD_SECTION,
-                        f"{where}: {len(section.scale)} scales for shape {shape}")
+                        f"{where}: {len(section.scales)} scales for shape {shape}")
         return CodedTensor(name, section.symbols.reshape(shape), section.levels,
-                           section.zero_point, section.scale) if build else None
+                           section.zero_point, section.scales) if build else None
     itemsize = section.dtype.numpy.itemsize
     if len(section.data) != element_count * itemsize:
         stream.fail(Status.BAD_SECTION, f"{where}: {len(section.data)} bytes do not hold shape "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import read_file, read_with_progress
+from sw.cli.files import read_file, read_with_progress
 
 
 def add_arguments(parser):
@@ -30,7 +30,7 @@ def add_arguments(parser):
 
 def load_images(path) -> tuple:
     """``(images, labels or None)`` from an .npz with ``images`` and optionally ``labels``."""
-    from ..tensorio import checked_input
+    from sw.io.tensors import checked_input
     path = checked_input(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -49,7 +49,7 @@ def load_images(path) -> tuple:
 
 
 def run(args) -> int:
-    from ..engine import BoundNetwork, infer, infer_float, quantize_images
+    from sw.network.engine import BoundNetwork, infer, infer_float, quantize_images
 
     container = read_with_progress(read_file(args.input), "infer")
     if container.program is None:
@@ -61,7 +61,7 @@ def run(args) -> int:
         images, labels = load_images(args.images)
         source = args.images
     else:
-        from ..data import digits
+        from sw.data import digits
         _, _, x_test, y_test = digits()
         images, labels, source = x_test.numpy(), y_test.numpy(), "the 450 held-out digits"
     if args.limit is not None:

@@ -1,21 +1,21 @@
-"""The fast path of :mod:`sw.codec`: the same code, compiled with numba.
+"""The fast path of :mod:`sw.codec.rans`: the same code, compiled with numba.
 
-Every function here returns exactly what its reference twin in :mod:`sw.codec` returns; the
+Every function here returns exactly what its reference twin in :mod:`sw.codec.rans` returns; the
 tests compare them on random and corner-case input. Tables are flattened into arrays so the
 compiled loops see nothing but integers.
 
 numba is imported and the loops compiled (or loaded from numba's cache) on the first call of
 :func:`encode` or :func:`decode_section`, not on import: importing numba pulls in scipy and
 costs about half a second, which ``python -m sw verify`` of a small file should not pay when
-it decodes with the reference coder (:mod:`sw.commands`).
+it decodes with the reference coder (:mod:`sw.cli.files`).
 """
 
 import functools
 
 import numpy as np
 
-from .codec import FrequencyTable, PayloadExhausted
-from .params import CodecParams
+from sw.codec.rans import FrequencyTable, PayloadExhausted
+from sw.params import CodecParams
 
 __all__ = ["encode", "decode_section", "slot_symbols"]
 
@@ -84,7 +84,8 @@ def _compiled():
 
 
 def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Same as :func:`sw.codec.encode_reference`; states as ``uint64``, payloads as ``uint16``."""
+    """Same as :func:`sw.codec.rans.encode_reference`; states as ``uint64``, payloads as
+    ``uint16``."""
     states = np.full(params.state_count, params.lower_bound, dtype=np.uint64)
     payloads = []
     for symbols, table in reversed(sections):
@@ -102,7 +103,7 @@ def encode(sections, params: CodecParams) -> tuple[np.ndarray, list[np.ndarray]]
 
 def decode_section(states: np.ndarray, symbol_count: int, table: FrequencyTable, payload,
                    params: CodecParams, first: int = 0) -> tuple[np.ndarray, int]:
-    """Same as :func:`sw.codec.decode_section_reference`; ``states`` is a ``uint64`` array."""
+    """Same as :func:`sw.codec.rans.decode_section_reference`; ``states`` is a ``uint64`` array."""
     symbols = np.empty(symbol_count, dtype=np.uint8)
     used = _compiled()[1](states, symbol_count, slot_symbols(table), table.frequencies,
                           table.cumulative, params.precision_bits, np.uint64(params.lower_bound),

@@ -1,4 +1,4 @@
-from . import read_file, read_with_progress
+from sw.cli.files import read_file, read_with_progress
 
 
 def add_arguments(parser):

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from ..format import SectionKind
-from ..load import DEFAULT_MAX_VALUES, byte_size, check_size, decoded_arrays, scan_headers
-from ..tensorio import OUTPUT_SUFFIXES, save_tensors
-from . import read_file, read_with_progress
+from sw.cli.files import read_file, read_with_progress
+from sw.format import SectionKind
+from sw.io.load import DEFAULT_MAX_VALUES, byte_size, check_size, decoded_arrays, scan_headers
+from sw.io.tensors import OUTPUT_SUFFIXES, save_tensors
 
 
 def add_arguments(parser):

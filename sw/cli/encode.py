@@ -2,16 +2,15 @@
 
 import numpy as np
 
-from ..container import (
+from sw.codec.container import (
     CodedTensor,
     MappedTensor,
     RawTensor,
     estimated_section_size,
     write_container,
 )
-from ..params import CodecParams
-from ..tensorio import load_tensors
-from . import add_params_arguments, params_from
+from sw.io.tensors import load_tensors
+from sw.params import CodecParams, add_params_arguments, params_from
 
 
 def add_arguments(parser):

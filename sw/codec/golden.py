@@ -1,8 +1,8 @@
 """The golden model: what a streaming decoder must output for a container, and its verdict.
 
 It is the executable specification of the hardware decoder. It reads the container in stream
-order with the same parser as :func:`sw.container.read_container`, minus the checks that need a
-whole tensor in hand (docs/FORMAT.md, "Checks"), and reports the first error as a
+order with the same parser as :func:`sw.codec.container.read_container`, minus the checks
+that need a whole tensor in hand (docs/FORMAT.md, "Checks"), and reports the first error as a
 :class:`sw.format.Status`, exactly as the RTL's status output does.
 
 The RTL has no value tables: it refuses a MAPPED section with ``UNSUPPORTED`` at its ``kind``
@@ -14,7 +14,7 @@ A system that runs the container's program (docs/INFERENCE.md) also makes the pr
 ``check_program=False`` models that.
 
 Memory: with ``keep_integers=False`` the golden model holds one chunk of symbols at a time
-(:data:`sw.codec.CHUNK_SYMBOLS`), whatever the symbol counts the file declares; its callers
+(:data:`sw.codec.rans.CHUNK_SYMBOLS`), whatever the symbol counts the file declares; its callers
 that only count or digest the output (``python -m sw verify``, :func:`sw.board.expected_report`)
 use that, through ``on_integers``.
 """
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import ContainerError, parse
-from .format import SectionKind, Status
-from .params import CodecParams
+from sw.codec.container import ContainerError, parse
+from sw.format import SectionKind, Status
+from sw.params import CodecParams
 
 __all__ = ["GoldenSection", "GoldenResult", "golden_decode"]
 
