@@ -216,7 +216,7 @@ DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
 #: Core clock of the inference system per board. On the UP5K the system fills 98 % of the
 #: logic cells and reaches about 31 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
 #: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next. On the
-#: ULX3S the system with a 4-column engine reaches about 61 MHz: 48 MHz keeps a fifth.
+#: ULX3S the system with a 4-column engine reaches about 64 MHz: 48 MHz keeps a quarter.
 DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 48.0}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
