@@ -8,9 +8,9 @@ its channel before taking the next one (the loop over positions is the innermost
 decoder's backpressure paces it; only the accumulators of one output channel, the biases of
 one layer and the activations are stored.
 
-The engine applies a weight to ``columns`` neighbouring output columns a cycle, each reading
-its input from its own copy of the activation memory: a digits-ResNet image is 3.17 M cycles at
-one column, 1.13 M at four. On the UP5K (the board's memories, one column) it takes about 2,300
+The engine applies a weight to ``columns`` output positions a cycle (neighbouring columns of a
+row, or whole rows of a narrow output), each reading its input from its own copy of the
+activation memory: a digits-ResNet image is 3.17 M cycles at one column, 0.90 M at four. On the UP5K (the board's memories, one column) it takes about 2,300
 logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the requantization's
 terms, the cycle counter), about 33 MHz alone (docs/INFERENCE.md).
 """
