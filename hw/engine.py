@@ -10,9 +10,10 @@ one layer and the activations are stored.
 
 The engine applies a weight to ``columns`` output positions a cycle (neighbouring columns of a
 row, or whole rows of a narrow output), each reading its input from its own copy of the
-activation memory: a digits-ResNet image is 3.17 M cycles at one column, 0.90 M at four. On the UP5K (the board's memories, one column) it takes about 2,300
-logic cells, 4 block RAMs, 1 SPRAM and 4 SB_MAC16 (the MAC, the sizes, the requantization's
-terms, the cycle counter), about 33 MHz alone (docs/INFERENCE.md).
+activation memory: a digits-ResNet image is 3.17 M cycles at one column, 0.90 M at four. On
+the UP5K (the board's memories, one column) it takes about 2,300 logic cells, 4 block RAMs, 1
+SPRAM and 4 SB_MAC16 (the MAC, the sizes, the requantization's terms, the cycle counter),
+about 33 MHz alone (docs/INFERENCE.md).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -1053,9 +1054,12 @@ class InferenceEngine(wiring.Component):
             # whatever state the FSM is in: take and drop the pixels too, answer nothing
             m.d.comb += [self.pixels.ready.eq(1), self.prediction.valid.eq(0)]
 
+        # 0 while the program, header and pixels come in (the previous image's last record
+        # is still in the registers)
+        loading = fsm.ongoing("PROGRAM") | fsm.ongoing("HEADER") | fsm.ongoing("PIXELS")
         m.d.comb += [
-            self.activity.opcode.eq(Mux(is_conv, Opcode.CONV, Mux(
-                is_linear, Opcode.LINEAR, Mux(is_pool, Opcode.POOL, 0)))),
+            self.activity.opcode.eq(Mux(loading, 0, Mux(is_conv, Opcode.CONV, Mux(
+                is_linear, Opcode.LINEAR, Mux(is_pool, Opcode.POOL, 0))))),
             self.activity.waiting.eq((fsm.ongoing("WEIGHT") | fsm.ongoing("BIAS")) &
                                      ~value_valid),
         ]

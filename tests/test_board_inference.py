@@ -78,8 +78,8 @@ def test_board_lines_equal_software(tmp_path):
     results = simulate_inference(
         mlp, [(name, image, data, inference_limit(resnet if name == "resnet" else mlp, 4))
               for name, image, data, _ in cases],
-        params, build_dir=tmp_path)
-    for (name, _, data, expected), (text, leds, cycles) in zip(cases, results):
+        params, build_dir=tmp_path, profile=True)
+    for (name, _, data, expected), (text, leds, cycles, profile) in zip(cases, results):
         assert check_inference(text, expected) == [], f"{name}: {text!r}"
         ok = expected.status == Status.OK
         assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red {leds}"
@@ -96,6 +96,18 @@ def test_board_lines_equal_software(tmp_path):
             assert sum(per_image) < board.cycles <= cycles
             model = engine_cycles(read_container(data).program)
             assert all(model <= c <= 1.25 * model for c in per_image), (name, per_image, model)
+            # the profile: layers' cycles inside the engine's; the MLP has no convolution; the
+            # ResNet's convolutions hold the decoder back, its linear layer waits for it
+            conv, linear = profile["conv"], profile["linear"]
+            assert 0 < conv["cycles"] + linear["cycles"] < sum(per_image)
+            for counts in (conv, linear):
+                assert counts["engine_waiting"] + counts["decoder_held"] <= counts["cycles"]
+            if name == "mlp":
+                assert conv["cycles"] == 0 and linear["engine_waiting"] > 0
+            else:
+                assert conv["cycles"] > 0.9 * sum(per_image)
+                assert conv["decoder_held"] > 0.5 * conv["cycles"]
+                assert linear["engine_waiting"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
