@@ -114,6 +114,7 @@ def test_crc_system_icebreaker_build(tmp_path, capsys):
     (["--board", "icebreaker", "--container", "/nonexistent/model.sbit"], "no such file"),
     (["--board", "icebreaker", "--lanes", "3"], "must divide"),
     (["--board", "icebreaker", "--seeds", "0"], "seeds must be"),
+    (["--board", "icebreaker", "--seed", "-1"], "seed must be"),
 ])
 def test_bad_arguments_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) != 0
