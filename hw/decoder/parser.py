@@ -220,7 +220,7 @@ class ContainerParser(wiring.Component):
         single_symbol = Signal(8)
         payload_left = CutCounter(m, "payload_left", 32, 16)
         payload_more = Signal()          # payload_left != 0, as a register (it gates ready)
-        # symbol_count <= N, symbol_count == 0, symbol_count < 2**issue_bits(N)
+        # symbol_count == 0, <= N, < 2**issue_bits(N): the descriptor's verdicts
         count_zero = Signal()
         count_small = Signal()
         count_narrow = Signal()
