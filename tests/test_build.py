@@ -352,6 +352,22 @@ def test_seeds_keep_the_fastest_placement(tmp_path, capsys):
     assert (out / "top.bin").read_bytes() == (build_dir / "top.bin").read_bytes()
 
 
+@pytest.mark.slow
+def test_seed_places_the_first_run(tmp_path, capsys):
+    """--seed S: the build's own placement is nextpnr's with seed S (named S in the report);
+    --seeds 2 then places once more with seed 1 (S's option dropped from that command)."""
+    out = tmp_path / "out"
+    status = main(["--board", "icebreaker", "--decoder-only", "--lanes", "1", "--frequency",
+                   "70", "--seed", "7", "--seeds", "2", "--allow-timing-fail", "--out",
+                   str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["seeds_tried"]) == ["7", "1"]
+    assert report["placement_seed"] in ("7", "1")
+    assert "--seed 7" in (out / "build" / "build_top.sh").read_text()
+
+
 # ---- the inference engine alone (boards.icebreaker.EngineHarness) -------------------------
 
 @pytest.mark.slow
