@@ -237,18 +237,21 @@ def _clock_margin(report_path: Path) -> tuple:
     return worst["achieved"] / worst["constraint"], worst["achieved"]
 
 
-def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
+def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log,
+                      first: str = "default") -> dict:
     """Place and route again with nextpnr seeds 1 .. ``seeds - 1`` (the build script's run,
     nextpnr's default seed, is the first) until one meets timing, keep the fastest as ``top.*``
     and pack it. Routing is most of every iCE40 path here, and where the placer's
     random start lands moves Fmax by several MHz (docs/HARDWARE.md). Returns the worst-clock
-    Fmax of each placement tried, by seed (``"default"`` for the first)."""
+    Fmax of each placement tried, by seed (``first`` for the first: ``"default"``, or the
+    seed the build script was given)."""
     lines = (build_dir / "build_top.sh").read_text().splitlines()
     place = [i for i, line in enumerate(lines[:-1]) if line.startswith('"$NEXTPNR_')]
     if len(place) != 1 or not lines[place[0] + 1].startswith(('"$ICEPACK"', '"$ECPPACK"')):
         raise BuildError(f"unexpected build script {build_dir / 'build_top.sh'}: "
                          "cannot place with other seeds")
     place_line, pack_line = lines[place[0]], lines[place[0] + 1]
+    place_line = re.sub(r" --seed \d+", "", place_line)    # the first run's (build's seed)
     outputs = {"top.report.json": "report.json", "top.tim": "tim"}
     for option in ("--asc ", "--textcfg "):
         match = re.search(re.escape(option) + r"top\.(\w+)", place_line)
@@ -261,7 +264,7 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
         return command
 
     best_margin, fmax = _clock_margin(build_dir / "top.report.json")
-    tried = {"default": fmax}
+    tried = {first: fmax}
     best = None
     pending = list(range(1, seeds))
     jobs = max(1, min(len(pending), os.cpu_count() or 1))
@@ -301,8 +304,8 @@ def _place_with_seeds(build_dir: Path, env: dict, seeds: int, log) -> dict:
             source = build_dir / name.replace("top.", f"seed{best}.", 1)
             if source.exists():
                 shutil.copy(source, build_dir / name)
-    order = sorted(tried, key=lambda seed: -1 if seed == "default" else int(seed))
-    return {"kept": "default" if best is None else str(best),
+    order = sorted(tried, key=lambda seed: -1 if seed == first else int(seed))
+    return {"kept": first if best is None else str(best),
             "fmax_mhz": {seed: round(tried[seed], 2) for seed in order}}
 
 
@@ -311,7 +314,7 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
           model_name: str = None, out_dir, frequency: float = None,
           quad: bool = True, inference: bool = None,
           wide_crc: bool = False, decoder_only: bool = False, engine_only: bool = False,
-          images: int = None, seeds: int = 1,
+          images: int = None, seeds: int = 1, seed: int = None,
           params: CodecParams = CodecParams(), log=print) -> dict:
     """Build a board system; return the report (also written to ``out_dir/report.json``).
 
@@ -329,7 +332,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
     ``"design": "engine"``). ``frequency`` (Hz) defaults to the board's
     :data:`DEFAULT_FREQUENCY_MHZ`. With ``seeds`` above 1, a placement that misses timing is
     tried again with other nextpnr seeds, up to ``seeds`` placements in all, and the fastest is
-    kept (:func:`_place_with_seeds`).
+    kept (:func:`_place_with_seeds`). ``seed`` places the first run with that nextpnr seed
+    instead of nextpnr's default (to measure one netlist over several placements).
     """
     from amaranth_boards.icebreaker import ICEBreakerPlatform
 
@@ -362,6 +366,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
         raise BuildError(f"columns must be 1, 2, 4, 8 or 16, not {columns}")
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise BuildError(f"seeds must be a whole number from 1 to 100, not {seeds!r}")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise BuildError(f"seed must be a whole number >= 0, not {seed!r}")
     try:
         params.check_lanes(lanes)
     except ValueError as error:
@@ -432,7 +438,8 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
             script_after_read=YOSYS_TABLE_RAMS + (
                 "\nsetattr -mod -set keep_hierarchy 1 *.engine" if inference else ""),
             script_after_synth="tee -q -o top.stat.json stat -json",
-            nextpnr_opts="--report top.report.json --timing-allow-fail")
+            nextpnr_opts="--report top.report.json --timing-allow-fail"
+                         + ("" if seed is None else f" --seed {seed}"))
     except Exception as error:   # elaboration errors of the design itself
         raise BuildError(f"elaboration failed: {type(error).__name__}: {error}") from error
     plan.extract(build_dir)
@@ -442,9 +449,9 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
                                 stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise BuildError(_failure_reason(build_dir / "tools.log", result.returncode))
-    placement = {"kept": "default", "fmax_mhz": {}}
+    placement = {"kept": "default" if seed is None else str(seed), "fmax_mhz": {}}
     if seeds > 1:
-        placement = _place_with_seeds(build_dir, env, seeds, log)
+        placement = _place_with_seeds(build_dir, env, seeds, log, placement["kept"])
     seconds = time.monotonic() - started
 
     nextpnr = json.loads((build_dir / "top.report.json").read_text())
@@ -620,6 +627,9 @@ def main(argv=None) -> int:
                         help="when timing is missed, place and route again with other nextpnr "
                              "seeds, up to N placements in all, and keep the fastest "
                              "(default %(default)s)")
+    parser.add_argument("--seed", type=int, metavar="S",
+                        help="place and route with nextpnr seed S instead of nextpnr's default "
+                             "(with --seeds, the first placement's)")
     parser.add_argument("--allow-timing-fail", action="store_true",
                         help="exit 0 even when the core clock misses its target")
     args = parser.parse_args(argv)
@@ -648,7 +658,7 @@ def main(argv=None) -> int:
                        inference=True if args.inference else False if args.crc_system else None,
                        wide_crc=args.wide_crc, images=args.images,
                        decoder_only=args.decoder_only, engine_only=args.engine_only,
-                       seeds=args.seeds)
+                       seeds=args.seeds, seed=args.seed)
     except (BuildError, ValueError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1

@@ -37,6 +37,7 @@ from sw.params import CodecParams
 from .decoder import WeightDecoder
 from .spiflash import FlashPins, SPIFlashReader
 from .spram import SinglePortRam
+from .stream import SkidBuffer
 from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
@@ -213,32 +214,6 @@ class ReportLine(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 with m.If(~self.start):
                     m.next = "IDLE"
-        return m
-
-
-class SkidBuffer(wiring.Component):
-    """A two-register stream slice: both sides see only flip-flops of the other.
-
-    Between the flash reader and the decoder it keeps the decoder's combinational
-    ``words.ready`` out of the reader's SCK and shift-register enables, and the reader's
-    decisions out of the decoder's parser. Full throughput, one cycle of latency.
-    """
-
-    def __init__(self, width: int):
-        super().__init__({"i": In(stream.Signature(width)), "o": Out(stream.Signature(width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        skid = Signal.like(self.i.payload)
-        skid_valid = Signal()
-        m.d.comb += self.i.ready.eq(~skid_valid)
-        with m.If(self.o.ready | ~self.o.valid):
-            with m.If(skid_valid):
-                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
-        with m.Elif(self.i.valid & ~skid_valid):
-            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
 
 

@@ -115,6 +115,7 @@ def test_crc_system_icebreaker_build(tmp_path, capsys):
     (["--board", "icebreaker", "--lanes", "3"], "must divide"),
     (["--board", "icebreaker", "--seeds", "0"], "seeds must be"),
     (["--board", "icebreaker", "--columns", "3"], "columns must be"),
+    (["--board", "icebreaker", "--seed", "-1"], "seed must be"),
 ])
 def test_bad_arguments_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) != 0
@@ -350,6 +351,22 @@ def test_seeds_keep_the_fastest_placement(tmp_path, capsys):
     if kept != "default":
         assert (build_dir / "top.asc").read_bytes() == (build_dir / f"seed{kept}.asc").read_bytes()
     assert (out / "top.bin").read_bytes() == (build_dir / "top.bin").read_bytes()
+
+
+@pytest.mark.slow
+def test_seed_places_the_first_run(tmp_path, capsys):
+    """--seed S: the build's own placement is nextpnr's with seed S (named S in the report);
+    --seeds 2 then places once more with seed 1 (S's option dropped from that command)."""
+    out = tmp_path / "out"
+    status = main(["--board", "icebreaker", "--decoder-only", "--lanes", "1", "--frequency",
+                   "70", "--seed", "7", "--seeds", "2", "--allow-timing-fail", "--out",
+                   str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["seeds_tried"]) == ["7", "1"]
+    assert report["placement_seed"] in ("7", "1")
+    assert "--seed 7" in (out / "build" / "build_top.sh").read_text()
 
 
 # ---- the inference engine alone (boards.icebreaker.EngineHarness) -------------------------
