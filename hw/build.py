@@ -209,11 +209,11 @@ DEFAULT_LANES = 2
 DEFAULT_INFERENCE_LANES = 1
 #: Output columns the inference engine computes a cycle (hw.engine.InferenceEngine), each with
 #: a multiplier and a copy of the activation memory. The UP5K has no room for a second: its
-#: system fills 98 % of the logic cells with one.
+#: system fills 99 % of the logic cells with one.
 DEFAULT_INFERENCE_COLUMNS = {"icebreaker": 1, "ulx3s-85f": 4}
 #: What each board builds without --inference or --crc-system: the inference system.
 DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
-#: Core clock of the inference system per board. On the UP5K the system fills 98 % of the
+#: Core clock of the inference system per board. On the UP5K the system fills 99 % of the
 #: logic cells and reaches about 31 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
 #: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next. On the
 #: ULX3S the system with a 4-column engine reaches about 64 MHz: 48 MHz keeps a quarter.
