@@ -362,8 +362,11 @@ def build(*, board: str = "icebreaker", lanes: int = None, columns: int = None,
         lanes = DEFAULT_INFERENCE_LANES if inference else DEFAULT_LANES
     if columns is None:
         columns = DEFAULT_INFERENCE_COLUMNS[board]
-    if columns not in (1, 2, 4, 8, 16):
-        raise BuildError(f"columns must be 1, 2, 4, 8 or 16, not {columns}")
+    from .engine import check_columns
+    try:
+        check_columns(columns)
+    except ValueError as error:
+        raise BuildError(str(error)) from None
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise BuildError(f"seeds must be a whole number from 1 to 100, not {seeds!r}")
     if seed is not None and (not isinstance(seed, int) or seed < 0):

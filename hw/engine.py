@@ -29,7 +29,7 @@ from .dsp import Counter32
 from .spram import SinglePortRam
 
 __all__ = ["ActivationWrite", "EngineStatus", "EngineActivity", "Prediction", "InferenceEngine",
-           "engine_cycles"]
+           "COLUMNS", "check_columns", "engine_cycles"]
 
 
 #: An activation the engine writes (pixels and every operation's outputs), for observers.
@@ -67,6 +67,18 @@ def _above(x, bound: int):
     if bound >> len(x):
         return Const(0, 1)
     return Cat(*terms).any() if terms else Const(0, 1)
+
+
+#: The engine's possible ``columns``: a power of two, so that a column's place in its group is
+#: bits of its index.
+COLUMNS = (1, 2, 4, 8, 16)
+
+
+def check_columns(columns) -> None:
+    """Raise ``ValueError`` unless ``columns`` is one of :data:`COLUMNS`."""
+    if columns not in COLUMNS:
+        raise ValueError(f"columns must be {', '.join(map(str, COLUMNS[:-1]))} or "
+                         f"{COLUMNS[-1]}, not {columns}")
 
 
 def engine_cycles(program, columns: int = 1) -> int:
@@ -158,8 +170,7 @@ class InferenceEngine(wiring.Component):
     def __init__(self, lanes: int = 1, *, columns: int = 1, memory_words: int = 8192,
                  program_words: int = 512, max_channels: int = 512, max_positions: int = 512,
                  spram: bool = None):
-        if columns not in (1, 2, 4, 8, 16):
-            raise ValueError(f"columns must be 1, 2, 4, 8 or 16, not {columns}")
+        check_columns(columns)
         self.lanes = lanes
         self.columns = columns
         self.memory_words = memory_words

@@ -375,8 +375,8 @@ def main(argv=None) -> int:
         params = CodecParams(precision_bits=args.precision_bits, state_count=args.states)
         lanes = args.lanes or (4 if args.crc_system else 1)
         params.check_lanes(lanes)
-        if args.columns not in (1, 2, 4, 8, 16):
-            raise ValueError(f"columns must be 1, 2, 4, 8 or 16, not {args.columns}")
+        from hw.engine import check_columns
+        check_columns(args.columns)
         path = Path(args.container)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")

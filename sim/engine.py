@@ -392,8 +392,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--images must be in 1..450, not {args.images}")
         if not 0 <= args.stall < 1:
             raise ValueError(f"--stall must be in [0, 1), not {args.stall}")
-        if args.columns not in (1, 2, 4, 8, 16):
-            raise ValueError(f"--columns must be 1, 2, 4, 8 or 16, not {args.columns}")
+        from hw.engine import check_columns
+        check_columns(args.columns)
         from sw.data import digits
         _, _, x_test, _ = digits()
         options = {"columns": args.columns}
