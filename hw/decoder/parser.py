@@ -191,8 +191,8 @@ class ContainerParser(wiring.Component):
         low_at_most_lanes = Signal()     # ... is N or less
         low_narrow = Signal()            # ... is below 2**issue_bits(N)
         # A CRC field's verdict, made as its high word is taken (its low word waits in
-        # ``low``): the transitions out of HCRC/SCRC, which reach the parser's flags, then
-        # read one flip-flop.
+        # ``low``): the transitions out of HEADER_CRC/SECTION_CRC, which reach the parser's
+        # flags, then read one flip-flop.
         crc_good = Signal()
         levels_bad = Signal()            # levels == 0 or > MAX_LEVELS
         left_one = Signal()              # one word left: left == 1, or left == 0 with left_odd
@@ -256,29 +256,30 @@ class ContainerParser(wiring.Component):
         # shallow function of flip-flops, and a flag written on every transition would have
         # the whole next-state logic in its enable.
         p = OneHotMachine(m, [
-            "MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3", "SECTIONS",
-            "STATES", "HCRC0", "HCRC1", "HCRC", "KIND", "NAME_BYTES", "NAME", "NDIM", "DIMS",
-            "LEVELS", "ZERO_POINT", "SCALE_COUNT", "SCALES", "COUNT0", "COUNT1", "FREQ",
-            "FREQ_END", "PAYLOAD_WORDS0", "PAYLOAD_WORDS1", "PAYLOAD", "DTYPE", "DATA_BYTES0",
-            "DATA_BYTES1", "DATA", "SCRC0", "SCRC1", "SCRC", "MAPPED", "FINAL", "DONE",
-            "ERROR"])
-        header_states = {"MAGIC0", "MAGIC1", "VERSION", "PARAM0", "PARAM1", "PARAM2", "PARAM3",
-                         "SECTIONS", "STATES"}
+            "MAGIC0", "MAGIC1", "VERSION", "STATE_BITS", "WORD_BITS", "PRECISION_BITS",
+            "STATE_COUNT", "SECTION_COUNT", "INITIAL_STATES", "HEADER_CRC0", "HEADER_CRC1",
+            "HEADER_CRC", "KIND", "NAME_BYTES", "NAME", "NDIM", "DIMS", "LEVELS", "ZERO_POINT",
+            "SCALE_COUNT", "SCALES", "SYMBOL_COUNT0", "SYMBOL_COUNT1", "FREQUENCIES",
+            "FREQUENCIES_END", "PAYLOAD_WORDS0", "PAYLOAD_WORDS1", "PAYLOAD", "DTYPE",
+            "DATA_BYTES0", "DATA_BYTES1", "DATA", "SECTION_CRC0", "SECTION_CRC1", "SECTION_CRC",
+            "MAPPED", "FINAL", "DONE", "ERROR"])
+        header_states = {"MAGIC0", "MAGIC1", "VERSION", "STATE_BITS", "WORD_BITS",
+                         "PRECISION_BITS", "STATE_COUNT", "SECTION_COUNT", "INITIAL_STATES"}
         header_flag = Signal(init=1)
         m.d.comb += [self.in_payload.eq(p.ongoing("PAYLOAD")), self.in_header.eq(header_flag),
                      self.in_final.eq(p.ongoing("FINAL"))]
 
         # States that take a word whenever one is there, as a flag of its own.
         takes_words = Signal(init=1)
-        not_taking = {"FREQ", "FREQ_END", "PAYLOAD", "HCRC", "SCRC", "MAPPED", "FINAL", "DONE",
-                      "ERROR"}
+        not_taking = {"FREQUENCIES", "FREQUENCIES_END", "PAYLOAD", "HEADER_CRC", "SECTION_CRC",
+                      "MAPPED", "FINAL", "DONE", "ERROR"}
 
         # Every word the parser takes goes into the running CRC except the CRC fields
         # themselves (a flag of its own); a section's CRC starts at its KIND word (that
         # state's flip-flop).
         crc_on = Signal(init=1)
-        crc_off = {"HCRC0", "HCRC1", "HCRC", "SCRC0", "SCRC1", "SCRC", "FREQ_END", "FINAL",
-                   "DONE", "ERROR"}
+        crc_off = {"HEADER_CRC0", "HEADER_CRC1", "HEADER_CRC", "SECTION_CRC0", "SECTION_CRC1",
+                   "SECTION_CRC", "FREQUENCIES_END", "FINAL", "DONE", "ERROR"}
         in_kind = p.ongoing("KIND")
         # The CRC takes each word a cycle after the parser does, from registers: its enable
         # then reaches its 32 flip-flops from a flip-flop, not through the ready logic. Every
@@ -312,10 +313,10 @@ class ContainerParser(wiring.Component):
         m.d.comb += parser_ready.eq(
             takes_words
             | p.ongoing("ERROR")
-            | (p.ongoing("FREQ") & self.freqs.ready)
+            | (p.ongoing("FREQUENCIES") & self.freqs.ready)
             | (p.ongoing("PAYLOAD") & self.payload.ready & payload_more))
         m.d.comb += [
-            self.freqs.valid.eq(w_valid & p.ongoing("FREQ")),
+            self.freqs.valid.eq(w_valid & p.ongoing("FREQUENCIES")),
             self.freqs.payload.eq(w),
             self.payload.valid.eq(w_valid & p.ongoing("PAYLOAD") & payload_more),
             self.payload.payload.eq(w),
@@ -328,7 +329,7 @@ class ContainerParser(wiring.Component):
             the state makes constant (``takes_words`` is 1 in all but two of the states that
             take words), so most guards start from ``w_valid`` alone, not from the ready
             logic whose fanout is every register of the parser."""
-            if p.current == "FREQ":
+            if p.current == "FREQUENCIES":
                 return w_valid & self.freqs.ready
             if p.current == "PAYLOAD":
                 return w_valid & self.payload.ready & payload_more
@@ -431,30 +432,31 @@ class ContainerParser(wiring.Component):
                 with p.If(~check["version"]):
                     fail(Status.BAD_VERSION)
                 with p.Else():
-                    go("PARAM0")
-        for i in range(4):
-            with p.state(f"PARAM{i}"):
+                    go("STATE_BITS")
+        parameters = ["STATE_BITS", "WORD_BITS", "PRECISION_BITS", "STATE_COUNT"]
+        for i, name in enumerate(parameters):
+            with p.state(name):
                 with p.If(taken()):
                     bad = param_bad | ~check["params"][i]
                     if i < 3:
                         p.set(param_bad, bad)
-                        go(f"PARAM{i + 1}")
+                        go(parameters[i + 1])
                     else:
                         # All four are read before any is judged, as the golden model does.
                         with p.If(bad):
                             fail(Status.PARAM_MISMATCH)
                         with p.Else():
-                            go("SECTIONS")
-        with p.state("SECTIONS"):
+                            go("SECTION_COUNT")
+        with p.state("SECTION_COUNT"):
             with p.If(taken()):
                 p.set(last_index, w - 1)
                 p.set(no_sections, check["zero"])
                 load_left(2 * K, 2 * K == 1)
-                go("STATES")
+                go("INITIAL_STATES")
         # The state ring takes each state as its high word arrives.
         m.d.comb += [self.states.payload.value.eq(Cat(low, w)),
                      self.states.payload.lane.eq(state_lane)]
-        with p.state("STATES"):
+        with p.state("INITIAL_STATES"):
             with p.If(taken()):
                 count_down()
                 p.set(state_high, ~state_high)
@@ -473,10 +475,10 @@ class ContainerParser(wiring.Component):
                     with p.If(bad):
                         fail(Status.BAD_STATE)
                     with p.Else():
-                        go("HCRC0")
-        crc_half("HCRC0", 0, "HCRC1")
-        crc_half("HCRC1", 1, "HCRC")
-        with p.state("HCRC"):
+                        go("HEADER_CRC0")
+        crc_half("HEADER_CRC0", 0, "HEADER_CRC1")
+        crc_half("HEADER_CRC1", 1, "HEADER_CRC")
+        with p.state("HEADER_CRC"):
             with p.If(~crc_good):
                 fail(Status.CRC_MISMATCH)
             with p.Elif(no_sections):
@@ -552,19 +554,19 @@ class ContainerParser(wiring.Component):
             with p.If(levels_bad | zero_point_bad | check["zero"]):
                 fail(Status.BAD_SECTION)
             with p.Else():
-                skip(check["zero"], "SCALES", lambda: go("COUNT0"))
+                skip(check["zero"], "SCALES", lambda: go("SYMBOL_COUNT0"))
         field("SCALE_COUNT", scale_count)
-        skipping("SCALES", lambda: go("COUNT0"))
+        skipping("SCALES", lambda: go("SYMBOL_COUNT0"))
 
-        def count0():
+        def symbol_count0():
             p.set(low, w)
             p.set(low_zero, check["zero"])
             p.set(low_at_most_lanes, check["at_most_lanes"])
             p.set(low_narrow, check["issue_narrow"])
-            go("COUNT1")
-        field("COUNT0", count0)
+            go("SYMBOL_COUNT1")
+        field("SYMBOL_COUNT0", symbol_count0)
 
-        def count1():
+        def symbol_count1():
             p.set(symbol_count, Cat(low, w))
             p.set(count_zero, low_zero & check["zero"])
             p.set(count_small, low_at_most_lanes & check["zero"])
@@ -579,10 +581,10 @@ class ContainerParser(wiring.Component):
             with p.Elif(single):
                 go("PAYLOAD_WORDS0")
             with p.Else():
-                go("FREQ")
-        field("COUNT1", count1)
+                go("FREQUENCIES")
+        field("SYMBOL_COUNT1", symbol_count1)
 
-        with p.state("FREQ"):
+        with p.state("FREQUENCIES"):
             with p.If(taken()):
                 p.set(freq_sum, freq_sum + w)
                 p.set(freq_index, freq_index + 1)
@@ -592,8 +594,8 @@ class ContainerParser(wiring.Component):
                         p.set(single, 1)
                         p.set(single_symbol, freq_index)
                 with p.If(left_one):
-                    go("FREQ_END")
-        with p.state("FREQ_END"):
+                    go("FREQUENCIES_END")
+        with p.state("FREQUENCIES_END"):
             with p.If(self.table_idle):
                 with p.If(sum_bad):
                     fail(Status.BAD_TABLE)
@@ -627,7 +629,7 @@ class ContainerParser(wiring.Component):
                 with p.If(leftover):
                     fail(Status.BAD_LENGTH)   # the symbols end with words unread
                 with p.Else():
-                    go("SCRC0")
+                    go("SECTION_CRC0")
 
         # RAW
         def dtype():
@@ -646,9 +648,9 @@ class ContainerParser(wiring.Component):
 
         def data_bytes1():
             load_left(Cat(low, w) >> 1, low_one_or_two & check["zero"], low[0])
-            skip(low_zero & check["zero"], "DATA", lambda: go("SCRC0"))
+            skip(low_zero & check["zero"], "DATA", lambda: go("SECTION_CRC0"))
         field("DATA_BYTES1", data_bytes1)
-        skipping("DATA", lambda: go("SCRC0"))
+        skipping("DATA", lambda: go("SECTION_CRC0"))
 
         # The program's words leave from flip-flops that read flip-flops only, and nothing
         # here reaches words.ready or the parser's next state: in DATA the parser takes every
@@ -667,9 +669,9 @@ class ContainerParser(wiring.Component):
         ]
         m.d.comb += self.program.payload.eq(program_word)
 
-        crc_half("SCRC0", 0, "SCRC1")
-        crc_half("SCRC1", 1, "SCRC")
-        with p.state("SCRC"):
+        crc_half("SECTION_CRC0", 0, "SECTION_CRC1")
+        crc_half("SECTION_CRC1", 1, "SECTION_CRC")
+        with p.state("SECTION_CRC"):
             with p.If(~crc_good):
                 fail(Status.CRC_MISMATCH)
             with p.Else():
