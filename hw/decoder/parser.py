@@ -690,5 +690,3 @@ class ContainerParser(wiring.Component):
                 Cat(*[Cat(*[p.ongoing(name) for name, status in failing.items()
                             if status >> bit & 1]).any() for bit in range(len(code))]))
         return m
-
-        return m
