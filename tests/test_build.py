@@ -7,6 +7,7 @@ import pytest
 
 from hw.build import (
     DEFAULT_FREQUENCY_MHZ,
+    DEFAULT_INFERENCE_COLUMNS,
     DEFAULT_INFERENCE_FREQUENCY_MHZ,
     DEFAULT_INFERENCE_LANES,
     DEFAULT_LANES,
@@ -221,7 +222,15 @@ def test_critical_path_from_nextpnr_report():
     assert _critical_path({}, "clk") is None
 
 
-def _check_ecp5_report(report, lanes, design):
+# The EHXPLLL's dividers from the 25 MHz oscillator, derived by hand: CLKOS = 25 / CLKI_DIV *
+# CLKFB_DIV * CLKOP_DIV / CLKOS_DIV (feedback from CLKOP); nextpnr derives the same clock.
+ECP5_PLL = {24.0: {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
+                   "vco_mhz": 600.0},
+            48.0: {"CLKI_DIV": 5, "CLKFB_DIV": 2, "CLKOP_DIV": 48, "CLKOS_DIV": 10,
+                   "vco_mhz": 480.0}}
+
+
+def _check_ecp5_report(report, lanes, design, mhz=DEFAULT_FREQUENCY_MHZ[ECP5_BOARD]):
     assert report["board"] == ECP5_BOARD and report["lanes"] == lanes
     assert report["design"] == design
     assert report["device"] == "LFE5U-85F-BG381"
@@ -236,13 +245,11 @@ def _check_ecp5_report(report, lanes, design):
     assert 500 < res["luts"]["used"] <= res["logic_cells"]["used"]
     assert res["ffs"]["used"] > 100
     assert res["pll"] == {"used": 1, "available": 4}
-    # The core clock is the EHXPLLL's CLKOS: 25 MHz * 24 / 25 = 24 MHz, derived by nextpnr.
-    assert report["pll"] == {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
-                             "vco_mhz": 600.0}
-    assert report["core_clock_mhz"] == DEFAULT_FREQUENCY_MHZ[ECP5_BOARD]
+    assert report["pll"] == ECP5_PLL[mhz]
+    assert report["core_clock_mhz"] == mhz
     assert list(report["clocks"]) == ["clk"]
     clock = report["clocks"]["clk"]
-    assert clock["target_mhz"] == pytest.approx(DEFAULT_FREQUENCY_MHZ[ECP5_BOARD], abs=0.01)
+    assert clock["target_mhz"] == pytest.approx(mhz, abs=0.01)
     assert report["timing_met"] == clock["met"] == (clock["fmax_mhz"] >= clock["target_mhz"])
     assert report["weights_per_second"] == round(lanes * clock["fmax_mhz"] * 1e6)
     assert report["files"]["bitstream"] == "top.bit"
@@ -312,7 +319,8 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     captured = capsys.readouterr()
     assert (out / "report.json").exists(), f"no report: {captured.err.strip()}"
     report = json.loads((out / "report.json").read_text())
-    _check_ecp5_report(report, 1, "inference system")
+    _check_ecp5_report(report, 1, "inference system",
+                       mhz=DEFAULT_INFERENCE_FREQUENCY_MHZ[ECP5_BOARD])
     assert status == 0 and report["timing_met"]
     model = (out / "model.sbit").read_bytes()
     pixels, labels = default_images(model, 8)
@@ -323,9 +331,12 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     assert image[FLASH_OFFSET + 4:] == model
     assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
     program = read_container(model).program
-    assert report["cycles_per_image"] == engine_cycles(program)
+    assert report["columns"] == DEFAULT_INFERENCE_COLUMNS[ECP5_BOARD] == 4
+    assert report["cycles_per_image"] == engine_cycles(program, 4)
     engine = report["engine"]
     assert engine["module"].endswith("engine")
+    # four columns: four multipliers, four copies of the activation memory
+    assert engine["dsp"] >= 4
     assert 0 < engine["luts"] < report["resources"]["luts"]["used"]
     assert "engine share" in captured.out and "image lines" in captured.out
 
