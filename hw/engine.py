@@ -92,12 +92,10 @@ def engine_cycles(program, columns: int = 1) -> int:
     takes the next transfer in the cycle it takes a transfer's last value), so when the decoder
     keeps up, the count depends on the program alone.
     """
-    from sw.codec.program import Opcode as _Opcode
-
     cycles = 11 + program.input_size           # HEADER (fetch 0..10), a pixel a cycle
     for op in program.ops:
         cycles += 21 + 7                       # FETCH (fetch 0..20), DECODE (fetch 0..6)
-        if op.opcode == _Opcode.POOL:
+        if op.opcode == Opcode.POOL:
             cycles += op.out_channels * (op.in_height * op.in_width + 2) + 1   # ..., NEXT
             continue
         if op.has_bias:                        # BIAS: a value a cycle
@@ -413,12 +411,14 @@ class InferenceEngine(wiring.Component):
         # is C columns of one row, or, when the output is narrower than C and its width a
         # power of two, C / W' whole rows (the digits ResNet's 4 x 4 and 2 x 2 layers would
         # otherwise leave columns idle).
-        lane_row = [Signal(range(C), name=f"lane_row_{i}") for i in range(C)]
-        lane_column = [Signal(range(C), name=f"lane_column_{i}") for i in range(C)]
-        lane_input_row = [Signal(range(2 * C), name=f"lane_input_row_{i}") for i in range(C)]
-        lane_input_column = [Signal(range(2 * C), name=f"lane_input_column_{i}")
-                             for i in range(C)]
-        lane_offset = [Signal(AW, name=f"lane_offset_{i}") for i in range(C)]
+        # (column 0 is the group's first: the cursor, row and column themselves)
+        lane_row = {i: Signal(range(C), name=f"lane_row_{i}") for i in range(1, C)}
+        lane_column = {i: Signal(range(C), name=f"lane_column_{i}") for i in range(1, C)}
+        lane_input_row = {i: Signal(range(2 * C), name=f"lane_input_row_{i}")
+                          for i in range(1, C)}
+        lane_input_column = {i: Signal(range(2 * C), name=f"lane_input_column_{i}")
+                             for i in range(1, C)}
+        lane_offset = {i: Signal(AW, name=f"lane_offset_{i}") for i in range(1, C)}
         group_rows = Signal(range(C + 1), init=1)    # output rows a group spans
         group_row_step = Signal(range(2 * C + 1))    # ... in input rows
         group_row_stride = Signal(AW)                # ... in input words

@@ -251,7 +251,7 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
     """
     from amaranth.back import verilog
 
-    from hw.system import InferenceSystem, Profile
+    from hw.system import InferenceSystem, LayerProfile, Profile
     from sw.board import FLASH_OFFSET, flash_image
 
     from .testbench import choose_simulator
@@ -283,20 +283,12 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
         text, leds, cycles, counts = Path(case["output"]).read_text().split("\x00")
         result = (text, tuple(int(x) for x in leds.split()), int(cycles))
         if profile:
-            result += (_unpack(Profile, int(counts)),)
+            fields = Profile.from_bits(int(counts))
+            result += ({kind: {name: getattr(getattr(fields, kind), name)
+                               for name, _ in LayerProfile}
+                        for kind, _ in Profile},)
         results.append(result)
     return results
-
-
-def _unpack(layout, value: int) -> dict:
-    """A ``data.StructLayout``'s fields of the integer ``value``, nested as the layout is."""
-    from amaranth.lib import data
-    fields = {}
-    for name, field in layout:
-        bits = (value >> field.offset) & ((1 << field.width) - 1)
-        fields[name] = _unpack(field.shape, bits) \
-            if isinstance(field.shape, data.StructLayout) else bits
-    return fields
 
 
 def profile_table(profile: dict) -> str:
