@@ -8,7 +8,7 @@ used.
 Outputs in ``--out``:
 
 * ``top.bin``: the bitstream (``top.bit`` on ECP5 boards);
-* ``flash.bin``: bitstream at 0, the test images at 768 KiB (the inference system) and the
+* ``flash.bin``: bitstream at 0, the test images at 960 KiB (the inference system) and the
   model (length-prefixed container) at 1 MiB, the image to write with ``iceprog flash.bin``
   (docs/BOARD.md);
 * ``model.sbit``: the container that went into the image;

@@ -534,7 +534,8 @@ class InferenceEngine(wiring.Component):
         rq_step = Signal(8)              # one-hot: the term step of RQ (empty: shifting)
         shifting = Signal()
         rq_last = Signal()               # the position requantized is the channel's last
-        clamped_value = Signal(16)       # the value RQ_WRITE made, written the next cycle
+        pending_value = Signal(16)       # the value RQ_WRITE made or PIXELS took, written the
+                                         # next cycle
         write_pending = Signal()         # ... at output_address, which then steps
         m.d.sync += write_pending.eq(0)
         placed = Signal(48)
@@ -681,8 +682,9 @@ class InferenceEngine(wiring.Component):
                     with m.Case(5):
                         check(word_wide)                      # W
                     with m.Case(6):
-                        # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits
-                        m.d.sync += cursor.eq(word)
+                        # C*H is ready; its low 16 bits times W give C*H*W's low 16 bits.
+                        # The image is written where the program puts it, as an output is.
+                        m.d.sync += output_address.eq(word)
                     with m.Case(7):
                         check(word_beyond | product_wide)     # the address; C*H
                     with m.Case(9):
@@ -696,11 +698,13 @@ class InferenceEngine(wiring.Component):
                         m.next = "PIXELS"
             # ---- the image ----
             with m.State("PIXELS"):
+                # A pixel is written the cycle after it is taken, as a requantized value is:
+                # from a register, since at several columns the payload's path to every copy
+                # of the activation memory was the critical one (46.8 MHz at 16 columns).
                 m.d.comb += self.pixels.ready.eq(1)
                 with m.If(self.pixels.valid):
-                    m.d.comb += [activation_write_data.eq(self.pixels.payload),
-                                 activation_write_en.eq(1)]
-                    m.d.sync += [cursor.eq(cursor_step), channels_left.eq(channels_left - 1)]
+                    m.d.sync += [pending_value.eq(self.pixels.payload), write_pending.eq(1),
+                                 channels_left.eq(channels_left - 1)]
                     with m.If(channels_left == 0):
                         m.d.sync += [fetch.eq(0),
                                      program_cursor.eq(HEADER_WORDS)]
@@ -962,7 +966,7 @@ class InferenceEngine(wiring.Component):
                 # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
                 # first cycle). The output and the skip tensor are walked in address order,
                 # channel after channel: two counters instead of sums of addresses.
-                m.d.sync += [clamped_value.eq(clamped), write_pending.eq(1),
+                m.d.sync += [pending_value.eq(clamped), write_pending.eq(1),
                              skip_cursor.eq(skip_cursor + 1)]
                 if C == 1:
                     m.d.sync += position.eq(position + 1)
@@ -1103,7 +1107,7 @@ class InferenceEngine(wiring.Component):
         # of its own: 13 flip-flops fed from a register, a logic cell each)
         with m.If(write_pending):
             m.d.sync += output_address.eq(output_address + 1)
-            m.d.comb += [address.eq(output_address), activation_write_data.eq(clamped_value),
+            m.d.comb += [address.eq(output_address), activation_write_data.eq(pending_value),
                          activation_write_en.eq(1)]
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as

@@ -46,9 +46,10 @@ IMAGE_HEADER_BYTES = 4
 MAX_CONTAINER_BYTES = FLASH_SIZE - FLASH_OFFSET - IMAGE_HEADER_BYTES
 
 #: Where the inference system's test images lie (``u32`` length, then the image set): after
-#: the bitstream (104,090 bytes for the UP5K), before the model, so one ``iceprog`` image of
-#: ~1 MiB holds all three.
-IMAGES_OFFSET = 0x0C0000
+#: the bitstream (104,090 bytes for the UP5K, 870,192 compressed for the ECP5-85F's inference
+#: system at 16 columns), before the model, so one flash image of ~1 MiB holds all three. The
+#: 64 KiB left are twice what the image store holds.
+IMAGES_OFFSET = 0x0F0000
 #: The image set region's data never runs into the model's region.
 MAX_IMAGE_SET_BYTES = FLASH_OFFSET - IMAGES_OFFSET - IMAGE_HEADER_BYTES
 #: 16-bit words of the board's image store (one SB_SPRAM256KA): the records of the image set.
@@ -169,7 +170,7 @@ def flash_image(container: bytes, bitstream: bytes = None, *, offset: int = FLAS
 
 def images_region(container: bytes, images: bytes) -> bytes:
     """From :data:`IMAGES_OFFSET` to the model's end: the image set and the model, for
-    ``iceprog -o 768k`` over a bitstream already in flash."""
+    ``iceprog -o 960k`` over a bitstream already in flash."""
     return flash_image(container, images=images)[IMAGES_OFFSET:]
 
 
@@ -410,11 +411,11 @@ def check_inference(text: str, expected: InferenceReport) -> list:
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="board_command", metavar="ACTION", required=True)
     image = sub.add_parser("image", help="flash image for iceprog: bitstream + images + model, "
-                           "or the images and the model alone (write them at 768 KiB)")
+                           "or the images and the model alone (write them at 960 KiB)")
     image.add_argument("container", metavar="CONTAINER")
     image.add_argument("--bitstream", metavar="BIN",
                        help="bitstream to place at address 0; without it the output starts at "
-                            "the images (iceprog -o 768k), or at the model with --crc-system "
+                            "the images (iceprog -o 960k), or at the model with --crc-system "
                             "(iceprog -o 1M)")
     image.add_argument("-o", "--out", required=True, metavar="FILE")
     expect = sub.add_parser("expect", help="the lines the board must print for CONTAINER")

@@ -77,7 +77,7 @@ def test_default_icebreaker_build(tmp_path, capsys):
     assert len(pixels) == 450 == report["images"]["count"]
     assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
 
-    # The flash image: bitstream at 0, the images at 768 KiB, the container at 1 MiB.
+    # The flash image: bitstream at 0, the images at 960 KiB, the container at 1 MiB.
     bitstream = (out / "top.bin").read_bytes()
     image = (out / "flash.bin").read_bytes()
     assert b"\x7e\xaa\x99\x7e" in bitstream[:64]          # iCE40 sync word
