@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                         help="decoder lanes (default 1; 4 for --crc-system)")
     parser.add_argument("--columns", type=int, default=1,
                         help="output columns the engine computes a cycle (1, 2, 4, 8 or 16; "
-                             "default 1, the iCEBreaker's; the ULX3S builds 4)")
+                             "default 1, the iCEBreaker's; the ULX3S builds 16)")
     parser.add_argument("--profile", action="store_true",
                         help="count, per layer type, the cycles the engine waits for the "
                              "decoder and the decoder for the engine")

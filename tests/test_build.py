@@ -226,8 +226,8 @@ def test_critical_path_from_nextpnr_report():
 # CLKFB_DIV * CLKOP_DIV / CLKOS_DIV (feedback from CLKOP); nextpnr derives the same clock.
 ECP5_PLL = {24.0: {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
                    "vco_mhz": 600.0},
-            48.0: {"CLKI_DIV": 5, "CLKFB_DIV": 2, "CLKOP_DIV": 48, "CLKOS_DIV": 10,
-                   "vco_mhz": 480.0}}
+            52.0: {"CLKI_DIV": 5, "CLKFB_DIV": 2, "CLKOP_DIV": 52, "CLKOS_DIV": 10,
+                   "vco_mhz": 520.0}}
 
 
 def _check_ecp5_report(report, lanes, design, mhz=DEFAULT_FREQUENCY_MHZ[ECP5_BOARD]):
@@ -331,12 +331,12 @@ def test_ecp5_inference_system_build(tmp_path, capsys):
     assert image[FLASH_OFFSET + 4:] == model
     assert report["expected_lines"] == inference_lines(expected_inference(model, pixels, labels))
     program = read_container(model).program
-    assert report["columns"] == DEFAULT_INFERENCE_COLUMNS[ECP5_BOARD] == 4
-    assert report["cycles_per_image"] == engine_cycles(program, 4)
+    assert report["columns"] == DEFAULT_INFERENCE_COLUMNS[ECP5_BOARD] == 16
+    assert report["cycles_per_image"] == engine_cycles(program, 16)
     engine = report["engine"]
     assert engine["module"].endswith("engine")
-    # four columns: four multipliers, four copies of the activation memory
-    assert engine["dsp"] >= 4
+    # sixteen columns: sixteen multipliers, sixteen copies of the activation memory
+    assert engine["dsp"] >= 16
     assert 0 < engine["luts"] < report["resources"]["luts"]["used"]
     assert "engine share" in captured.out and "image lines" in captured.out
 

@@ -21,12 +21,12 @@ def test_board_mlp_every_activation_and_prediction():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("columns", [1, 4])
+@pytest.mark.parametrize("columns", [1, 16])
 def test_digits_resnet_every_layer(columns):
     """The default ResNet's shape (11 operations, 3 M products), its weights quantized as QAT
     exports them and its program calibrated on the training digits, one image end to end; at
-    4 columns (the ULX3S's engine) its 8-wide layers go in groups of a row, its 4- and 2-wide
-    ones in groups of whole rows."""
+    16 columns (the ULX3S's engine) every layer goes in groups of whole rows: two of the 8-wide
+    ones, four of the 4-wide, and the 2-wide ones with rows missing."""
     import torch
 
     from hw.engine import engine_cycles
