@@ -217,9 +217,9 @@ DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
 #: Core clock of the inference system per board. On the UP5K the system fills 99 % of the
 #: logic cells and reaches about 31 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
 #: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next. On the
-#: ULX3S the system with a 16-column engine reached 58.6 MHz at a 52 MHz target (62.3 at 48,
-#: 58.5 at 56): 52 MHz keeps a tenth.
-DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 52.0}
+#: ULX3S the system with a 16-column engine reached 54.1 MHz at a 48 MHz target (50.8 and 52.7
+#: at 52, two placements): 48 MHz keeps a tenth.
+DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 48.0}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and
 #: 45-47 MHz at a 48 MHz target over three seeds). The margin stays near a quarter on purpose:

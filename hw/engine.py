@@ -108,13 +108,34 @@ def engine_cycles(program, columns: int = 1) -> int:
             groups = -(-op.out_height // (columns // width))
         else:
             groups = op.out_height * -(-width // columns)
-        shifts = (op.shift - 1) // 16 + (op.shift - 1) % 16
         # WEIGHT takes a channel's first weight in its first cycle; MAC a position a cycle,
-        # and the next weight on a weight's last position; then RQ (8 steps, the shifts, + 1)
-        # and RQ_WRITE a position, and one cycle to the next channel
-        per_channel = op.fan_in * groups + positions * (10 + shifts) + 1
+        # and the next weight on a weight's last position; then the requantization, and one
+        # cycle to the next channel
+        if columns == 1:
+            # RQ (8 steps, the shifts, + 1) and RQ_WRITE a position
+            requantization = positions * (10 + (op.shift - 1) // 16 + (op.shift - 1) % 16)
+        else:
+            requantization = _streamed_requantization(positions, op.has_skip)
+        per_channel = op.fan_in * groups + requantization + 1
         cycles += op.out_channels * per_channel + 1    # ..., NEXT
     return cycles + program.classes + 1        # ARGMAX
+
+
+def _streamed_requantization(values: int, skip: bool) -> int:
+    """RQ's and RQ_DRAIN's cycles for a channel of ``values`` at more than one column.
+
+    RQ issues a value a cycle, each written 7 cycles later; with a skip input it issues none
+    in a cycle that writes (the skip value's read needs the memory's port). RQ_DRAIN ends as
+    the last value is written.
+    """
+    issued = -1
+    writes = set()
+    for _ in range(values):
+        issued += 1
+        while skip and issued in writes:
+            issued += 1
+        writes.add(issued + 7)
+    return issued + 8
 
 
 class InferenceEngine(wiring.Component):
@@ -128,7 +149,9 @@ class InferenceEngine(wiring.Component):
         Output columns of a convolution a weight is applied to each cycle (1, 2, 4, 8 or 16):
         that many multipliers and copies of the activation memory (they read the inputs of
         neighbouring columns at once), accumulators in rows of ``columns``. A channel's
-        positions take ``H' x ceil(W' / columns)`` cycles a weight.
+        positions take ``H' x ceil(W' / columns)`` cycles a weight. Above 1 the
+        requantization is a pipeline that takes a value a cycle (three more multipliers and a
+        barrel shifter), at 1 a serial unit that takes 10 cycles or more (the UP5K's size).
     memory_words : int
         Activation memory (values of 16 bits): one SB_SPRAM256KA (16K words) on iCE40.
         A program with a tensor past it is refused with ``BAD_PROGRAM``.
@@ -445,7 +468,7 @@ class InferenceEngine(wiring.Component):
             # the multiplier and the adder into the accumulators in one cycle (46.6 MHz on the
             # ECP5 at 4 columns). Stage 2 registers the inputs and adds; the accumulators are
             # read a cycle later for it (s1_position follows position in every state, so RQ
-            # reads the position it names a cycle later too, still before its step 2).
+            # reads the position it issues a cycle later too).
             add_valid = Signal()
             add_position = Signal(PW)
             add_first = Signal()
@@ -465,33 +488,6 @@ class InferenceEngine(wiring.Component):
                                  Mux(add_first, 0, accumulator_read.data[i]) + product)]
         m.d.sync += s1_valid.eq(0)
 
-        # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
-        # Its terms are each a 16x16 product of magnitudes with a sign and an offset of 0 or 16
-        # bits. What RQ's step names (a_src, b_src) is registered every cycle, then its
-        # magnitude (when *_signed), then the product: three cycles. (The magnitude's carry
-        # chain right behind the state's multiplexer made 30 MHz.)
-        a_src = Signal(16)
-        a_signed = Signal()
-        b_src = Signal(16)
-        b_signed = Signal()
-        a_reg = Signal(16)
-        b_reg = Signal(16)
-        a_negative = Signal()
-        b_negative = Signal()
-        op_a = Signal(16)
-        op_b = Signal(16)
-        # no reset (it is a product every cycle): Yosys then keeps it in the SB_MAC16's output
-        # register, not in 32 flip-flops of their own (fed from the DSP, each took a logic cell)
-        multiplied = Signal(32, reset_less=True)
-        negative_2 = Signal()            # the sign of the product in op_a x op_b
-        negative_3 = Signal()            # ... of the product in `multiplied`
-        m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
-                     b_reg.eq(b_src), b_negative.eq(b_signed & b_src[15]),
-                     op_a.eq(Mux(a_negative, -a_reg, a_reg)),
-                     op_b.eq(Mux(b_negative, -b_reg, b_reg)),
-                     negative_2.eq(a_negative ^ b_negative),
-                     multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
-
         # -- the sizes' 16x16 unsigned multiplier (another SB_MAC16) -------------------------
         # The header's C*H and C*H*W, DECODE's H*W, H'*W' and C*H*W: the operands are chosen
         # by `fetch` alone (below the FSM), registered, registered again in the DSP, and the
@@ -509,59 +505,140 @@ class InferenceEngine(wiring.Component):
                      size_a_dsp.eq(size_a), size_b_dsp.eq(size_b),
                      sizes.eq(size_a_dsp * size_b_dsp)]
 
-        # -- requantization: one accumulating adder ------------------------------------------
-        # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
-        # unsigned low half: every piece's magnitude fits 16 bits), then shifted right in
-        # place (16 or 1 bit a cycle) by S - 1, plus 1, and once more: the rounding
-        # floor((x + 2**(S-1)) / 2**S) = floor((floor(x / 2**(S-1)) + 1) / 2), without a
-        # rounding term or a barrel shifter. |total| < 2**47 (docs/INFERENCE.md, "Bounds").
-        # Everything the adder takes is a register (the terms' tags travel with their
-        # operands): a state decoded in front of its 48-bit carry chain made 25 MHz.
-        total = Signal(signed(48))
-        add_term = Signal()              # the state loads the operands of a term...
-        term_high = Signal()             # ... whose offset is 16 bits
-        term_1 = Signal()
-        high_1 = Signal()
-        term_2 = Signal()
-        high_2 = Signal()
-        term_3 = Signal()                # `multiplied` is a term to add
-        high_3 = Signal()
-        add_one = Signal()               # the rounding's + 1, this cycle
-        m.d.sync += [term_1.eq(add_term), high_1.eq(term_high),
-                     term_2.eq(term_1), high_2.eq(high_1),
-                     term_3.eq(term_2), high_3.eq(high_2)]
-        shift_count = Signal(6)
+
+        # -- requantization, of a channel's accumulators once its last weight is applied --
+        # (the value RQ makes or PIXELS takes is written the cycle after, from pending_value)
         rq_step = Signal(8)              # one-hot: the term step of RQ (empty: shifting)
-        shifting = Signal()
-        rq_last = Signal()               # the position requantized is the channel's last
         pending_value = Signal(16)       # the value RQ_WRITE made or PIXELS took, written the
                                          # next cycle
         write_pending = Signal()         # ... at output_address, which then steps
         m.d.sync += write_pending.eq(0)
-        placed = Signal(48)
-        m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
-        # When add_one is set no term is in flight: `multiplied` is 0 (RQ's steps 5-7 and the
-        # shifts set no operands) and negative_3 is 0, so the +1 is the carry-in alone (gating
-        # the addend with add_one made 5-input functions: 2 LUTs a bit)
-        addend = Mux(negative_3, ~placed, placed)
-        carry_in = add_one | negative_3
-        # the carry-in as a low bit of both operands: one adder for +-placed and +1
-        summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
-        with m.If(term_3 | add_one):
-            m.d.sync += total.eq(summed)
+        # the requantization walks a row column by column (C > 1: a lane of the group's word)
+        rq_lane = Signal(range(C))
+        if C == 1:
+            # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
+            # Its terms are each a 16x16 product of magnitudes with a sign and an offset of 0 or 16
+            # bits. What RQ's step names (a_src, b_src) is registered every cycle, then its
+            # magnitude (when *_signed), then the product: three cycles. (The magnitude's carry
+            # chain right behind the state's multiplexer made 30 MHz.)
+            a_src = Signal(16)
+            a_signed = Signal()
+            b_src = Signal(16)
+            b_signed = Signal()
+            a_reg = Signal(16)
+            b_reg = Signal(16)
+            a_negative = Signal()
+            b_negative = Signal()
+            op_a = Signal(16)
+            op_b = Signal(16)
+            # no reset (it is a product every cycle): Yosys then keeps it in the SB_MAC16's output
+            # register, not in 32 flip-flops of their own (fed from the DSP, each took a logic cell)
+            multiplied = Signal(32, reset_less=True)
+            negative_2 = Signal()            # the sign of the product in op_a x op_b
+            negative_3 = Signal()            # ... of the product in `multiplied`
+            m.d.sync += [a_reg.eq(a_src), a_negative.eq(a_signed & a_src[15]),
+                         b_reg.eq(b_src), b_negative.eq(b_signed & b_src[15]),
+                         op_a.eq(Mux(a_negative, -a_reg, a_reg)),
+                         op_b.eq(Mux(b_negative, -b_reg, b_reg)),
+                         negative_2.eq(a_negative ^ b_negative),
+                         multiplied.eq(op_a * op_b), negative_3.eq(negative_2)]
 
-        # clamp(total >> 1): its bits from k up (k = 8 for U8, 7 for S8, 15 for S16) must all
-        # copy the sign, else it saturates
-        result = total >> 1
-        sign = total[47]
-        type_s16 = ~type_u8 & ~type_s8
-        high_any = result[15:].any() | (~type_s16 & result[8:15].any()) | (type_s8 & result[7])
-        high_all = result[15:].all() & (type_s16 | result[8:15].all()) & (~type_s8 | result[7])
-        over = ~sign & high_any
-        under = sign & (type_u8 | ~high_all)
-        high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
-        low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
-        clamped = Mux(over, high, Mux(under, low, result[:16]))
+            # -- requantization: one accumulating adder ------------------------------------------
+            # total = acc*A + bias*B + skip*2**T, term by term (acc and B as a signed high and an
+            # unsigned low half: every piece's magnitude fits 16 bits), then shifted right in
+            # place (16 or 1 bit a cycle) by S - 1, plus 1, and once more: the rounding
+            # floor((x + 2**(S-1)) / 2**S) = floor((floor(x / 2**(S-1)) + 1) / 2), without a
+            # rounding term or a barrel shifter. |total| < 2**47 (docs/INFERENCE.md, "Bounds").
+            # Everything the adder takes is a register (the terms' tags travel with their
+            # operands): a state decoded in front of its 48-bit carry chain made 25 MHz.
+            total = Signal(signed(48))
+            add_term = Signal()              # the state loads the operands of a term...
+            term_high = Signal()             # ... whose offset is 16 bits
+            term_1 = Signal()
+            high_1 = Signal()
+            term_2 = Signal()
+            high_2 = Signal()
+            term_3 = Signal()                # `multiplied` is a term to add
+            high_3 = Signal()
+            add_one = Signal()               # the rounding's + 1, this cycle
+            m.d.sync += [term_1.eq(add_term), high_1.eq(term_high),
+                         term_2.eq(term_1), high_2.eq(high_1),
+                         term_3.eq(term_2), high_3.eq(high_2)]
+            shift_count = Signal(6)
+            shifting = Signal()
+            rq_last = Signal()               # the position requantized is the channel's last
+            placed = Signal(48)
+            m.d.comb += placed.eq(Mux(high_3, multiplied << 16, multiplied))
+            # When add_one is set no term is in flight: `multiplied` is 0 (RQ's steps 5-7 and the
+            # shifts set no operands) and negative_3 is 0, so the +1 is the carry-in alone (gating
+            # the addend with add_one made 5-input functions: 2 LUTs a bit)
+            addend = Mux(negative_3, ~placed, placed)
+            carry_in = add_one | negative_3
+            # the carry-in as a low bit of both operands: one adder for +-placed and +1
+            summed = (Cat(Const(1, 1), total) + Cat(carry_in, addend))[1:49]
+            with m.If(term_3 | add_one):
+                m.d.sync += total.eq(summed)
+
+            # clamp(total >> 1): its bits from k up (k = 8 for U8, 7 for S8, 15 for S16) must all
+            # copy the sign, else it saturates
+            result = total >> 1
+            sign = total[47]
+            type_s16 = ~type_u8 & ~type_s8
+            high_any = result[15:].any() | (~type_s16 & result[8:15].any()) | (type_s8 & result[7])
+            high_all = result[15:].all() & (type_s16 | result[8:15].all()) & (~type_s8 | result[7])
+            over = ~sign & high_any
+            under = sign & (type_u8 | ~high_all)
+            high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
+            low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
+            clamped = Mux(over, high, Mux(under, low, result[:16]))
+        else:
+            # -- requantization: a value a cycle (columns > 1) ------------------------------
+            # A wide engine makes its products so fast that the serial unit (10 and more
+            # cycles a value) would take a quarter of a 16-column engine's image; the ECP5
+            # that builds one has the multipliers and logic for a pipeline. A value issued in
+            # RQ at cycle t reads its skip value at t (on the memory's output at t + 1) and
+            # its accumulator from t + 1 (s1_position); then acc x A at t + 3, the sum at
+            # t + 4, the shift at t + 5, the clamp at t + 6, and the write at t + 7
+            # (write_pending). A and B are latched at RQ's first steps, before the product
+            # and the sum need them.
+            a_value = Signal(16)
+            b_value = Signal(signed(32))
+            rq_issue = Signal()
+            rq_flight = Signal(6)            # bit k: a value was issued k + 1 cycles ago
+            lane_1 = Signal(range(C))
+            lane_2 = Signal(range(C))
+            skip_2 = Signal(signed(16))
+            skip_3 = Signal(signed(16))
+            accumulator_3 = Signal(signed(32))
+            product_4 = Signal(signed(48))
+            skip_term_4 = Signal(signed(48))
+            bias_term = Signal(signed(48))   # bias x B: the same through a channel
+            sum_5 = Signal(signed(48))       # |sum| < 2**47 (docs/INFERENCE.md, "Bounds")
+            shifted_6 = Signal(signed(48))
+            m.d.sync += [
+                rq_flight.eq(Cat(rq_issue, rq_flight[:-1])),
+                lane_1.eq(rq_lane), lane_2.eq(lane_1),
+                skip_2.eq(activation_read_data), skip_3.eq(skip_2),
+                accumulator_3.eq(accumulator_read.data[lane_2]),
+                product_4.eq(accumulator_3 * a_value),
+                skip_term_4.eq(skip_3 << skip_shift),
+                bias_term.eq(bias_read.data * b_value),
+                sum_5.eq(product_4 + Mux(has_bias, bias_term, 0) + Mux(has_skip, skip_term_4, 0)
+                         + (Const(1, 48) << shift)[:48]),     # + 2**(S-1)
+                shifted_6.eq(sum_5 >> (shift + 1)),           # floor(sum / 2**S)
+            ]
+            with m.If(rq_step[0]):
+                m.d.sync += b_value[:16].eq(word)
+            with m.If(rq_step[1]):
+                m.d.sync += b_value[16:].eq(word)
+            with m.If(rq_step[2]):
+                m.d.sync += a_value.eq(word)
+            high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
+            low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
+            with m.If(rq_flight[5]):
+                m.d.sync += [pending_value.eq(Mux(shifted_6 > high, high, Mux(
+                                 shifted_6 < low, low, shifted_6[:16]))),
+                             write_pending.eq(1)]
 
         pool_sum = Signal(signed(16))    # fits S16 (docs/INFERENCE.md, "Bounds")
         pool_end = Signal()
@@ -633,8 +710,6 @@ class InferenceEngine(wiring.Component):
         def last_group(columns_left):
             return ~columns_left[group_bits:].any()
 
-        # the requantization walks a row column by column (C > 1: a lane of the group's word)
-        rq_lane = Signal(range(C))
         m.d.comb += bias_read.addr.eq(out_channel)
         # One adder steps the cursor in PIXELS, MAC, POOL and ARGMAX: stride2 is 0 but in a
         # convolution's MAC (NEXT clears it, and a pool's record sets it to 0). Apart, the
@@ -912,88 +987,110 @@ class InferenceEngine(wiring.Component):
                                      cursor.eq(cursor + group_step)]
                 with m.If(fault):   # last, so that it decides the next state
                     fail(Status.BAD_PROGRAM)
-            # ---- requantize the channel's accumulators, one position at a time ----
-            # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
-            # outputs; each term's operands are set three cycles before it is added.
-            # Without a bias or a skip input their terms are not added (add_term), rather than
-            # zeroed in the operand's multiplexer (~20 LUTs)
-            bias_value = bias_read.data
-            accumulator = accumulator_read.data[rq_lane] if C > 1 else accumulator_read.data[0]
-            with m.State("RQ"):
-                # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
-                # each is added three cycles later. Then, with rq_step empty, the shift.
-                m.d.comb += address.eq(skip_cursor)
-                m.d.sync += [rq_step.eq(rq_step << 1),
-                             rq_last.eq(position == last_position)]
-                if C > 1:   # position names a group: the last column of the last row ends
-                    m.d.sync += rq_last.eq(on_last_ox & on_last_oy)
-                # B's low word is on the program RAM's output at step 0, its high word at
-                # step 1, A from step 2 (the address, below the FSM)
-                with m.If(rq_step[0]):
-                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
-                                 add_term.eq(has_bias)]
-                    m.d.sync += [total.eq(0), shift_count.eq(shift)]
-                with m.If(rq_step[1]):
-                    m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
-                                 b_src.eq(word), b_signed.eq(1), add_term.eq(has_bias),
-                                 term_high.eq(1)]
-                with m.If(rq_step[2]):
-                    m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
-                with m.If(rq_step[3]):
-                    m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
-                                 add_term.eq(1), term_high.eq(1)]
-                with m.If(rq_step[4]):
-                    m.d.comb += [a_src.eq(activation_read_data),
-                                 a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
-                                 add_term.eq(has_skip), term_high.eq(skip_shift[4])]
-                with m.If(rq_step[7]):
-                    # the last term is added this cycle
-                    m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
-                # add_one is set for the cycle after the last shift
-                with m.If(shifting):
-                    with m.If(add_one):
-                        m.d.sync += [add_one.eq(0), shifting.eq(0)]
-                        m.next = "RQ_WRITE"
-                    with m.Elif(shift_count[4:].any()):
-                        m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
-                                     add_one.eq(shift_count == 16)]
-                    with m.Else():
-                        m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
-                                     add_one.eq(shift_count == 1)]
-            with m.State("RQ_WRITE"):
-                check(output_beyond)
-                # the value is clamped into a register and written the next cycle, whatever
-                # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
-                # first cycle). The output and the skip tensor are walked in address order,
-                # channel after channel: two counters instead of sums of addresses.
-                m.d.sync += [pending_value.eq(clamped), write_pending.eq(1),
-                             skip_cursor.eq(skip_cursor + 1)]
-                if C == 1:
+            # ---- requantize the channel's accumulators: at one column a value at a time
+            # (RQ, RQ_WRITE), at more a value a cycle (RQ issues, RQ_DRAIN waits) ----
+            if C == 1:
+                # The accumulator and the skip value are read in RQ0 and stay on the RAMs'
+                # outputs; each term's operands are set three cycles before it is added.
+                # Without a bias or a skip input their terms are not added (add_term), rather than
+                # zeroed in the operand's multiplexer (~20 LUTs)
+                bias_value = bias_read.data
+                accumulator = accumulator_read.data[0]
+                with m.State("RQ"):
+                    # rq_step (one-hot, one bit a cycle) names the term whose operands are set;
+                    # each is added three cycles later. Then, with rq_step empty, the shift.
+                    m.d.comb += address.eq(skip_cursor)
+                    m.d.sync += [rq_step.eq(rq_step << 1),
+                                 rq_last.eq(position == last_position)]
+                    # B's low word is on the program RAM's output at step 0, its high word at
+                    # step 1, A from step 2 (the address, below the FSM)
+                    with m.If(rq_step[0]):
+                        m.d.comb += [a_src.eq(bias_value), a_signed.eq(1), b_src.eq(word),
+                                     add_term.eq(has_bias)]
+                        m.d.sync += [total.eq(0), shift_count.eq(shift)]
+                    with m.If(rq_step[1]):
+                        m.d.comb += [a_src.eq(bias_value), a_signed.eq(1),
+                                     b_src.eq(word), b_signed.eq(1), add_term.eq(has_bias),
+                                     term_high.eq(1)]
+                    with m.If(rq_step[2]):
+                        m.d.comb += [a_src.eq(accumulator[:16]), b_src.eq(word), add_term.eq(1)]
+                    with m.If(rq_step[3]):
+                        m.d.comb += [a_src.eq(accumulator[16:]), a_signed.eq(1), b_src.eq(word),
+                                     add_term.eq(1), term_high.eq(1)]
+                    with m.If(rq_step[4]):
+                        m.d.comb += [a_src.eq(activation_read_data),
+                                     a_signed.eq(1), b_src.eq(Const(1, 16) << skip_shift[:4]),
+                                     add_term.eq(has_skip), term_high.eq(skip_shift[4])]
+                    with m.If(rq_step[7]):
+                        # the last term is added this cycle
+                        m.d.sync += [add_one.eq(shift_count == 0), shifting.eq(1)]
+                    # add_one is set for the cycle after the last shift
+                    with m.If(shifting):
+                        with m.If(add_one):
+                            m.d.sync += [add_one.eq(0), shifting.eq(0)]
+                            m.next = "RQ_WRITE"
+                        with m.Elif(shift_count[4:].any()):
+                            m.d.sync += [total.eq(total >> 16), shift_count.eq(shift_count - 16),
+                                         add_one.eq(shift_count == 16)]
+                        with m.Else():
+                            m.d.sync += [total.eq(total >> 1), shift_count.eq(shift_count - 1),
+                                         add_one.eq(shift_count == 1)]
+                with m.State("RQ_WRITE"):
+                    check(output_beyond)
+                    # the value is clamped into a register and written the next cycle, whatever
+                    # the state then (RQ's first step, WEIGHT or NEXT: none uses the memory in its
+                    # first cycle). The output and the skip tensor are walked in address order,
+                    # channel after channel: two counters instead of sums of addresses.
+                    m.d.sync += [pending_value.eq(clamped), write_pending.eq(1),
+                                 skip_cursor.eq(skip_cursor + 1)]
                     m.d.sync += position.eq(position + 1)
-                else:
-                    # the next column: the group's next lane, or the next group at the group's
-                    # or the row's end
-                    with m.If((on_last_ox & ~row_group) | (rq_lane == C - 1)):
-                        m.d.sync += [position.eq(position + 1), rq_lane.eq(0)]
+                    with m.If(rq_last):
+                        next_out_channel()
+                        with m.If(~single_multiplier):
+                            m.d.sync += program_cursor.eq(program_next)   # the next A
+                        with m.If(on_last_out_channel):
+                            m.next = "NEXT"
+                        with m.Else():
+                            start_channel()
+                            m.next = "WEIGHT"
                     with m.Else():
-                        m.d.sync += rq_lane.eq(rq_lane + 1)
-                    with m.If(on_last_ox):
-                        m.d.sync += [ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any()),
-                                     oy_left.eq(oy_left - 1), on_last_oy.eq(oy_left == 1)]
-                    with m.Else():
-                        m.d.sync += [ox_left.eq(ox_left - 1), on_last_ox.eq(ox_left == 1)]
-                with m.If(rq_last):
-                    next_out_channel()
-                    with m.If(~single_multiplier):
-                        m.d.sync += program_cursor.eq(program_next)   # the next A
-                    with m.If(on_last_out_channel):
-                        m.next = "NEXT"
-                    with m.Else():
-                        start_channel()
-                        m.next = "WEIGHT"
-                with m.Else():
-                    m.d.sync += rq_step.eq(1)
-                    m.next = "RQ"
+                        m.d.sync += rq_step.eq(1)
+                        m.next = "RQ"
+            else:
+                with m.State("RQ"):
+                    # a value a cycle, in C order: the group's lanes, then the next group. A
+                    # layer with a skip input issues none while a value is written (its read
+                    # of the skip value needs the memory's one port).
+                    m.d.comb += address.eq(skip_cursor)
+                    m.d.sync += rq_step.eq(rq_step << 1)
+                    with m.If(~(has_skip & write_pending)):
+                        m.d.comb += rq_issue.eq(1)
+                        m.d.sync += skip_cursor.eq(skip_cursor + 1)
+                        # the group's next lane, or the next group at the group's or the row's
+                        # end
+                        with m.If((on_last_ox & ~row_group) | (rq_lane == C - 1)):
+                            m.d.sync += [position.eq(position + 1), rq_lane.eq(0)]
+                        with m.Else():
+                            m.d.sync += rq_lane.eq(rq_lane + 1)
+                        with m.If(on_last_ox):
+                            m.d.sync += [ox_left.eq(last_ox), on_last_ox.eq(~last_ox.any()),
+                                         oy_left.eq(oy_left - 1), on_last_oy.eq(oy_left == 1)]
+                        with m.Else():
+                            m.d.sync += [ox_left.eq(ox_left - 1), on_last_ox.eq(ox_left == 1)]
+                        with m.If(on_last_ox & on_last_oy):
+                            m.next = "RQ_DRAIN"
+                with m.State("RQ_DRAIN"):
+                    # nothing in flight: the channel's last value is being written
+                    m.d.sync += rq_step.eq(rq_step << 1)
+                    with m.If(~rq_flight.any()):
+                        next_out_channel()
+                        with m.If(~single_multiplier):
+                            m.d.sync += program_cursor.eq(program_next)   # the next A
+                        with m.If(on_last_out_channel):
+                            m.next = "NEXT"
+                        with m.Else():
+                            start_channel()
+                            m.next = "WEIGHT"
             # ---- global sum pooling: channel by channel, one value a cycle ----
             with m.State("POOL"):
                 # the cursor runs over the channel's plane; each value arrives a cycle later.
@@ -1082,7 +1179,7 @@ class InferenceEngine(wiring.Component):
         # -- the program RAM's address: B for the requantization's first two steps -----------
         # Its low word is read in MAC and RQ_WRITE (the cycles before RQ's first step; neither
         # reads the RAM), its high word in step 0; otherwise the cursor (A from step 1 on).
-        with m.If(fsm.ongoing("MAC") | fsm.ongoing("RQ_WRITE")):
+        with m.If(fsm.ongoing("MAC") | (fsm.ongoing("RQ_WRITE") if C == 1 else 0)):
             m.d.comb += program_read.addr.eq(b_address)
         with m.Elif(rq_step[0]):
             m.d.comb += program_read.addr.eq(b_address + 1)
@@ -1109,6 +1206,10 @@ class InferenceEngine(wiring.Component):
             m.d.sync += output_address.eq(output_address + 1)
             m.d.comb += [address.eq(output_address), activation_write_data.eq(pending_value),
                          activation_write_en.eq(1)]
+            if C > 1:
+                # values written a cycle apart: each is checked as it is written (RQ_WRITE
+                # checks the registered output_beyond at one column)
+                check(_above(output_address, self.memory_words - 1))
         # -- taking a weight: in WEIGHT, or in MAC as the previous weight ends ---------------
         # (kx, ky, channel, weight_start) name the weight to take, and step to the next as
         # it is taken, so that a linear layer's MAC takes a weight every cycle. After the FSM:

@@ -226,8 +226,8 @@ def test_critical_path_from_nextpnr_report():
 # CLKFB_DIV * CLKOP_DIV / CLKOS_DIV (feedback from CLKOP); nextpnr derives the same clock.
 ECP5_PLL = {24.0: {"CLKI_DIV": 1, "CLKFB_DIV": 1, "CLKOP_DIV": 24, "CLKOS_DIV": 25,
                    "vco_mhz": 600.0},
-            52.0: {"CLKI_DIV": 5, "CLKFB_DIV": 2, "CLKOP_DIV": 52, "CLKOS_DIV": 10,
-                   "vco_mhz": 520.0}}
+            48.0: {"CLKI_DIV": 5, "CLKFB_DIV": 2, "CLKOP_DIV": 48, "CLKOS_DIV": 10,
+                   "vco_mhz": 480.0}}
 
 
 def _check_ecp5_report(report, lanes, design, mhz=DEFAULT_FREQUENCY_MHZ[ECP5_BOARD]):

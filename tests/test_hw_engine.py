@@ -265,7 +265,9 @@ def _small_limits():
 @pytest.mark.parametrize("limit, columns", [
     ("memory_words", 1), ("max_channels", 1), ("max_positions", 1), ("image", 1),
     # the limit counts positions whatever the columns (groups of 4 would still fit)
-    ("max_positions", 4)])
+    ("max_positions", 4),
+    # a convolution's output past the memory: the streamed requantization checks its writes
+    ("memory_words", 4)])
 def test_a_program_beyond_the_engines_memories_is_refused(limit, columns):
     """One word of memory, one channel or one position short: BAD_PROGRAM, not a wrap."""
     from sw.board import _fits_engine
