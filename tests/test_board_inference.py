@@ -130,3 +130,39 @@ def test_sim_board_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_ulx3s_system_lines_equal_software(tmp_path):
+    """The ULX3S's inference system (16 columns with the streamed requantization, single-SPI
+    flash reads) on four images of the ResNet's shape, then on the same container damaged:
+    every line as sw.board computes it. Each image takes at least the cycle model's count,
+    and here much more: the untrained container is large, and 0x03 reads bring a word in 32
+    cycles."""
+    from hw.build import DEFAULT_INFERENCE_COLUMNS
+    from hw.engine import engine_cycles
+    from sim.board import inference_limit, simulate_inference
+    from sw.codec.container import read_container
+
+    params = CodecParams()
+    columns = DEFAULT_INFERENCE_COLUMNS["ulx3s-85f"]
+    resnet = digits_resnet()
+    pixels, labels = default_images(resnet, 4)
+    images = image_set(pixels, labels)
+    damaged = bytearray(resnet)
+    damaged[len(resnet) // 2] ^= 0x20
+    cases = [("resnet", images, resnet, expected_inference(resnet, pixels, labels, params)),
+             ("damaged", images, bytes(damaged),
+              expected_inference(bytes(damaged), pixels, labels, params))]
+    assert cases[0][3].status == Status.OK and cases[1][3].status != Status.OK
+    results = simulate_inference(
+        resnet, [(name, image, data, inference_limit(resnet, 4))
+                 for name, image, data, _ in cases],
+        params, columns=columns, quad=False, build_dir=tmp_path)
+    for (name, _, _, expected), (text, leds, _) in zip(cases, results):
+        assert check_inference(text, expected) == [], f"{name}: {text!r}"
+        ok = expected.status == Status.OK
+        assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red {leds}"
+    model = engine_cycles(read_container(resnet).program, columns)
+    per_image = [line.cycles for line in parse_inference(results[0][0]).lines]
+    assert all(model <= c for c in per_image), (per_image, model)
