@@ -28,7 +28,8 @@ from amaranth.lib import io
 from hw.system import BoardSystem, InferenceSystem, measured_decoder
 from sw.params import CodecParams
 
-__all__ = ["ecp5_pll_settings", "ULX3STop", "ULX3SDecoderHarness", "ECP5_BOARDS"]
+__all__ = ["CONTAINER_CACHE_WORDS", "ecp5_pll_settings", "ULX3STop", "ULX3SDecoderHarness",
+           "ECP5_BOARDS"]
 
 #: EHXPLLL limits (MHz), as Project Trellis' ``ecppll`` uses them.
 PFD_RANGE = (3.125, 400.0)
@@ -147,11 +148,19 @@ class _ULX3S:
     button = ("button_fire", 0)     # FIRE1, active high
 
 
+#: Words of the inference system's container cache (hw.stream.ReplayBuffer) on the ULX3S:
+#: 0x03 reads bring a word in 32 cycles, slower than a 16-column engine takes weights (the
+#: digits ResNet's 29,744-byte container: ~476,000 cycles an image against the engine's
+#: 383,865), so the first image's container is kept in 16 of the 85F's block RAMs.
+CONTAINER_CACHE_WORDS = 16384
+
+
 class ULX3STop(Elaboratable):
     """The ULX3S design: EHXPLLL, reset, pins, and a board system.
 
     :class:`hw.system.InferenceSystem` (``inference``; its image store and activations in
-    block RAM, as ECP5 has no SPRAM) or the CRC system :class:`hw.system.BoardSystem`. The
+    block RAM, as ECP5 has no SPRAM, and a container cache of :data:`CONTAINER_CACHE_WORDS`)
+    or the CRC system :class:`hw.system.BoardSystem`. The
     flash is read with ``0x03`` on one lane (``quad=False`` always; see the module's
     docstring); its clock leaves through ``USRMCLK``. The UART lines go to the FTDI (``uart``
     0, ``/dev/ttyUSB0``); LED 0 is green's role (``OK``) and LED 1 red's (any error). FIRE1
@@ -177,7 +186,8 @@ class ULX3STop(Elaboratable):
         _ecp5_core_clock(m, platform, self.pll, clock=_ULX3S.clock, button=_ULX3S.button)
         if self.inference:
             system = InferenceSystem(self.params, self.lanes, columns=self.columns,
-                                     clk_freq=self.frequency, quad=False)
+                                     clk_freq=self.frequency, quad=False,
+                                     container_cache_words=CONTAINER_CACHE_WORDS)
         else:
             system = BoardSystem(self.params, self.lanes, clk_freq=self.frequency, quad=False,
                                  wide_crc=self.wide_crc)

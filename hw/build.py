@@ -217,8 +217,8 @@ DEFAULT_INFERENCE = {"icebreaker": True, "ulx3s-85f": True}
 #: Core clock of the inference system per board. On the UP5K the system fills 99 % of the
 #: logic cells and reaches about 31 MHz (docs/BOARD.md): 12 MHz x 64 / 32 = 24 MHz keeps a
 #: fifth in hand, as Fmax moves by a few MHz from one netlist or placement to the next. On the
-#: ULX3S the system with a 16-column engine reached 54.1 MHz at a 48 MHz target (50.8 and 52.7
-#: at 52, two placements): 48 MHz keeps a tenth.
+#: ULX3S the system with a 16-column engine and the container cache reached 52.4 MHz at a 48 MHz
+#: target (without the cache 54.1, and 50.8 and 52.7 at 52 in two placements): 48 MHz keeps 9 %.
 DEFAULT_INFERENCE_FREQUENCY_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 48.0}
 #: Core clock of the default build per board: on the iCEBreaker a PLL setting the 2-lane system
 #: meets with a wide margin (12 MHz x 48 / 16 = 36 MHz; Fmax 44.81 MHz on commit 76542c2, and

@@ -37,7 +37,7 @@ from sw.params import CodecParams
 from .decoder import WeightDecoder
 from .spiflash import FlashPins, SPIFlashReader
 from .spram import SinglePortRam
-from .stream import SkidBuffer
+from .stream import ReplayBuffer, SkidBuffer
 from .uart import UARTTransmitter
 from .weightcrc import WeightCRC
 
@@ -587,6 +587,12 @@ class InferenceSystem(wiring.Component):
     profile : bool
         Count, per layer type, the cycles the engine spends and those it waits for a weight
         and the decoder waits for it (``profile``; for simulations, 192 flip-flops).
+    container_cache_words : int
+        With a positive count, a :class:`hw.stream.ReplayBuffer` of that many words between
+        the flash reader and the decoder: the first image's container words are kept as they
+        pass, and later images are decoded from there, the flash left idle, when the whole
+        container fitted (the container, not decompressed weights). 0: none, every image
+        reads the flash.
 
     Attributes
     ----------
@@ -606,8 +612,11 @@ class InferenceSystem(wiring.Component):
                  columns: int = 1, clk_freq: float, baud: int = 115200,
                  container_offset: int = FLASH_OFFSET, images_offset: int = IMAGES_OFFSET,
                  quad: bool = True, truncation_idle_cycles: int = TRUNCATION_IDLE_CYCLES,
-                 spram: bool = None, profile: bool = False):
+                 spram: bool = None, profile: bool = False, container_cache_words: int = 0):
         params.check_lanes(lanes)
+        if container_cache_words < 0:
+            raise ValueError(f"container_cache_words must be 0 or more, not "
+                             f"{container_cache_words}")
         self.params = params
         self.lanes = lanes
         self.columns = columns
@@ -618,6 +627,7 @@ class InferenceSystem(wiring.Component):
         self.quad = quad
         self.truncation_idle_cycles = truncation_idle_cycles
         self.spram = spram
+        self.container_cache_words = container_cache_words
         self.divisor = round(clk_freq / baud)
         members = {"flash": Out(FlashPins), "uart_tx": Out(1, init=1), "led_green": Out(1),
                    "led_red": Out(1), "finished": Out(1)}
@@ -649,12 +659,28 @@ class InferenceSystem(wiring.Component):
         region = Signal()               # 0 the image set, 1 the container
         m.d.comb += reader.region.eq(region)
         reading_images = Signal(init=1)
-        # one payload to both; valid and ready say which takes it
+        # The container's words: from the reader, or from the cache once it holds them all
+        # (then the reader stays stopped). Reader and cache get one payload; valid and ready
+        # say which of the store and the container's path takes it.
+        if self.container_cache_words:
+            m.submodules.cache = cache = ReplayBuffer(self.container_cache_words)
+            container_words = cache.i
+            wiring.connect(m, cache.o, skid.i)
+            # (the reader's end of the image set is not the container's)
+            m.d.comb += [cache.source_end.eq(reader.exhausted & ~reading_images),
+                         cache.rewind.eq(restart)]
+            with m.If(cache.held):
+                m.d.comb += reader.stop.eq(1)
+            source_end = cache.end
+        else:
+            container_words = skid.i
+            source_end = reader.exhausted
         m.d.comb += [store.load.payload.eq(reader.words.payload),
-                     skid.i.payload.eq(reader.words.payload),
+                     container_words.payload.eq(reader.words.payload),
                      store.load.valid.eq(reader.words.valid & reading_images),
-                     skid.i.valid.eq(reader.words.valid & ~reading_images),
-                     reader.words.ready.eq(Mux(reading_images, store.load.ready, skid.i.ready))]
+                     container_words.valid.eq(reader.words.valid & ~reading_images),
+                     reader.words.ready.eq(Mux(reading_images, store.load.ready,
+                                               container_words.ready))]
         wiring.connect(m, skid.o, decoder.words)
         wiring.connect(m, decoder.program, engine.program)
         wiring.connect(m, decoder.weights, engine.weights)
@@ -684,7 +710,7 @@ class InferenceSystem(wiring.Component):
 
         # The decoder waits for words forever; only the feeder knows that none will come.
         exhausted = Signal()
-        m.d.comb += exhausted.eq(reader.exhausted & ~skid.o.valid)
+        m.d.comb += exhausted.eq(source_end & ~skid.o.valid)
         idle = _quiet_cycles(m, self.truncation_idle_cycles,
                             ~exhausted | decoder.weights.valid | decoder.program.valid)
         decoded = Signal()              # the decoder checked the whole container: OK

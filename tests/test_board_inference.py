@@ -134,11 +134,12 @@ def test_sim_board_errors_are_one_line(tmp_path, capsys, args, message):
 
 @pytest.mark.slow
 def test_ulx3s_system_lines_equal_software(tmp_path):
-    """The ULX3S's inference system (16 columns with the streamed requantization, single-SPI
-    flash reads) on four images of the ResNet's shape, then on the same container damaged:
-    every line as sw.board computes it. Each image takes at least the cycle model's count,
-    and here much more: the untrained container is large, and 0x03 reads bring a word in 32
-    cycles."""
+    """The ULX3S's inference system: 16 columns with the streamed requantization, single-SPI
+    flash reads and the container cache. The board's MLP (kept in the cache after the first
+    image: later images take the engine's cycles, not the flash's), then four images of the
+    ResNet's shape (an untrained container of 86 KB, larger than the cache: every image reads
+    the flash), then that container damaged: every line and LED as sw.board says."""
+    from boards.ulx3s import CONTAINER_CACHE_WORDS
     from hw.build import DEFAULT_INFERENCE_COLUMNS
     from hw.engine import engine_cycles
     from sim.board import inference_limit, simulate_inference
@@ -146,23 +147,34 @@ def test_ulx3s_system_lines_equal_software(tmp_path):
 
     params = CodecParams()
     columns = DEFAULT_INFERENCE_COLUMNS["ulx3s-85f"]
+    _, mlp = default_container(params)
+    mlp_pixels, mlp_labels = default_images(mlp, 3)
     resnet = digits_resnet()
+    assert len(mlp) < 2 * CONTAINER_CACHE_WORDS < len(resnet)
     pixels, labels = default_images(resnet, 4)
     images = image_set(pixels, labels)
     damaged = bytearray(resnet)
     damaged[len(resnet) // 2] ^= 0x20
-    cases = [("resnet", images, resnet, expected_inference(resnet, pixels, labels, params)),
+    cases = [("mlp", image_set(mlp_pixels, mlp_labels), mlp,
+              expected_inference(mlp, mlp_pixels, mlp_labels, params)),
+             ("resnet", images, resnet, expected_inference(resnet, pixels, labels, params)),
              ("damaged", images, bytes(damaged),
               expected_inference(bytes(damaged), pixels, labels, params))]
-    assert cases[0][3].status == Status.OK and cases[1][3].status != Status.OK
+    assert [case[3].status == Status.OK for case in cases] == [True, True, False]
     results = simulate_inference(
-        resnet, [(name, image, data, inference_limit(resnet, 4))
+        resnet, [(name, image, data, inference_limit(mlp if name == "mlp" else resnet, 4))
                  for name, image, data, _ in cases],
-        params, columns=columns, quad=False, build_dir=tmp_path)
+        params, columns=columns, quad=False, build_dir=tmp_path,
+        container_cache_words=CONTAINER_CACHE_WORDS)
     for (name, _, _, expected), (text, leds, _) in zip(cases, results):
         assert check_inference(text, expected) == [], f"{name}: {text!r}"
         ok = expected.status == Status.OK
         assert leds == (int(ok), int(not ok)), f"{name}: LEDs green/red {leds}"
+    # the MLP's linear layers take a weight a cycle: from the flash (a word in 32 cycles)
+    # the first image waits; from the cache the others run near the engine's own count
+    model = engine_cycles(read_container(mlp).program, columns)
+    first, *cached = [line.cycles for line in parse_inference(results[0][0]).lines]
+    assert all(model <= c < 1.5 * model < first for c in cached), (first, cached, model)
     model = engine_cycles(read_container(resnet).program, columns)
-    per_image = [line.cycles for line in parse_inference(results[0][0]).lines]
+    per_image = [line.cycles for line in parse_inference(results[1][0]).lines]
     assert all(model <= c for c in per_image), (per_image, model)
