@@ -665,6 +665,18 @@ class InferenceEngine(wiring.Component):
                          ky.eq(0), kx.eq(0), bound.eq(weight_bound),
                          weight_start.eq(weight_origin)]
 
+        def end_channel():
+            # the channel is requantized: the next one (with its A, when each has one), or
+            # the next operation
+            next_out_channel()
+            with m.If(~single_multiplier):
+                m.d.sync += program_cursor.eq(program_next)   # the next A
+            with m.If(on_last_out_channel):
+                m.next = "NEXT"
+            with m.Else():
+                start_channel()
+                m.next = "WEIGHT"
+
         # Capacity (docs/INFERENCE.md, "The engine in hardware"): a tensor beyond memory_words,
         # more than max_channels output channels or max_positions output positions, or a field
         # wider than its register, sets `refused` as the header or record is read; the engine
@@ -1045,14 +1057,7 @@ class InferenceEngine(wiring.Component):
                                  skip_cursor.eq(skip_cursor + 1)]
                     m.d.sync += position.eq(position + 1)
                     with m.If(rq_last):
-                        next_out_channel()
-                        with m.If(~single_multiplier):
-                            m.d.sync += program_cursor.eq(program_next)   # the next A
-                        with m.If(on_last_out_channel):
-                            m.next = "NEXT"
-                        with m.Else():
-                            start_channel()
-                            m.next = "WEIGHT"
+                        end_channel()
                     with m.Else():
                         m.d.sync += rq_step.eq(1)
                         m.next = "RQ"
@@ -1083,14 +1088,7 @@ class InferenceEngine(wiring.Component):
                     # nothing in flight: the channel's last value is being written
                     m.d.sync += rq_step.eq(rq_step << 1)
                     with m.If(~rq_flight.any()):
-                        next_out_channel()
-                        with m.If(~single_multiplier):
-                            m.d.sync += program_cursor.eq(program_next)   # the next A
-                        with m.If(on_last_out_channel):
-                            m.next = "NEXT"
-                        with m.Else():
-                            start_channel()
-                            m.next = "WEIGHT"
+                        end_channel()
             # ---- global sum pooling: channel by channel, one value a cycle ----
             with m.State("POOL"):
                 # the cursor runs over the channel's plane; each value arrives a cycle later.
