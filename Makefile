@@ -36,8 +36,10 @@ demo: setup
 	$(PYTHON) -m sim.board $(OUT)/digits.sbit --images 4
 	$(PYTHON) -m hw.build --board icebreaker --container $(OUT)/digits.sbit --out $(OUT)/icebreaker
 
+# worksteal: the builds and board simulations take minutes each, and a worker left with two
+# of them at the end doubled the suite's tail; --durations names them in CI's log
 test: setup
-	$(PYTHON) -m pytest -n 2 -q
+	$(PYTHON) -m pytest -n 2 --dist worksteal -q --durations=15
 
 clean:
 	rm -rf build
