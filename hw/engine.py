@@ -515,6 +515,9 @@ class InferenceEngine(wiring.Component):
         m.d.sync += write_pending.eq(0)
         # the requantization walks a row column by column (C > 1: a lane of the group's word)
         rq_lane = Signal(range(C))
+        # the output type's range, which the clamp saturates to
+        high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
+        low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
         if C == 1:
             # -- the requantization's 16x16 unsigned multiplier (one SB_MAC16) -------------------
             # Its terms are each a 16x16 product of magnitudes with a sign and an offset of 0 or 16
@@ -588,8 +591,6 @@ class InferenceEngine(wiring.Component):
             high_all = result[15:].all() & (type_s16 | result[8:15].all()) & (~type_s8 | result[7])
             over = ~sign & high_any
             under = sign & (type_u8 | ~high_all)
-            high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
-            low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
             clamped = Mux(over, high, Mux(under, low, result[:16]))
         else:
             # -- requantization: a value a cycle (columns > 1) ------------------------------
@@ -633,8 +634,6 @@ class InferenceEngine(wiring.Component):
                 m.d.sync += b_value[16:].eq(word)
             with m.If(rq_step[2]):
                 m.d.sync += a_value.eq(word)
-            high = Mux(type_u8, 255, Mux(type_s8, 127, 32767))
-            low = Mux(type_u8, 0, Mux(type_s8, -128, -32768))
             with m.If(rq_flight[5]):
                 m.d.sync += [pending_value.eq(Mux(shifted_6 > high, high, Mux(
                                  shifted_6 < low, low, shifted_6[:16]))),
@@ -723,7 +722,7 @@ class InferenceEngine(wiring.Component):
             return ~columns_left[group_bits:].any()
 
         m.d.comb += bias_read.addr.eq(out_channel)
-        # One adder steps the cursor in PIXELS, MAC, POOL and ARGMAX: stride2 is 0 but in a
+        # One adder steps the cursor in MAC, POOL and ARGMAX: stride2 is 0 but in a
         # convolution's MAC (NEXT clears it, and a pool's record sets it to 0). Apart, the
         # MAC's `+ step` and the others' `+ 1` were two adders (~13 LC).
         cursor_step = cursor + Mux(stride2, 2, 1)

@@ -660,8 +660,8 @@ class InferenceSystem(wiring.Component):
         m.d.comb += reader.region.eq(region)
         reading_images = Signal(init=1)
         # The container's words: from the reader, or from the cache once it holds them all
-        # (then the reader stays stopped). Reader and cache get one payload; valid and ready
-        # say which of the store and the container's path takes it.
+        # (then the reader stays stopped). The store and the container's path get the reader's
+        # one payload; valid and ready say which takes it.
         if self.container_cache_words:
             m.submodules.cache = cache = ReplayBuffer(self.container_cache_words)
             container_words = cache.i
