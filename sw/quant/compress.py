@@ -11,8 +11,10 @@ of the whole file:
    symbols, so each layer has a few thousand ``(rate, distortion)`` candidates;
 2. a Lagrange multiplier is bisected so that each layer's ``argmin D + lambda R`` fits the
    budget, then layers are upgraded greedily into what is left (steepest ``dD/dR`` first);
-3. the container is written and measured; if the real file misses the budget (the coder is
-   within 0.1 % of the entropy, so it rarely does) the budget is corrected and step 2 rerun.
+3. the container is written and measured, and the weights' share of the budget is searched
+   until the file lands in the 0.1 % under the target (the coder is within 0.1 % of the
+   entropy, but GPTQ's rounding writes files far from the prediction, and the allocation
+   moves in steps: see :func:`_search`); the largest file that fitted is kept.
 
 The budget is ``target x weights`` bits minus everything that does not depend on the choice:
 file header, section headers, other tensors (stored raw, or coded with ``--bias-levels``).
