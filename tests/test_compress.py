@@ -311,3 +311,18 @@ def test_budget_met_where_one_step_of_a_large_tensor_overshoots_the_window(targe
              "small.weight": rng.laplace(size=(16, 16)).astype(np.float32)}
     result = compress.compress_tensors(state, target)
     assert target * (1 - 1e-3) <= result.rates["bits_per_weight"] <= target
+
+
+def test_calibrated_erasure_judged_at_the_output():
+    """A layer whose inputs span few directions: GPTQ moves the unexcited weights far (weight
+    error above the weights' energy) while the output stays close: not erased."""
+    from sw.quant.gptq import statistics_from_arrays
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((64, 256)) / 16).astype(np.float32)
+    x = (rng.standard_normal((48, 8)) @ rng.standard_normal((8, 256))).astype(np.float32)
+    state = {"l.weight": w}
+    result = compress.compress_tensors(state, 2.0,
+                                       statistics=statistics_from_arrays({"l.weight": x}, state))
+    row = result.rows[0]
+    assert row["relative_error"] > 1 and row["output_error"] < 0.2
+    assert "l.weight" not in result.zero_tensors

@@ -369,6 +369,12 @@ def check_target(target_bpw: float) -> None:
 WEIGHTINGS = ("channel", "tensor", "mse")
 
 
+def output_energy(w2d: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Each row's ``w H w^T``: the energy of its output for inputs of second moment ``H``."""
+    # a matrix product, not einsum's unoptimised triple loop (95 of 128 s on 27 M weights)
+    return ((w2d @ hessian) * w2d).sum(axis=1)
+
+
 def _row_weights(w2d: np.ndarray, weighting: str, hessian=None) -> np.ndarray:
     """Distortion weight of each row: the error relative to what the layer's output carries.
 
@@ -384,7 +390,7 @@ def _row_weights(w2d: np.ndarray, weighting: str, hessian=None) -> np.ndarray:
     if hessian is None:
         energy = (w2d * w2d).sum(axis=1)
     else:
-        energy = np.einsum("ij,jk,ik->i", w2d, hessian, w2d)
+        energy = output_energy(w2d, hessian)
     if weighting == "tensor":
         total = energy.sum()
         return np.full(rows, 1.0 / total if total > 0 else 0.0)
@@ -430,7 +436,7 @@ class PTQResult:
     rates: dict          #: from sw.quant.train.file_rates
     budget_bits: float
     iterations: int
-    zero_tensors: list   #: weight tensors erased: every weight zero, or relative error >= 0.99
+    zero_tensors: list   #: erased: every weight zero, or relative (output) error >= 0.99
     seconds: dict        #: time spent in candidates, allocation and coding
     error_cap: float = 1.0  #: the ceiling of relative error the allocation kept to
 
@@ -545,20 +551,24 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
     candidates, error_cap = candidates_on(steps, max_relative_error)
     weights_of = [float(sensitivity.get(name, 1.0)) for name in names]
 
+    factors = {}
+
     def quantized(name, c, index, multiplier):
         """``(CodedTensor, corrected bias or None)`` of one weight tensor."""
         half, steps_f32 = int(c.half[index]), c.steps_of(index)
         array = tensors[name]
         stats = statistics.get(name)
         if stats is not None and not c.is_zero(index):
-            from sw.quant.gptq import gptq_quantize
+            from sw.quant.gptq import gptq_factor, gptq_quantize
+            if name not in factors:          # H is the same in every pass: factor it once
+                factors[name] = gptq_factor(stats.hessian)
             # each weight's rounding also pays for its code length at the allocation's price
             # of a bit (in the units of the row's weighted output error)
             weight_of_row = row_weights[name] * sensitivity_of[name]
             price = np.divide(multiplier, weight_of_row, out=np.zeros_like(weight_of_row),
                               where=weight_of_row > 0)
-            q = gptq_quantize(array.reshape(array.shape[0], -1), stats.hessian,
-                              steps_f32, half, bit_price=price).reshape(array.shape)
+            q = gptq_quantize(array.reshape(array.shape[0], -1), stats.hessian, steps_f32,
+                              half, bit_price=price, factor=factors[name]).reshape(array.shape)
         else:
             shaped = steps_f32.reshape((-1,) + (1,) * (array.ndim - 1)) \
                 if steps_f32.size > 1 else steps_f32[0]
@@ -659,10 +669,14 @@ def compress_tensors(tensors: dict, target_bpw: float, params: CodecParams = Cod
         stats = statistics.get(name)
         if stats is not None:
             e2d, w2d = error.reshape(len(error), -1), original.reshape(len(original), -1)
-            signal = float(np.einsum("ij,jk,ik->", w2d, stats.hessian, w2d))
-            row["output_error"] = float(np.einsum("ij,jk,ik->", e2d, stats.hessian, e2d)
+            signal = float(output_energy(w2d, stats.hessian).sum())
+            row["output_error"] = float(output_energy(e2d, stats.hessian).sum()
                                         / signal) if signal > 0 else 0.0
-        if energy > 0 and (zero_fraction == 1.0 or row["relative_error"] >= ERASED_ERROR):
+        # calibrated, the output is what is lost: GPTQ moves weights that its inputs never
+        # excite far from their values (a 2048-input layer on 512 samples: 2.5 x the energy
+        # in weight error, 5 % at the output)
+        lost = row.get("output_error", row["relative_error"])
+        if energy > 0 and (zero_fraction == 1.0 or lost >= ERASED_ERROR):
             zero_tensors.append(name)
         rows.append(row)
     return PTQResult(data, rows, rates, budget_bits, iteration, zero_tensors, timing, error_cap)
@@ -751,7 +765,8 @@ def print_table(result: PTQResult, file=sys.stdout) -> None:
           f"{rates['bits_per_weight_weights_only']:.4f} weights only", file=file)
     if result.zero_tensors:
         print(f"coded at zero bits (all weights zero, or >= {ERASED_ERROR:.0%} of their energy "
-              f"lost): {', '.join(result.zero_tensors)}", file=file)
+              f"lost; calibrated: of their output's): {', '.join(result.zero_tensors)}",
+              file=file)
     else:
         print("no tensor coded at zero bits", file=file)
 
