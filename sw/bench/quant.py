@@ -261,9 +261,12 @@ def main_mnist1d(args) -> int:
     def record(method, target, data, seconds, **extra):
         decoded, container = load_decoded("mnist1d", data)
         # paired with the float model: how many test predictions the quantization changed
-        changed = int((predictions(decoded, x_test) != float_predictions).sum())
+        predicted = predictions(decoded, x_test)
+        changed = int((predicted != float_predictions).sum())
         row = {"method": method, "target_bpw": target, "accuracy": evaluate(decoded, test_set),
-               "changed": changed, **file_rates(container), "seconds": seconds, **extra}
+               "changed": changed, **file_rates(container), "seconds": seconds,
+               # which test sequences it gets wrong: methods compared pairwise (McNemar)
+               "wrong": torch.nonzero(predicted != y_test).ravel().tolist(), **extra}
         results["rows"].append(row)
         print(f"{method:<22} target {str(target):>5}: {row['bits_per_weight']:.3f} bits/weight, "
               f"{row['accuracy']:.2f} %, {changed} predictions changed  ({seconds:.1f} s)",
@@ -359,6 +362,19 @@ def layer_sensitivity(folded, test_set, levels: int = 3) -> list:
     return rows
 
 
+def mcnemar_p(wrong_a, wrong_b) -> float:
+    """Exact two-sided McNemar p-value of two classifiers on the same test set.
+
+    Given the test items each gets wrong: of the items exactly one of them gets right, how
+    unlikely a split at least this uneven is if either were as likely to be the one.
+    """
+    wrong_a, wrong_b = set(wrong_a), set(wrong_b)
+    only_a, only_b = len(wrong_a - wrong_b), len(wrong_b - wrong_a)
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def _rows(results, method):
     return sorted((r for r in results["rows"] if r["method"] == method),
                   key=lambda r: r["bits_per_weight"])
@@ -430,10 +446,15 @@ def mnist1d_table(results) -> str:
             gain = same["accuracy"] - rtn["accuracy"]
             changed = (f"; predictions changed {same['changed']} vs {rtn['changed']}"
                        if "changed" in same and "changed" in rtn else "")
+            verdict = "yes" if gain >= 0 else "no"
+            if "wrong" in same and "wrong" in rtn:
+                p = mcnemar_p(same["wrong"], rtn["wrong"])
+                changed += "; McNemar p " + ("< 0.001" if p < 1e-3 else f"= {p:.2f}")
+                if gain < 0 and p >= 0.05:
+                    verdict = "no; a tie at p >= 0.05"
             lines.append(f"| data-free PTQ >= RTN + entropy coding at {rtn['bits_per_weight']:.3f}"
                          f" bits/w ({rtn['target_bpw']}-bit RTN) | PTQ {same['accuracy']:.2f} % "
-                         f"vs RTN {rtn['accuracy']:.2f} % ({gain:+.2f}){changed} | "
-                         f"{'yes' if gain >= 0 else 'no'} |")
+                         f"vs RTN {rtn['accuracy']:.2f} % ({gain:+.2f}){changed} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -503,13 +524,96 @@ def synthetic_transformer(seed: int = 0, d: int = 512, ff: int = 2048, vocab: in
     return state
 
 
-def main_transformer(args) -> int:
-    """``python -m sw compress`` on the synthetic transformer: seconds, peak memory, bits."""
-    import resource
+@torch.no_grad()
+def transformer_inputs(state: dict, sequences: int = 8, length: int = 64, seed: int = 0) -> dict:
+    """The inputs of every linear weight of :func:`synthetic_transformer` on random tokens.
+
+    A real forward pass of the state dict as a pre-LayerNorm causal transformer:
+    ``x = embed[token] + pos[position]``, then per block ``x += o(attention(ln1(x)))`` and
+    ``x += down(gelu(up(ln2(x))))``. Attention has ``max(1, d // 64)`` heads of ``d / heads``
+    (8 heads of 64 at ``d = 512``, as GPT-2's 64-wide heads; one head below ``d = 64``), causal
+    softmax; GELU is the exact (erf) one.
+
+    Parameters
+    ----------
+    state : dict
+        Name -> array, as :func:`synthetic_transformer` makes it.
+    sequences, length : int
+        ``sequences`` sequences of ``length`` tokens (at most the position table's rows):
+        ``sequences * length`` samples per weight.
+    seed : int
+        Seed of the uniformly random token ids.
+
+    Returns
+    -------
+    dict
+        Weight name -> float32 inputs ``(samples, columns)`` (sample ``s * length + t``: token
+        ``t`` of sequence ``s``), for the q, k, v and o projections and the feed-forward's up and
+        down of every block; the lookup tables (embedding, positions) have none. The format of
+        ``python -m sw compress --calibration``.
+    """
+    t = {name: torch.from_numpy(array) for name, array in state.items()}
+    vocab, d = state["embed.weight"].shape
+    heads = max(1, d // 64)
+    blocks = len({name.split(".")[1] for name in state if name.startswith("layers.")})
+    tokens = torch.from_numpy(np.random.default_rng(seed).integers(vocab, size=(sequences, length)))
+    x = t["embed.weight"][tokens] + t["pos.weight"][:length]
+    inputs = {}
+
+    def linear(name, h):
+        inputs[name + ".weight"] = h.reshape(-1, h.shape[-1]).numpy()
+        return torch.nn.functional.linear(h, t[name + ".weight"], t[name + ".bias"])
+
+    def layer_norm(name, h):
+        return torch.nn.functional.layer_norm(h, (d,), t[name + ".weight"], t[name + ".bias"])
+
+    for index in range(blocks):
+        prefix = f"layers.{index}."
+        h = layer_norm(prefix + "ln1", x)
+        q, k, v = (linear(f"{prefix}attn.{name}", h).unflatten(-1, (heads, -1)).transpose(1, 2)
+                   for name in "qkv")
+        heads_out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + linear(prefix + "attn.o", heads_out.transpose(1, 2).flatten(2))
+        h = layer_norm(prefix + "ln2", x)
+        x = x + linear(prefix + "ff.down",
+                       torch.nn.functional.gelu(linear(prefix + "ff.up", h)))
+    return inputs
+
+
+#: run by :func:`run_measured` between the benchmark and the command: it reports the command's
+#: own peak resident memory (kB) on its stdout
+_PEAK_WRAPPER = """\
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def run_measured(command: list) -> tuple:
+    """Run ``command`` (its stdout discarded); return its seconds and peak resident MB.
+
+    A child's ``ru_maxrss`` starts at its parent's peak (Linux carries the spawning process's
+    high-water mark across exec), and ``RUSAGE_CHILDREN`` is the largest child so far: both
+    would report this benchmark's own size, or an earlier run's. So the command is started by
+    a small Python wrapper, whose only child it is (what ``/usr/bin/time`` does, without
+    needing it installed).
+    """
     import subprocess
+    import sys
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *command], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return time.perf_counter() - started, int(done.stdout.split()[-1]) / 1024
+
+
+def main_transformer(args) -> int:
+    """``python -m sw compress`` on the synthetic transformer, data-free and calibrated (GPTQ on
+    the layer inputs of :func:`transformer_inputs`): seconds, peak memory, bits."""
     import sys
 
     from safetensors.numpy import save_file
+    torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "transformer.safetensors"
@@ -517,28 +621,33 @@ def main_transformer(args) -> int:
     save_file(state, str(path))
     weights = sum(v.size for v in state.values() if v.ndim >= 2)
     print(f"synthetic transformer: {weights} weights, {path}")
+    calibration = out / "calibration.npz"
+    inputs = transformer_inputs(state, seed=args.seed)
+    np.savez(calibration, **inputs)
+    print(f"calibration: {len(next(iter(inputs.values())))} inputs of each of {len(inputs)} "
+          f"weights, {calibration}")
     rows = []
-    for target in args.targets:
-        report = out / f"transformer_{target:g}.json"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sw", "compress", str(path), "--target-bpw",
-                        str(target), "-o", str(out / f"transformer_{target:g}.sbit"),
-                        "--report", str(report)], check=True, stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - started
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        figures = json.loads(report.read_text())
-        rows.append({"target_bpw": target, "bits_per_weight": figures["bits_per_weight"],
-                     "seconds": seconds, "peak_mb": max(peak_mb, before.ru_maxrss / 1024),
-                     "zero_tensors": figures["zero_tensors"],
-                     "per_channel": sum(r["per_channel"] for r in figures["layers"]),
-                     "tensors": len(figures["layers"])})
-        print(f"target {target}: {figures['bits_per_weight']:.4f} bits/weight, {seconds:.0f} s, "
-              f"peak {peak_mb:.0f} MB (largest process so far)", flush=True)
-    lines = ["| target | file bits/w | under target | seconds | peak MB | per-channel tensors | "
-             "erased |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['target_bpw']:g} | {r['bits_per_weight']:.4f} | "
+    for method, extra in (("data-free", []), ("calibrated", ["--calibration", str(calibration)])):
+        for target in args.targets:
+            name = f"transformer_{target:g}" + ("_calibrated" if extra else "")
+            report = out / f"{name}.json"
+            seconds, peak_mb = run_measured(
+                [sys.executable, "-m", "sw", "compress", str(path), "--target-bpw", str(target),
+                 "-o", str(out / f"{name}.sbit"), "--report", str(report), *extra])
+            figures = json.loads(report.read_text())
+            rows.append({"method": method, "target_bpw": target,
+                         "bits_per_weight": figures["bits_per_weight"], "seconds": seconds,
+                         "peak_mb": peak_mb, "zero_tensors": figures["zero_tensors"],
+                         "per_channel": sum(r["per_channel"] for r in figures["layers"]),
+                         "tensors": len(figures["layers"])})
+            print(f"{method} target {target}: {figures['bits_per_weight']:.4f} bits/weight, "
+                  f"{seconds:.0f} s, peak {peak_mb:.0f} MB "
+                  f"({', '.join(f'{k} {v:.0f} s' for k, v in figures['seconds'].items())})",
+                  flush=True)
+    lines = ["| target | method | file bits/w | under target | seconds | peak MB | "
+             "per-channel tensors | erased |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["target_bpw"]):
+        lines.append(f"| {r['target_bpw']:g} | {r['method']} | {r['bits_per_weight']:.4f} | "
                      f"{100 * (1 - r['bits_per_weight'] / r['target_bpw']):.3f} % | "
                      f"{r['seconds']:.0f} | {r['peak_mb']:.0f} | {r['per_channel']} of "
                      f"{r['tensors']} | {', '.join(r['zero_tensors']) or 'none'} |")
