@@ -234,7 +234,8 @@ def test_cli_calibrated_builtin(tmp_path):
     assert done.returncode == 0, done.stderr
     figures = json.loads(report.read_text())
     assert figures["calibrated"] and figures["bits_per_weight"] <= 4
-    assert all("output_error" in row for row in figures["layers"])
+    assert all("output_error" in row and "rounding" in row for row in figures["layers"])
+    assert "rounding" in done.stdout
     assert "out.err" in done.stdout and "coded at zero bits" in done.stdout
 
 
@@ -300,6 +301,7 @@ def test_calibrated_budget_met_within_a_thousandth(mlp_state, target):
     statistics = statistics_from_arrays(inputs, state)
     result = compress.compress_tensors(state, target, statistics=statistics)
     assert target * (1 - 1e-3) <= result.rates["bits_per_weight"] <= target
+    assert all(row["rounding"] in ("GPTQ", "nearest") for row in result.rows)
 
 
 @pytest.mark.parametrize("target", [4.0, 6.0])
@@ -319,10 +321,11 @@ def test_calibrated_erasure_judged_at_the_output():
     from sw.quant.gptq import statistics_from_arrays
     rng = np.random.default_rng(4)
     w = (rng.standard_normal((64, 256)) / 16).astype(np.float32)
-    x = (rng.standard_normal((48, 8)) @ rng.standard_normal((8, 256))).astype(np.float32)
+    x = (rng.standard_normal((48, 32)) @ rng.standard_normal((32, 256))).astype(np.float32)
     state = {"l.weight": w}
     result = compress.compress_tensors(state, 2.0,
                                        statistics=statistics_from_arrays({"l.weight": x}, state))
     row = result.rows[0]
+    assert row["rounding"] == "GPTQ"
     assert row["relative_error"] > 1 and row["output_error"] < 0.2
     assert "l.weight" not in result.zero_tensors
